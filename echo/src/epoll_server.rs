@@ -1,0 +1,1 @@
+//! epoll_server (being written).

@@ -1,0 +1,1 @@
+//! proactor_server (being written).

@@ -1,0 +1,466 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Ring ABI definitions (version [`ABI_VERSION`]).
+//!
+//! # Memory model
+//!
+//! A context has `workers` *lanes*. Each lane is one submission queue (SQ), one
+//! completion queue (CQ) and one polling worker. All lanes live in one mapping of
+//! `mmap_size` bytes; lane `i` starts at `i * lane_size` and is laid out as
+//! [`LaneLayout`] describes:
+//!
+//! ```text
+//! +0            SQ RingHeader   (head, tail, flags, info: one cache line each)
+//! +sqes_off     sq_entries x Sqe
+//! +cq_off       CQ RingHeader
+//! +cqes_off     cq_entries x Cqe
+//! ```
+//!
+//! Indices are free-running `u32` counters; the slot of index `i` is `i & (entries - 1)`.
+//! The SQ tail and the CQ head are written by userspace, the SQ head and the CQ tail by
+//! the worker. Producers publish with a release store of the tail; consumers read the
+//! tail with an acquire load, copy the entry, then release-store the head.
+//!
+//! # Wakeup protocol
+//!
+//! A worker that found its SQ empty for `idle_ms` sets [`SQ_NEED_WAKEUP`] in the SQ
+//! flags, issues a full fence, re-reads the SQ tail, and sleeps only if it is still
+//! unchanged. Userspace publishes its tail, issues a full fence, and calls `ENTER` with
+//! [`ENTER_SQ_WAKEUP`] when it sees the flag. Either the worker sees the new tail or
+//! userspace sees the flag: no wakeup is lost.
+//!
+//! # Trust
+//!
+//! The kernel treats every byte of ring memory as hostile: it reads each SQE once into
+//! a private copy and validates the copy. Userspace never lets more requests be in
+//! flight on a lane than its CQ has entries, so a completion never has to be dropped.
+
+use core::sync::atomic::AtomicU32;
+
+/// Version of this ABI. `SetupParams::abi_version` must carry it.
+pub const ABI_VERSION: u32 = 1;
+
+/// Cache line size assumed by the layout.
+pub const CACHE_LINE: usize = 64;
+
+/// Page size the layout is rounded to (lanes start on page boundaries).
+pub const PAGE_SIZE: usize = 4096;
+
+/// Largest number of entries in one SQ or CQ.
+pub const MAX_ENTRIES: u32 = 32768;
+
+/// Largest number of lanes (workers) in one context.
+pub const MAX_WORKERS: u32 = 64;
+
+/// Largest number of registered file slots in one context.
+pub const MAX_FILES: u32 = 1 << 20;
+
+/// Largest iovec count of one `WRITEV` (the kernel's `UIO_MAXIOV`).
+pub const MAX_IOVECS: u32 = 1024;
+
+/// Largest byte count one request transfers; longer lengths are clamped to it, like the
+/// kernel's `MAX_RW_COUNT` (`INT_MAX & PAGE_MASK`), so a result never overflows `i32`.
+pub const MAX_RW_LEN: u32 = (i32::MAX as u32) & !(PAGE_SIZE as u32 - 1);
+
+/// The `off` value that means "the file's current position" for READ, WRITE and WRITEV.
+pub const OFF_CURRENT: u64 = u64::MAX;
+
+// ---------------------------------------------------------------------------------------
+// Opcodes
+// ---------------------------------------------------------------------------------------
+
+/// Does nothing; completes with 0. Useful for measuring the ring itself.
+pub const OP_NOP: u8 = 0;
+/// Accepts a connection on the listening socket in `slot` and installs it into the
+/// (empty) slot `aux`; completes with `aux`. `op_flags` may hold [`ACCEPT_NONBLOCK`].
+pub const OP_ACCEPT: u8 = 1;
+/// Receives up to `len` bytes into `addr` from the socket in `slot`; completes with the
+/// byte count (0 = end of stream). `op_flags` holds `MSG_*` flags from [`RECV_FLAGS`].
+pub const OP_RECV: u8 = 2;
+/// Sends up to `len` bytes from `addr` on the socket in `slot`; completes with the byte
+/// count, which may be short. `op_flags` holds `MSG_*` flags from [`SEND_FLAGS`].
+pub const OP_SEND: u8 = 3;
+/// Reads up to `len` bytes at offset `off` (or [`OFF_CURRENT`]) into `addr`.
+pub const OP_READ: u8 = 4;
+/// Writes up to `len` bytes from `addr` at offset `off` (or [`OFF_CURRENT`]).
+pub const OP_WRITE: u8 = 5;
+/// Writes the `len` iovecs (`struct iovec`, at most [`MAX_IOVECS`]) at `addr`, at
+/// offset `off` (or [`OFF_CURRENT`]).
+pub const OP_WRITEV: u8 = 6;
+/// Releases `slot` after every request queued before it on the same lane; requests
+/// still waiting for readiness on that slot complete with `-ECANCELED`.
+pub const OP_CLOSE: u8 = 7;
+/// One past the last valid opcode.
+pub const OP_LAST: u8 = 8;
+
+// ---------------------------------------------------------------------------------------
+// Flags
+// ---------------------------------------------------------------------------------------
+
+/// SQ flags word: the lane's worker is asleep; call `ENTER` with [`ENTER_SQ_WAKEUP`].
+pub const SQ_NEED_WAKEUP: u32 = 1 << 0;
+
+/// `ENTER` flag: wake the worker of `EnterArgs::lane` (or of every lane).
+pub const ENTER_SQ_WAKEUP: u32 = 1 << 0;
+/// `ENTER` flag: sleep until `min_complete` CQEs are waiting over all lanes, the
+/// timeout expires (`-ETIME`) or a signal arrives (`-EINTR`).
+pub const ENTER_GETEVENTS: u32 = 1 << 1;
+/// Every valid `ENTER` flag.
+pub const ENTER_FLAGS: u32 = ENTER_SQ_WAKEUP | ENTER_GETEVENTS;
+
+/// `EnterArgs::lane` value that addresses every lane.
+pub const LANE_ALL: u32 = u32::MAX;
+/// `EnterArgs::timeout_ns` value that means "no timeout".
+pub const TIMEOUT_NONE: u64 = u64::MAX;
+
+/// `SetupParams::flags`: pin worker `i` to CPU `affinity_offset + i`.
+pub const SETUP_AFFINITY: u32 = 1 << 0;
+/// Every valid setup flag.
+pub const SETUP_FLAGS: u32 = SETUP_AFFINITY;
+
+/// ACCEPT `op_flags`: the accepted socket is non-blocking (as `SOCK_NONBLOCK`).
+pub const ACCEPT_NONBLOCK: u32 = 0o4000;
+/// Every valid ACCEPT `op_flags` bit.
+pub const ACCEPT_FLAGS: u32 = ACCEPT_NONBLOCK;
+
+/// `MSG_PEEK`.
+pub const MSG_PEEK: u32 = 0x2;
+/// `MSG_TRUNC`.
+pub const MSG_TRUNC: u32 = 0x20;
+/// `MSG_DONTWAIT` (always implied: requests never block a worker).
+pub const MSG_DONTWAIT: u32 = 0x40;
+/// `MSG_WAITALL`.
+pub const MSG_WAITALL: u32 = 0x100;
+/// `MSG_NOSIGNAL` (always implied on SEND: a closed peer gives `-EPIPE`, not SIGPIPE).
+pub const MSG_NOSIGNAL: u32 = 0x4000;
+/// `MSG_MORE`.
+pub const MSG_MORE: u32 = 0x8000;
+/// Every `MSG_*` flag RECV accepts.
+pub const RECV_FLAGS: u32 = MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT | MSG_WAITALL;
+/// Every `MSG_*` flag SEND accepts.
+pub const SEND_FLAGS: u32 = MSG_DONTWAIT | MSG_NOSIGNAL | MSG_MORE;
+
+/// `INSTALL_FD` flag: the new descriptor is close-on-exec (as `O_CLOEXEC`).
+pub const INSTALL_CLOEXEC: u32 = 0o2000000;
+
+// ---------------------------------------------------------------------------------------
+// Entries and ring header
+// ---------------------------------------------------------------------------------------
+
+/// A submission queue entry: 64 bytes.
+///
+/// Fields not used by an opcode must be zero; a nonzero reserved field completes the
+/// request with `-EINVAL`, so they can be given meaning later.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sqe {
+    /// One of the `OP_*` constants.
+    pub opcode: u8,
+    /// Per-entry flags; none are defined in this version (must be 0).
+    pub flags: u8,
+    /// Reserved (must be 0).
+    pub ioprio: u16,
+    /// The registered file slot the request operates on.
+    pub slot: u32,
+    /// File offset for READ/WRITE/WRITEV, or [`OFF_CURRENT`].
+    pub off: u64,
+    /// User address: the buffer, or the iovec array for WRITEV.
+    pub addr: u64,
+    /// Byte count, or iovec count for WRITEV.
+    pub len: u32,
+    /// Opcode-specific flags (`MSG_*` for RECV/SEND, `ACCEPT_*` for ACCEPT).
+    pub op_flags: u32,
+    /// Opaque token copied into the CQE.
+    pub user_data: u64,
+    /// ACCEPT: the slot that receives the new connection.
+    pub aux: u32,
+    /// Reserved (must be 0).
+    pub resv0: u32,
+    /// Reserved (must be 0).
+    pub resv: [u64; 2],
+}
+
+impl Sqe {
+    /// An all-zero entry (a NOP with user_data 0).
+    pub const ZERO: Sqe = Sqe {
+        opcode: OP_NOP,
+        flags: 0,
+        ioprio: 0,
+        slot: 0,
+        off: 0,
+        addr: 0,
+        len: 0,
+        op_flags: 0,
+        user_data: 0,
+        aux: 0,
+        resv0: 0,
+        resv: [0; 2],
+    };
+}
+
+/// A completion queue entry: 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cqe {
+    /// The `user_data` of the request.
+    pub user_data: u64,
+    /// Result: a count or slot (>= 0) or a negative errno.
+    pub res: i32,
+    /// Completion flags; none are defined in this version.
+    pub flags: u32,
+}
+
+/// A `u32` counter alone on its cache line.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub struct PaddedU32 {
+    /// The counter.
+    pub value: AtomicU32,
+}
+
+/// Read-only description of a ring, written once by the ring's creator.
+///
+/// Informative only: neither side trusts it (the kernel keeps its own copy; userspace
+/// takes the sizes from `SetupParams`).
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub struct RingInfo {
+    /// Number of entries (a power of two).
+    pub entries: u32,
+    /// `entries - 1`.
+    pub mask: u32,
+    /// Index of the lane the ring belongs to.
+    pub lane: u32,
+    /// Reserved.
+    pub resv: u32,
+}
+
+/// Header of an SQ or a CQ: head, tail and flags each on its own cache line.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct RingHeader {
+    /// Consumer index (SQ: worker; CQ: userspace).
+    pub head: PaddedU32,
+    /// Producer index (SQ: userspace; CQ: worker).
+    pub tail: PaddedU32,
+    /// Ring flags (SQ: [`SQ_NEED_WAKEUP`], written by the worker).
+    pub flags: PaddedU32,
+    /// Sizes, for debugging tools.
+    pub info: RingInfo,
+}
+
+/// Where the parts of one lane lie, relative to the lane's start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaneLayout {
+    /// Offset of the SQ [`RingHeader`].
+    pub sq_off: u32,
+    /// Offset of the SQE array.
+    pub sqes_off: u32,
+    /// Offset of the CQ [`RingHeader`].
+    pub cq_off: u32,
+    /// Offset of the CQE array.
+    pub cqes_off: u32,
+    /// Bytes per lane, a multiple of [`PAGE_SIZE`].
+    pub lane_size: u64,
+}
+
+/// Rounds `v` up to a multiple of `align` (a power of two).
+pub const fn align_up(v: u64, align: u64) -> u64 {
+    (v + align - 1) & !(align - 1)
+}
+
+/// Whether `n` is a valid ring size: a power of two in `1..=MAX_ENTRIES`.
+pub const fn valid_entries(n: u32) -> bool {
+    n != 0 && n <= MAX_ENTRIES && n.is_power_of_two()
+}
+
+/// The layout of one lane with the given ring sizes (both must pass [`valid_entries`]).
+pub const fn lane_layout(sq_entries: u32, cq_entries: u32) -> LaneLayout {
+    let hdr = core::mem::size_of::<RingHeader>() as u64;
+    let sqes_off = hdr;
+    let cq_off = align_up(
+        sqes_off + sq_entries as u64 * core::mem::size_of::<Sqe>() as u64,
+        CACHE_LINE as u64,
+    );
+    let cqes_off = cq_off + hdr;
+    let end = cqes_off + cq_entries as u64 * core::mem::size_of::<Cqe>() as u64;
+    LaneLayout {
+        sq_off: 0,
+        sqes_off: sqes_off as u32,
+        cq_off: cq_off as u32,
+        cqes_off: cqes_off as u32,
+        lane_size: align_up(end, PAGE_SIZE as u64),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// ioctl arguments
+// ---------------------------------------------------------------------------------------
+
+/// Argument of `FASTIO_SETUP`: parameters in, mmap geometry out (like `io_uring_params`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetupParams {
+    /// In: must be [`ABI_VERSION`].
+    pub abi_version: u32,
+    /// In: number of lanes and polling workers, `1..=MAX_WORKERS`.
+    pub workers: u32,
+    /// In: entries per SQ ([`valid_entries`]).
+    pub sq_entries: u32,
+    /// In: entries per CQ ([`valid_entries`]); in-flight requests per lane never exceed it.
+    pub cq_entries: u32,
+    /// In: how long an idle worker polls before it sets [`SQ_NEED_WAKEUP`] and sleeps.
+    pub idle_ms: u32,
+    /// In: `SETUP_*` flags.
+    pub flags: u32,
+    /// In: first CPU for [`SETUP_AFFINITY`].
+    pub affinity_offset: u32,
+    /// In: number of registered file slots, `1..=MAX_FILES`.
+    pub max_files: u32,
+    /// In: concurrency of the blocking-I/O workqueue (0 = module default).
+    pub wq_max_active: u32,
+    /// In: how long an idle workqueue worker lingers, in ms (0 = module default).
+    pub wq_idle_ms: u32,
+    /// Reserved (must be 0).
+    pub resv_in: [u32; 6],
+    /// Out: bytes per lane (lane `i` starts at `i * lane_size`).
+    pub lane_size: u64,
+    /// Out: total bytes to map at offset 0 (`workers * lane_size`).
+    pub mmap_size: u64,
+    /// Out: offset of the SQ header inside a lane.
+    pub sq_off: u32,
+    /// Out: offset of the SQE array inside a lane.
+    pub sqes_off: u32,
+    /// Out: offset of the CQ header inside a lane.
+    pub cq_off: u32,
+    /// Out: offset of the CQE array inside a lane.
+    pub cqes_off: u32,
+    /// Reserved (0).
+    pub resv_out: [u64; 4],
+}
+
+/// Argument of `FASTIO_ENTER`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnterArgs {
+    /// `ENTER_*` flags.
+    pub flags: u32,
+    /// Lane to wake for [`ENTER_SQ_WAKEUP`], or [`LANE_ALL`].
+    pub lane: u32,
+    /// For [`ENTER_GETEVENTS`]: completions to wait for, over all lanes.
+    pub min_complete: u32,
+    /// Reserved (must be 0).
+    pub resv: u32,
+    /// For [`ENTER_GETEVENTS`]: timeout in nanoseconds, or [`TIMEOUT_NONE`].
+    pub timeout_ns: u64,
+}
+
+/// Argument of `FASTIO_REGISTER_FILES`: install `fds[i]` into `slots[i]` for `i < count`.
+/// All or nothing: on error no slot has changed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilesUpdate {
+    /// User address of `count` `i32` file descriptors.
+    pub fds: u64,
+    /// User address of `count` `u32` slots, each empty and below `max_files`.
+    pub slots: u64,
+    /// Number of entries.
+    pub count: u32,
+    /// Reserved (must be 0).
+    pub resv: u32,
+}
+
+/// Argument of `FASTIO_UNREGISTER_FILE` and `FASTIO_INSTALL_FD`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotArg {
+    /// The slot.
+    pub slot: u32,
+    /// `INSTALL_FD`: [`INSTALL_CLOEXEC`] or 0; `UNREGISTER_FILE`: must be 0.
+    pub flags: u32,
+}
+
+// ---------------------------------------------------------------------------------------
+// ioctl numbers (the kernel's _IOC encoding on x86-64 and arm64)
+// ---------------------------------------------------------------------------------------
+
+/// ioctl type byte of `/dev/fastio`.
+pub const IOC_MAGIC: u32 = 0xFA;
+
+const IOC_NRSHIFT: u32 = 0;
+const IOC_TYPESHIFT: u32 = 8;
+const IOC_SIZESHIFT: u32 = 16;
+const IOC_DIRSHIFT: u32 = 30;
+const IOC_WRITE: u32 = 1;
+const IOC_READ: u32 = 2;
+
+const fn ioc(dir: u32, nr: u32, size: usize) -> u32 {
+    (dir << IOC_DIRSHIFT)
+        | (IOC_MAGIC << IOC_TYPESHIFT)
+        | (nr << IOC_NRSHIFT)
+        | ((size as u32) << IOC_SIZESHIFT)
+}
+
+/// `_IOWR(0xFA, 1, SetupParams)`: create the context's lanes and workers.
+pub const FASTIO_SETUP: u32 = ioc(IOC_READ | IOC_WRITE, 1, core::mem::size_of::<SetupParams>());
+/// `_IOW(0xFA, 2, EnterArgs)`: wake workers and/or wait for completions.
+pub const FASTIO_ENTER: u32 = ioc(IOC_WRITE, 2, core::mem::size_of::<EnterArgs>());
+/// `_IOW(0xFA, 3, FilesUpdate)`: register files into slots.
+pub const FASTIO_REGISTER_FILES: u32 = ioc(IOC_WRITE, 3, core::mem::size_of::<FilesUpdate>());
+/// `_IOW(0xFA, 4, SlotArg)`: empty a slot.
+pub const FASTIO_UNREGISTER_FILE: u32 = ioc(IOC_WRITE, 4, core::mem::size_of::<SlotArg>());
+/// `_IOW(0xFA, 5, SlotArg)`: install a slot's file as a new descriptor (returned).
+pub const FASTIO_INSTALL_FD: u32 = ioc(IOC_WRITE, 5, core::mem::size_of::<SlotArg>());
+
+// ---------------------------------------------------------------------------------------
+// Compile-time layout checks
+// ---------------------------------------------------------------------------------------
+
+macro_rules! assert_layout {
+    ($ty:ty, size $size:expr, align $align:expr, { $($field:ident @ $off:expr),* $(,)? }) => {
+        const _: () = {
+            assert!(core::mem::size_of::<$ty>() == $size);
+            assert!(core::mem::align_of::<$ty>() == $align);
+            $(assert!(core::mem::offset_of!($ty, $field) == $off);)*
+        };
+    };
+}
+
+assert_layout!(Sqe, size 64, align 8, {
+    opcode @ 0, flags @ 1, ioprio @ 2, slot @ 4, off @ 8, addr @ 16, len @ 24,
+    op_flags @ 28, user_data @ 32, aux @ 40, resv0 @ 44, resv @ 48,
+});
+assert_layout!(Cqe, size 16, align 8, { user_data @ 0, res @ 8, flags @ 12 });
+assert_layout!(PaddedU32, size 64, align 64, { value @ 0 });
+assert_layout!(RingInfo, size 64, align 64, { entries @ 0, mask @ 4, lane @ 8, resv @ 12 });
+assert_layout!(RingHeader, size 256, align 64, { head @ 0, tail @ 64, flags @ 128, info @ 192 });
+assert_layout!(SetupParams, size 128, align 8, {
+    abi_version @ 0, workers @ 4, sq_entries @ 8, cq_entries @ 12, idle_ms @ 16, flags @ 20,
+    affinity_offset @ 24, max_files @ 28, wq_max_active @ 32, wq_idle_ms @ 36, resv_in @ 40,
+    lane_size @ 64, mmap_size @ 72, sq_off @ 80, sqes_off @ 84, cq_off @ 88, cqes_off @ 92,
+    resv_out @ 96,
+});
+assert_layout!(EnterArgs, size 24, align 8, {
+    flags @ 0, lane @ 4, min_complete @ 8, resv @ 12, timeout_ns @ 16,
+});
+assert_layout!(FilesUpdate, size 24, align 8, { fds @ 0, slots @ 8, count @ 16, resv @ 20 });
+assert_layout!(SlotArg, size 8, align 4, { slot @ 0, flags @ 4 });
+
+const _: () = {
+    assert!(core::mem::size_of::<AtomicU32>() == 4);
+    // The smallest and the largest lane both keep every part cache-line aligned and fit
+    // the u32 offsets.
+    let small = lane_layout(1, 1);
+    assert!(small.sqes_off == 256 && small.cq_off == 320 && small.cqes_off == 576);
+    assert!(small.lane_size == PAGE_SIZE as u64);
+    let big = lane_layout(MAX_ENTRIES, MAX_ENTRIES);
+    assert!(big.cq_off as usize % CACHE_LINE == 0 && big.cqes_off as usize % CACHE_LINE == 0);
+    assert!(big.lane_size % PAGE_SIZE as u64 == 0);
+    assert!((big.lane_size * MAX_WORKERS as u64) < (1u64 << 32));
+    // The ioctl numbers match the kernel's _IOWR/_IOW of these sizes.
+    assert!(FASTIO_SETUP == 0xC080_FA01);
+    assert!(FASTIO_ENTER == 0x4018_FA02);
+    assert!(FASTIO_REGISTER_FILES == 0x4018_FA03);
+    assert!(FASTIO_UNREGISTER_FILE == 0x4008_FA04);
+    assert!(FASTIO_INSTALL_FD == 0x4008_FA05);
+    assert!(MAX_RW_LEN == 0x7FFF_F000);
+};
