@@ -292,6 +292,265 @@ pub const fn lane_layout(sq_entries: u32, cq_entries: u32) -> LaneLayout {
     }
 }
 
+/// `struct iovec` as the kernel reads it for WRITEV (64-bit layout).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoVec {
+    /// Start address.
+    pub base: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+// ---------------------------------------------------------------------------------------
+// Request decoding (shared by the kernel module and the in-process workers)
+// ---------------------------------------------------------------------------------------
+
+/// Why an SQE was refused before it ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SqeError {
+    /// Unknown opcode, nonzero reserved field or flag, bad count: `-EINVAL`.
+    Invalid,
+    /// Slot out of range: `-EBADF`.
+    BadSlot,
+}
+
+impl SqeError {
+    /// The positive errno the request completes with (negated in the CQE).
+    pub const fn errno(self) -> i32 {
+        match self {
+            SqeError::Invalid => 22,
+            SqeError::BadSlot => 9,
+        }
+    }
+}
+
+/// A validated request, decoded from a private copy of an SQE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// [`OP_NOP`].
+    Nop,
+    /// [`OP_ACCEPT`] on `slot` into `dest`.
+    Accept {
+        /// Listening socket.
+        slot: u32,
+        /// Empty slot for the new connection.
+        dest: u32,
+        /// [`ACCEPT_*`](ACCEPT_NONBLOCK) flags.
+        flags: u32,
+    },
+    /// [`OP_RECV`].
+    Recv {
+        /// Socket.
+        slot: u32,
+        /// Buffer address.
+        addr: u64,
+        /// Byte count (clamped to [`MAX_RW_LEN`]).
+        len: u32,
+        /// `MSG_*` flags (a subset of [`RECV_FLAGS`]).
+        flags: u32,
+    },
+    /// [`OP_SEND`].
+    Send {
+        /// Socket.
+        slot: u32,
+        /// Buffer address.
+        addr: u64,
+        /// Byte count (clamped to [`MAX_RW_LEN`]).
+        len: u32,
+        /// `MSG_*` flags (a subset of [`SEND_FLAGS`]).
+        flags: u32,
+    },
+    /// [`OP_READ`].
+    Read {
+        /// File.
+        slot: u32,
+        /// Buffer address.
+        addr: u64,
+        /// Byte count (clamped to [`MAX_RW_LEN`]).
+        len: u32,
+        /// Offset or [`OFF_CURRENT`].
+        off: u64,
+    },
+    /// [`OP_WRITE`].
+    Write {
+        /// File.
+        slot: u32,
+        /// Buffer address.
+        addr: u64,
+        /// Byte count (clamped to [`MAX_RW_LEN`]).
+        len: u32,
+        /// Offset or [`OFF_CURRENT`].
+        off: u64,
+    },
+    /// [`OP_WRITEV`].
+    Writev {
+        /// File.
+        slot: u32,
+        /// Address of the [`IoVec`] array.
+        iov: u64,
+        /// Number of iovecs, `1..=MAX_IOVECS`.
+        count: u32,
+        /// Offset or [`OFF_CURRENT`].
+        off: u64,
+    },
+    /// [`OP_CLOSE`].
+    Close {
+        /// Slot to release.
+        slot: u32,
+    },
+}
+
+/// Which readiness a request waits for when it would block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Needs the file readable (ACCEPT, RECV, READ).
+    In,
+    /// Needs the file writable (SEND, WRITE, WRITEV).
+    Out,
+    /// Never waits (NOP, CLOSE).
+    None,
+}
+
+impl Op {
+    /// The slot the request operates on, if any.
+    pub const fn slot(&self) -> Option<u32> {
+        match *self {
+            Op::Nop => None,
+            Op::Accept { slot, .. }
+            | Op::Recv { slot, .. }
+            | Op::Send { slot, .. }
+            | Op::Read { slot, .. }
+            | Op::Write { slot, .. }
+            | Op::Writev { slot, .. }
+            | Op::Close { slot } => Some(slot),
+        }
+    }
+
+    /// The readiness the request needs when it would block.
+    pub const fn direction(&self) -> Direction {
+        match self {
+            Op::Accept { .. } | Op::Recv { .. } | Op::Read { .. } => Direction::In,
+            Op::Send { .. } | Op::Write { .. } | Op::Writev { .. } => Direction::Out,
+            Op::Nop | Op::Close { .. } => Direction::None,
+        }
+    }
+}
+
+const fn clamp_len(len: u32) -> u32 {
+    if len > MAX_RW_LEN {
+        MAX_RW_LEN
+    } else {
+        len
+    }
+}
+
+/// Validates a private copy of an SQE against a context with `max_files` slots.
+///
+/// Every reserved field and flag must be zero, the opcode known, every slot below
+/// `max_files`, flags within the opcode's set, and WRITEV's count in `1..=MAX_IOVECS`.
+/// Lengths above [`MAX_RW_LEN`] are clamped, not refused. Addresses are not checked
+/// here: the copy to or from user memory reports `-EFAULT`.
+pub const fn decode(sqe: &Sqe, max_files: u32) -> Result<Op, SqeError> {
+    if sqe.flags != 0 || sqe.ioprio != 0 || sqe.resv0 != 0 || sqe.resv[0] != 0 || sqe.resv[1] != 0 {
+        return Err(SqeError::Invalid);
+    }
+    let slot = sqe.slot;
+    let uses_slot = sqe.opcode != OP_NOP && sqe.opcode < OP_LAST;
+    if uses_slot && slot >= max_files {
+        return Err(SqeError::BadSlot);
+    }
+    // Fields an opcode does not use must be zero.
+    let no_rw = sqe.off == 0 && sqe.addr == 0 && sqe.len == 0;
+    let op = match sqe.opcode {
+        OP_NOP => {
+            if sqe.slot != 0 || !no_rw || sqe.op_flags != 0 || sqe.aux != 0 {
+                return Err(SqeError::Invalid);
+            }
+            Op::Nop
+        }
+        OP_ACCEPT => {
+            if !no_rw || sqe.op_flags & !ACCEPT_FLAGS != 0 {
+                return Err(SqeError::Invalid);
+            }
+            if sqe.aux >= max_files {
+                return Err(SqeError::BadSlot);
+            }
+            Op::Accept {
+                slot,
+                dest: sqe.aux,
+                flags: sqe.op_flags,
+            }
+        }
+        OP_RECV | OP_SEND => {
+            let allowed = if sqe.opcode == OP_RECV {
+                RECV_FLAGS
+            } else {
+                SEND_FLAGS
+            };
+            if sqe.off != 0 || sqe.aux != 0 || sqe.op_flags & !allowed != 0 {
+                return Err(SqeError::Invalid);
+            }
+            let (addr, len, flags) = (sqe.addr, clamp_len(sqe.len), sqe.op_flags);
+            if sqe.opcode == OP_RECV {
+                Op::Recv {
+                    slot,
+                    addr,
+                    len,
+                    flags,
+                }
+            } else {
+                Op::Send {
+                    slot,
+                    addr,
+                    len,
+                    flags,
+                }
+            }
+        }
+        OP_READ | OP_WRITE => {
+            if sqe.aux != 0 || sqe.op_flags != 0 {
+                return Err(SqeError::Invalid);
+            }
+            let (addr, len, off) = (sqe.addr, clamp_len(sqe.len), sqe.off);
+            if sqe.opcode == OP_READ {
+                Op::Read {
+                    slot,
+                    addr,
+                    len,
+                    off,
+                }
+            } else {
+                Op::Write {
+                    slot,
+                    addr,
+                    len,
+                    off,
+                }
+            }
+        }
+        OP_WRITEV => {
+            if sqe.aux != 0 || sqe.op_flags != 0 || sqe.len == 0 || sqe.len > MAX_IOVECS {
+                return Err(SqeError::Invalid);
+            }
+            Op::Writev {
+                slot,
+                iov: sqe.addr,
+                count: sqe.len,
+                off: sqe.off,
+            }
+        }
+        OP_CLOSE => {
+            if !no_rw || sqe.op_flags != 0 || sqe.aux != 0 {
+                return Err(SqeError::Invalid);
+            }
+            Op::Close { slot }
+        }
+        _ => return Err(SqeError::Invalid),
+    };
+    Ok(op)
+}
+
 // ---------------------------------------------------------------------------------------
 // ioctl arguments
 // ---------------------------------------------------------------------------------------
@@ -444,6 +703,7 @@ assert_layout!(EnterArgs, size 24, align 8, {
 });
 assert_layout!(FilesUpdate, size 24, align 8, { fds @ 0, slots @ 8, count @ 16, resv @ 20 });
 assert_layout!(SlotArg, size 8, align 4, { slot @ 0, flags @ 4 });
+assert_layout!(IoVec, size 16, align 8, { base @ 0, len @ 8 });
 
 const _: () = {
     assert!(core::mem::size_of::<AtomicU32>() == 4);
@@ -453,8 +713,9 @@ const _: () = {
     assert!(small.sqes_off == 256 && small.cq_off == 320 && small.cqes_off == 576);
     assert!(small.lane_size == PAGE_SIZE as u64);
     let big = lane_layout(MAX_ENTRIES, MAX_ENTRIES);
-    assert!(big.cq_off as usize % CACHE_LINE == 0 && big.cqes_off as usize % CACHE_LINE == 0);
-    assert!(big.lane_size % PAGE_SIZE as u64 == 0);
+    assert!(big.cq_off as usize & (CACHE_LINE - 1) == 0);
+    assert!(big.cqes_off as usize & (CACHE_LINE - 1) == 0);
+    assert!(big.lane_size & (PAGE_SIZE as u64 - 1) == 0);
     assert!((big.lane_size * MAX_WORKERS as u64) < (1u64 << 32));
     // The ioctl numbers match the kernel's _IOWR/_IOW of these sizes.
     assert!(FASTIO_SETUP == 0xC080_FA01);

@@ -1,0 +1,154 @@
+//! The backends behind the proactor, and the choice between them.
+//!
+//! | backend   | who executes requests                                  | module needed |
+//! |-----------|--------------------------------------------------------|---------------|
+//! | `kmod`    | kernel workers of `fastio.ko` (`/dev/fastio`)          | yes           |
+//! | `uring`   | io_uring, with an SQPOLL kernel thread when `sqpoll`   | no            |
+//! | `threads` | polling threads in this process, ordinary syscalls     | no            |
+//!
+//! `auto` takes the first that works, in that order, and says why.
+
+pub(crate) mod files;
+pub(crate) mod threads;
+pub(crate) mod uring;
+
+use std::fmt;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use fastio_uapi::{Cqe, Sqe};
+
+use crate::config::{BackendKind, Config};
+
+/// Path of the kernel module's device.
+pub const DEVICE_PATH: &str = "/dev/fastio";
+
+/// The operations every backend provides; the proactor adds slots, buffers and limits.
+pub(crate) trait Backend: Send {
+    /// Number of lanes (independent SQ/CQ pairs).
+    fn lanes(&self) -> u32;
+    /// Requests that may be in flight on one lane (its CQ size).
+    fn lane_capacity(&self) -> u32;
+    /// Puts a new reference to `fd`'s file into the empty `slot`.
+    fn register(&mut self, slot: u32, fd: BorrowedFd<'_>) -> io::Result<()>;
+    /// Empties `slot`.
+    fn unregister(&mut self, slot: u32) -> io::Result<()>;
+    /// Returns a new descriptor for the file in `slot`.
+    fn install_fd(&mut self, slot: u32) -> io::Result<OwnedFd>;
+    /// Stages a request on `lane`; false when that SQ is full.
+    fn push(&mut self, lane: u32, sqe: &Sqe) -> bool;
+    /// Makes staged requests visible to the executors (waking sleeping ones).
+    fn submit(&mut self) -> io::Result<()>;
+    /// Hands every available completion to `f`; returns how many.
+    fn reap(&mut self, f: &mut dyn FnMut(Cqe)) -> usize;
+    /// Sleeps until at least `min` completions are available to `reap`, the timeout
+    /// passes (Ok) or a signal interrupts (`Interrupted`).
+    fn wait(&mut self, min: u32, timeout: Option<Duration>) -> io::Result<()>;
+    /// Asks every in-flight request to finish early (shutdown). Completions still come.
+    fn cancel_all(&mut self) -> io::Result<()>;
+    /// Whether the executor of `lane` is asleep with NEED_WAKEUP set (None: no such flag).
+    fn lane_asleep(&self, lane: u32) -> Option<bool>;
+}
+
+/// The backend a proactor ended up with, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice {
+    /// The backend in use.
+    pub kind: BackendKind,
+    /// Whether io_uring runs with an SQPOLL thread (uring only).
+    pub sqpoll: bool,
+    /// Why this backend was chosen.
+    pub reason: String,
+}
+
+impl fmt::Display for Choice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match (self.kind, self.sqpoll) {
+            (BackendKind::Uring, true) => "uring (SQPOLL)".to_string(),
+            (k, _) => k.to_string(),
+        };
+        write!(f, "{kind}: {}", self.reason)
+    }
+}
+
+/// Opens the backend the config asks for.
+pub(crate) fn open(config: &Config) -> io::Result<(Box<dyn Backend>, Choice)> {
+    match config.backend {
+        BackendKind::Kmod => open_kmod(),
+        BackendKind::Uring => {
+            let (b, sqpoll, note) = uring::UringBackend::open(config)?;
+            Ok((
+                Box::new(b),
+                Choice {
+                    kind: BackendKind::Uring,
+                    sqpoll,
+                    reason: format!("requested by config{note}"),
+                },
+            ))
+        }
+        BackendKind::Threads => Ok((
+            Box::new(threads::ThreadsBackend::open(config)?),
+            Choice {
+                kind: BackendKind::Threads,
+                sqpoll: false,
+                reason: format!(
+                    "requested by config ({} polling thread(s))",
+                    config.max_ker_worker
+                ),
+            },
+        )),
+        BackendKind::Auto => open_auto(config),
+    }
+}
+
+fn open_kmod() -> io::Result<(Box<dyn Backend>, Choice)> {
+    let msg = if Path::new(DEVICE_PATH).exists() {
+        format!(
+            "backend kmod: {DEVICE_PATH} exists, but this runtime has no kmod backend yet \
+             (it arrives with the kernel module); use backend = \"uring\" or \"threads\""
+        )
+    } else {
+        format!(
+            "backend kmod: {DEVICE_PATH} not found: the fastio kernel module is not loaded \
+             (sudo make reload), or use backend = \"auto\", \"uring\" or \"threads\""
+        )
+    };
+    Err(io::Error::new(io::ErrorKind::Unsupported, msg))
+}
+
+fn open_auto(config: &Config) -> io::Result<(Box<dyn Backend>, Choice)> {
+    let mut why = if Path::new(DEVICE_PATH).exists() {
+        format!("{DEVICE_PATH} exists but this runtime has no kmod backend yet; ")
+    } else {
+        format!("{DEVICE_PATH} not present; ")
+    };
+    match uring::UringBackend::open(config) {
+        Ok((b, sqpoll, note)) => {
+            why.push_str("io_uring works");
+            why.push_str(&note);
+            return Ok((
+                Box::new(b),
+                Choice {
+                    kind: BackendKind::Uring,
+                    sqpoll,
+                    reason: why,
+                },
+            ));
+        }
+        Err(e) => why.push_str(&format!("io_uring unavailable ({e}); ")),
+    }
+    why.push_str(&format!(
+        "using {} in-process polling thread(s)",
+        config.max_ker_worker
+    ));
+    Ok((
+        Box::new(threads::ThreadsBackend::open(config)?),
+        Choice {
+            kind: BackendKind::Threads,
+            sqpoll: false,
+            reason: why,
+        },
+    ))
+}

@@ -1,0 +1,316 @@
+//! The `uring` backend: the mainline kernel's io_uring, with or without an SQPOLL thread.
+//!
+//! One ring, one lane. Files live in io_uring's registered-file table (direct
+//! descriptors), so slots mean the same as on the other backends: ACCEPT installs
+//! straight into the chosen slot, CLOSE empties it, and no file is looked up by number
+//! per request. With SQPOLL the kernel thread idles for `default_main_worker_idle_time`
+//! ms before it sets `IORING_SQ_NEED_WAKEUP`; the `io-uring` crate's `submit` then wakes
+//! it, exactly as our own rings do.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use fastio_uapi::{decode, Cqe, Op, Sqe, MSG_NOSIGNAL, OFF_CURRENT};
+use io_uring::{opcode, squeue, types, IoUring};
+
+use super::Backend;
+use crate::config::Config;
+
+/// user_data of the backend's own FIXED_FD_INSTALL requests.
+const INSTALL_TOKEN: u64 = u64::MAX - 1;
+/// user_data of the backend's own cancel requests.
+const CANCEL_TOKEN: u64 = u64::MAX - 2;
+
+/// io_uring behind the proactor API.
+pub(crate) struct UringBackend {
+    ring: IoUring,
+    max_files: u32,
+    /// Completions read while looking for one of our own (install_fd); handed out first.
+    stash: Vec<Cqe>,
+}
+
+impl UringBackend {
+    /// Creates the ring. Returns it, whether SQPOLL is on, and a note for the banner.
+    pub(crate) fn open(config: &Config) -> io::Result<(Self, bool, String)> {
+        let build = |sqpoll: bool| {
+            let mut b = IoUring::builder();
+            b.setup_cqsize(config.cq_entries);
+            if sqpoll {
+                b.setup_sqpoll(config.idle_ms);
+                if let Some(cpu) = config.affinity_offset {
+                    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    b.setup_sqpoll_cpu((cpu as usize % ncpu) as u32);
+                }
+            }
+            b.build(config.sq_entries)
+        };
+        let (ring, sqpoll, note) = match build(config.sqpoll) {
+            Ok(r) => (r, config.sqpoll, String::new()),
+            Err(e) if config.sqpoll => {
+                let r = build(false)?;
+                (
+                    r,
+                    false,
+                    format!(" (SQPOLL refused: {e}; running without it)"),
+                )
+            }
+            Err(e) => return Err(e),
+        };
+        ring.submitter().register_files_sparse(config.max_files)?;
+        Ok((
+            UringBackend {
+                ring,
+                max_files: config.max_files,
+                stash: Vec::new(),
+            },
+            sqpoll,
+            note,
+        ))
+    }
+
+    /// Translates a validated request. Requests that fail validation become a NOP
+    /// completion carrying the error, through `Err`.
+    fn translate(&self, sqe: &Sqe) -> Result<squeue::Entry, i32> {
+        let op = decode(sqe, self.max_files).map_err(|e| -e.errno())?;
+        let fixed = |slot: u32| types::Fixed(slot);
+        let entry = match op {
+            Op::Nop => opcode::Nop::new().build(),
+            Op::Accept { slot, dest, flags } => {
+                let dest =
+                    types::DestinationSlot::try_from_slot_target(dest).map_err(|_| -libc::EBADF)?;
+                opcode::Accept::new(fixed(slot), std::ptr::null_mut(), std::ptr::null_mut())
+                    .file_index(Some(dest))
+                    // A direct descriptor has no close-on-exec flag (io_uring refuses
+                    // SOCK_CLOEXEC with a file index); INSTALL_FD sets it.
+                    .flags(flags as i32)
+                    .build()
+            }
+            Op::Recv {
+                slot,
+                addr,
+                len,
+                flags,
+            } => opcode::Recv::new(fixed(slot), addr as *mut u8, len)
+                .flags(flags as i32)
+                .build(),
+            Op::Send {
+                slot,
+                addr,
+                len,
+                flags,
+            } => opcode::Send::new(fixed(slot), addr as *const u8, len)
+                .flags((flags | MSG_NOSIGNAL) as i32)
+                .build(),
+            Op::Read {
+                slot,
+                addr,
+                len,
+                off,
+            } => opcode::Read::new(fixed(slot), addr as *mut u8, len)
+                .offset(off_arg(off))
+                .build(),
+            Op::Write {
+                slot,
+                addr,
+                len,
+                off,
+            } => opcode::Write::new(fixed(slot), addr as *const u8, len)
+                .offset(off_arg(off))
+                .build(),
+            Op::Writev {
+                slot,
+                iov,
+                count,
+                off,
+            } => opcode::Writev::new(fixed(slot), iov as *const libc::iovec, count)
+                .offset(off_arg(off))
+                .build(),
+            Op::Close { slot } => opcode::Close::new(fixed(slot)).build(),
+        };
+        Ok(entry.user_data(sqe.user_data))
+    }
+
+    /// Pushes one entry, submitting to make room if the SQ is full.
+    fn push_now(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: our own entries reference no user memory (install, cancel, NOP).
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+    }
+}
+
+impl Drop for UringBackend {
+    /// Drops the registered files synchronously: the ring's own teardown runs in a
+    /// kernel worker after close, and a listening socket left in its file table would
+    /// keep the port busy for a moment after the process is gone.
+    fn drop(&mut self) {
+        let _ = self.ring.submitter().unregister_files();
+    }
+}
+
+/// io_uring's "current position" is offset -1.
+fn off_arg(off: u64) -> u64 {
+    if off == OFF_CURRENT {
+        u64::MAX
+    } else {
+        off
+    }
+}
+
+impl Backend for UringBackend {
+    fn lanes(&self) -> u32 {
+        1
+    }
+
+    fn lane_capacity(&self) -> u32 {
+        self.ring.params().cq_entries()
+    }
+
+    fn register(&mut self, slot: u32, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.ring
+            .submitter()
+            .register_files_update(slot, &[fd.as_raw_fd()])
+            .map(drop)
+    }
+
+    fn unregister(&mut self, slot: u32) -> io::Result<()> {
+        self.ring
+            .submitter()
+            .register_files_update(slot, &[-1])
+            .map(drop)
+    }
+
+    fn install_fd(&mut self, slot: u32) -> io::Result<OwnedFd> {
+        let entry = opcode::FixedFdInstall::new(types::Fixed(slot), 0)
+            .build()
+            .user_data(INSTALL_TOKEN);
+        self.push_now(&entry)?;
+        loop {
+            self.ring.submit_and_wait(1)?;
+            let mut found = None;
+            for c in self.ring.completion() {
+                if c.user_data() == INSTALL_TOKEN {
+                    found = Some(c.result());
+                } else {
+                    self.stash.push(cqe(&c));
+                }
+            }
+            match found {
+                Some(r) if r >= 0 => {
+                    // SAFETY: the kernel just installed this descriptor for us.
+                    return Ok(unsafe { OwnedFd::from_raw_fd(r) });
+                }
+                Some(r) => return Err(io::Error::from_raw_os_error(-r)),
+                None => continue,
+            }
+        }
+    }
+
+    fn push(&mut self, _lane: u32, sqe: &Sqe) -> bool {
+        let entry = match self.translate(sqe) {
+            Ok(e) => e,
+            // Invalid requests complete with their errno, like the other backends.
+            Err(errno) => {
+                self.stash.push(Cqe {
+                    user_data: sqe.user_data,
+                    res: errno,
+                    flags: 0,
+                });
+                return true;
+            }
+        };
+        let mut sq = self.ring.submission();
+        if let Some(slot) = close_slot(sqe) {
+            // io_uring's CLOSE of a direct descriptor leaves requests that wait on the
+            // file pending; the fastio ABI completes them with -ECANCELED first.
+            if sq.capacity() - sq.len() < 2 {
+                return false;
+            }
+            let cancel =
+                opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(slot)).all())
+                    .build()
+                    .user_data(CANCEL_TOKEN);
+            // SAFETY: a cancel request references no user memory.
+            if unsafe { sq.push(&cancel) }.is_err() {
+                return false;
+            }
+        }
+        // SAFETY: the proactor keeps every buffer and iovec array the entry points to
+        // alive and unmoved until the completion for this user_data has been reaped.
+        unsafe { sq.push(&entry) }.is_ok()
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            // EBUSY/EAGAIN: the kernel has no room to take more right now; the entries
+            // stay in the SQ and go with the next submit.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn reap(&mut self, f: &mut dyn FnMut(Cqe)) -> usize {
+        let mut n = self.stash.len();
+        for c in self.stash.drain(..) {
+            f(c);
+        }
+        for c in self.ring.completion() {
+            if c.user_data() == CANCEL_TOKEN {
+                continue;
+            }
+            f(cqe(&c));
+            n += 1;
+        }
+        n
+    }
+
+    fn wait(&mut self, min: u32, timeout: Option<Duration>) -> io::Result<()> {
+        if self.stash.len() >= min as usize {
+            return Ok(());
+        }
+        let want = min as usize - self.stash.len();
+        let r = match timeout {
+            None => self.ring.submit_and_wait(want),
+            Some(t) => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(want, &args)
+            }
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EBUSY)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn cancel_all(&mut self) -> io::Result<()> {
+        let entry = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(CANCEL_TOKEN);
+        self.push_now(&entry)?;
+        self.ring.submit().map(drop)
+    }
+
+    fn lane_asleep(&self, _lane: u32) -> Option<bool> {
+        None
+    }
+}
+
+/// The slot of a well-formed CLOSE request.
+fn close_slot(sqe: &Sqe) -> Option<u32> {
+    (sqe.opcode == fastio_uapi::OP_CLOSE).then_some(sqe.slot)
+}
+
+fn cqe(c: &io_uring::cqueue::Entry) -> Cqe {
+    Cqe {
+        user_data: c.user_data(),
+        res: c.result(),
+        flags: 0,
+    }
+}

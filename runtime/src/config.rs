@@ -1,0 +1,918 @@
+//! `fastio.conf`: the runtime configuration.
+//!
+//! The file is [TOML](https://toml.io): one `key = value` per line, `#` starts a comment,
+//! no sections. FastIO's original `fastio.conf` (`max_ker_worker = 2` and friends) parses
+//! verbatim; the keys that fastio-rs added have defaults, so an empty file is a valid
+//! configuration and means "all defaults". Booleans may also be written `0`/`1` the way
+//! FastIO's file does.
+//!
+//! # Keys
+//!
+//! | key | unit | default | valid values | meaning |
+//! |-----|------|---------|--------------|---------|
+//! | `backend` | — | `"auto"` | `"auto"`, `"kmod"`, `"uring"`, `"threads"` | Which backend executes requests. `auto` takes `kmod` if `/dev/fastio` exists, else `uring`, else `threads`. |
+//! | `max_ker_worker` | workers | `1` | `1..=64` | Lanes, one polling worker each: kernel workers (`kmod`), SQPOLL rings (`uring`) or threads (`threads`). |
+//! | `max_usr_worker` | threads | `1` | `1..=64` | Serving threads of `proactor_echo_server`. |
+//! | `sq_entries` | entries per lane | `256`, see below | power of two in `1..=32768` | Submission ring size. |
+//! | `cq_entries` | entries per lane | `2 * sq_entries`, at most `32768` | power of two in `sq_entries..=32768` | Completion ring size; bounds the requests in flight on a lane. |
+//! | `max_files` | file slots | `4096` | `1..=1048576` | Registered file slots of a context (connections plus listeners). |
+//! | `default_main_worker_idle_time` | milliseconds | `20` | `1..=600000` | How long a polling worker spins on an empty ring before it sleeps and needs a wakeup. |
+//! | `default_wq_worker_idle_time` | milliseconds | `1000` | `1..=600000` | How long an idle workqueue (blocking I/O) worker lingers before it exits. |
+//! | `wq_max_active` | work items | `4` | `1..=256` | Blocking-I/O workqueue concurrency (`kmod`). |
+//! | `affinity_offset` | CPU number | unset: not pinned | `0..=1023` | Pin polling worker `i` to CPU `(affinity_offset + i) % online CPUs`. |
+//! | `wq_affinity_offset` | CPU number | unset: not pinned | `0..=1023` | The same for workqueue workers. |
+//! | `sqpoll` | flag | `true` | `true`/`false` (or `1`/`0`) | `uring` backend: use a kernel SQ polling thread (`IORING_SETUP_SQPOLL`). |
+//! | `esca_localize` | flag | `false` | `true`/`false` (or `1`/`0`) | FastIO/ESCA compatibility only: lanes are always per-worker memory in fastio-rs, so it has no further effect. |
+//! | `max_table_entry` | entries | `64` | `1..=32768` | FastIO's table geometry, see below. |
+//! | `max_table_len` | tables | `1` | `1..=1024` | FastIO's table geometry, see below; `max_table_entry * max_table_len` must not exceed `32768`. |
+//!
+//! FastIO sized its rings as `max_table_len` tables of `max_table_entry` entries. When
+//! `sq_entries` is absent and either legacy key is present, `sq_entries` becomes
+//! `(max_table_entry * max_table_len).next_power_of_two()` (FastIO's `64 * 10` gives
+//! `1024`); an explicit `sq_entries` wins over the legacy keys.
+//!
+//! # Which file is read
+//!
+//! [`Config::resolve`], used by the binaries, takes the first of: the `--config PATH`
+//! argument; the `FASTIO_CONF` environment variable; the path that `make config` recorded
+//! at build time (the `FASTIO_CONF_PATH` variable seen by `runtime/build.rs`); the built-in
+//! defaults. A file named by any of the first three must exist.
+//!
+//! # Errors
+//!
+//! Every error names the file and the 1-based line of the offending key, e.g.
+//! `fastio.conf:3: max_ker_worker = 0: must be between 1 and 64`; TOML syntax errors
+//! also carry the column (`fastio.conf:4:17: TOML syntax error: ...`).
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use fastio_uapi::{MAX_ENTRIES, MAX_FILES, MAX_WORKERS};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+/// Environment variable that names the configuration file (second in
+/// [`Config::resolve`]'s order, after `--config`).
+pub const ENV_VAR: &str = "FASTIO_CONF";
+
+/// The path recorded by `make config` when this crate was built (`None`: nothing recorded).
+pub const RECORDED_PATH: Option<&str> = option_env!("FASTIO_RECORDED_CONF");
+
+/// Valid values of an integer key, as `(min, max)`, inclusive.
+type Bounds = (u32, u32);
+/// `max_ker_worker`, `max_usr_worker`.
+const WORKERS: Bounds = (1, MAX_WORKERS);
+/// `max_files`.
+const FILES: Bounds = (1, MAX_FILES);
+/// Both idle times, in milliseconds (up to ten minutes).
+const IDLE_MS: Bounds = (1, 600_000);
+/// `wq_max_active`.
+const WQ_ACTIVE: Bounds = (1, 256);
+/// Both affinity offsets (CPU numbers).
+const CPU: Bounds = (0, 1023);
+/// `max_table_entry`.
+const TABLE_ENTRY: Bounds = (1, MAX_ENTRIES);
+/// `max_table_len`.
+const TABLE_LEN: Bounds = (1, 1024);
+
+/// Every key `fastio.conf` accepts, in the order of the module documentation.
+pub const KEYS: [&str; 15] = [
+    "backend",
+    "max_ker_worker",
+    "max_usr_worker",
+    "sq_entries",
+    "cq_entries",
+    "max_files",
+    "default_main_worker_idle_time",
+    "default_wq_worker_idle_time",
+    "wq_max_active",
+    "affinity_offset",
+    "wq_affinity_offset",
+    "sqpoll",
+    "esca_localize",
+    "max_table_entry",
+    "max_table_len",
+];
+
+/// Which backend executes requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// `kmod` if `/dev/fastio` exists, else `uring`, else `threads`.
+    #[default]
+    Auto,
+    /// The kernel module behind `/dev/fastio`.
+    Kmod,
+    /// io_uring (with or without SQPOLL, see [`Config::sqpoll`]).
+    Uring,
+    /// Polling threads inside the process that execute requests with ordinary syscalls.
+    Threads,
+}
+
+impl BackendKind {
+    /// Every backend, in the order of their names in messages.
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Auto,
+        BackendKind::Kmod,
+        BackendKind::Uring,
+        BackendKind::Threads,
+    ];
+
+    /// The name used in `fastio.conf` and on the command line.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Auto => "auto",
+            BackendKind::Kmod => "kmod",
+            BackendKind::Uring => "uring",
+            BackendKind::Threads => "threads",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = ParseBackendKindError;
+
+    /// Parses `auto`, `kmod`, `uring` or `threads` (ASCII case is ignored).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        BackendKind::ALL
+            .into_iter()
+            .find(|b| b.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| ParseBackendKindError(s.to_owned()))
+    }
+}
+
+/// The error of [`BackendKind::from_str`]: the name is none of the backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseBackendKindError(String);
+
+impl fmt::Display for ParseBackendKindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown backend {:?}: expected one of auto, kmod, uring, threads",
+            self.0
+        )
+    }
+}
+
+impl StdError for ParseBackendKindError {}
+
+/// The runtime configuration; see the [module documentation](self) for every key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Key `backend`: which backend executes requests.
+    pub backend: BackendKind,
+    /// Key `max_ker_worker`: lanes, one polling worker each (kernel workers for `kmod`,
+    /// threads for `threads`); `1..=64`.
+    pub max_ker_worker: u32,
+    /// Key `max_usr_worker`: serving threads of `proactor_echo_server`; `1..=64`.
+    pub max_usr_worker: u32,
+    /// Key `sq_entries`: submission ring entries per lane; a power of two in `1..=32768`.
+    pub sq_entries: u32,
+    /// Key `cq_entries`: completion ring entries per lane; a power of two in
+    /// `sq_entries..=32768`.
+    pub cq_entries: u32,
+    /// Key `max_files`: registered file slots; `1..=1048576`.
+    pub max_files: u32,
+    /// Key `default_main_worker_idle_time`: milliseconds a polling worker spins on an empty
+    /// ring before it sleeps; `1..=600000`.
+    pub idle_ms: u32,
+    /// Key `default_wq_worker_idle_time`: milliseconds an idle workqueue worker lingers;
+    /// `1..=600000`.
+    pub wq_idle_ms: u32,
+    /// Key `wq_max_active`: blocking-I/O workqueue concurrency (`kmod`); `1..=256`.
+    pub wq_max_active: u32,
+    /// Key `affinity_offset`: pin polling worker `i` to CPU `(offset + i) % online CPUs`;
+    /// `None` = not pinned; `0..=1023`.
+    pub affinity_offset: Option<u32>,
+    /// Key `wq_affinity_offset`: the same for workqueue workers; `0..=1023`.
+    pub wq_affinity_offset: Option<u32>,
+    /// Key `sqpoll`: the `uring` backend uses `IORING_SETUP_SQPOLL`.
+    pub sqpoll: bool,
+    /// Key `esca_localize`: accepted for compatibility with FastIO/ESCA files. Lanes are
+    /// always per-worker memory in fastio-rs, so it has no further effect.
+    pub esca_localize: bool,
+    /// Key `max_table_entry`: FastIO's entries per table, as given; `1..=32768`.
+    pub max_table_entry: u32,
+    /// Key `max_table_len`: FastIO's number of tables, as given; `1..=1024`.
+    pub max_table_len: u32,
+}
+
+impl Default for Config {
+    /// The documented defaults: backend `auto`, one lane of 256/512 entries, 4096 file
+    /// slots, 20 ms idle time, no pinning, SQPOLL on.
+    fn default() -> Self {
+        Config {
+            backend: BackendKind::Auto,
+            max_ker_worker: 1,
+            max_usr_worker: 1,
+            sq_entries: 256,
+            cq_entries: 512,
+            max_files: 4096,
+            idle_ms: 20,
+            wq_idle_ms: 1000,
+            wq_max_active: 4,
+            affinity_offset: None,
+            wq_affinity_offset: None,
+            sqpoll: true,
+            esca_localize: false,
+            max_table_entry: 64,
+            max_table_len: 1,
+        }
+    }
+}
+
+impl Config {
+    /// Parses the text of a `fastio.conf`; `origin` (normally the file name) prefixes every
+    /// error message.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let doc = Doc { text, origin };
+        let table = DeTable::parse(text).map_err(|e| doc.syntax_error(&e))?;
+        // Report the first problem in file order, not in the table's key order.
+        let mut entries: Vec<Entry<'_>> = table
+            .get_ref()
+            .iter()
+            .map(|(key, value)| Entry {
+                doc: &doc,
+                name: key.get_ref(),
+                key_span: key.span(),
+                value,
+            })
+            .collect();
+        entries.sort_by_key(|e| e.key_span.start);
+
+        let mut cfg = Config::default();
+        let mut sq_entry = None;
+        let mut cq_entry = None;
+        let mut legacy: Vec<&Entry<'_>> = Vec::new();
+        for e in &entries {
+            match e.name {
+                "backend" => cfg.backend = e.backend()?,
+                "max_ker_worker" => cfg.max_ker_worker = e.int(WORKERS)?,
+                "max_usr_worker" => cfg.max_usr_worker = e.int(WORKERS)?,
+                "sq_entries" => {
+                    cfg.sq_entries = e.ring_size()?;
+                    sq_entry = Some(e);
+                }
+                "cq_entries" => {
+                    cfg.cq_entries = e.ring_size()?;
+                    cq_entry = Some(e);
+                }
+                "max_files" => cfg.max_files = e.int(FILES)?,
+                "default_main_worker_idle_time" => cfg.idle_ms = e.int(IDLE_MS)?,
+                "default_wq_worker_idle_time" => cfg.wq_idle_ms = e.int(IDLE_MS)?,
+                "wq_max_active" => cfg.wq_max_active = e.int(WQ_ACTIVE)?,
+                "affinity_offset" => cfg.affinity_offset = Some(e.int(CPU)?),
+                "wq_affinity_offset" => cfg.wq_affinity_offset = Some(e.int(CPU)?),
+                "sqpoll" => cfg.sqpoll = e.flag()?,
+                "esca_localize" => cfg.esca_localize = e.flag()?,
+                "max_table_entry" => {
+                    cfg.max_table_entry = e.int(TABLE_ENTRY)?;
+                    legacy.push(e);
+                }
+                "max_table_len" => {
+                    cfg.max_table_len = e.int(TABLE_LEN)?;
+                    legacy.push(e);
+                }
+                _ => return Err(e.unknown_key()),
+            }
+        }
+
+        // `legacy` is in file order, so the last entry is the line that broke the limit.
+        let table_size = cfg.max_table_entry * cfg.max_table_len;
+        if let Some(last) = legacy.last() {
+            if table_size > MAX_ENTRIES {
+                return Err(last.invalid(format!(
+                    "max_table_entry * max_table_len = {} * {} = {table_size} exceeds {MAX_ENTRIES}",
+                    cfg.max_table_entry, cfg.max_table_len
+                )));
+            }
+        }
+        let sq_from_legacy = sq_entry.is_none() && !legacy.is_empty();
+        if sq_from_legacy {
+            cfg.sq_entries = table_size.next_power_of_two();
+        }
+        match cq_entry {
+            Some(e) if cfg.cq_entries < cfg.sq_entries => {
+                let why = if sq_from_legacy {
+                    ", from max_table_entry * max_table_len"
+                } else {
+                    ""
+                };
+                return Err(e.invalid(format!(
+                    "must be at least sq_entries ({}{why})",
+                    cfg.sq_entries
+                )));
+            }
+            Some(_) => {}
+            None => cfg.cq_entries = cfg.sq_entries.saturating_mul(2).min(MAX_ENTRIES),
+        }
+        debug_assert!(cfg.validate().is_ok(), "parse let through {cfg:?}");
+        Ok(cfg)
+    }
+
+    /// Reads and parses the file at `path`. A missing or unreadable file is an error that
+    /// names the path.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|e| ConfigError::read(path, "", e))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Finds and loads the configuration the way the binaries do, and says where it came
+    /// from. The first that applies wins:
+    ///
+    /// 1. `explicit` (the `--config` argument), if `Some`;
+    /// 2. the file named by the environment variable `FASTIO_CONF`, if set and not empty;
+    /// 3. the path recorded at build time by `make config` ([`RECORDED_PATH`]);
+    /// 4. the built-in defaults ([`Config::default`]).
+    ///
+    /// A file named by 1–3 that does not exist is an error (it is never skipped in favour
+    /// of the next source); for a recorded path the message says to rerun `make config`.
+    pub fn resolve(explicit: Option<&Path>) -> Result<(Config, ConfigSource), ConfigError> {
+        let env = std::env::var_os(ENV_VAR)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        resolve_from(explicit, env, RECORDED_PATH.map(PathBuf::from))
+    }
+
+    /// Checks every value the way [`Config::parse`] does; for a `Config` that was built or
+    /// changed in code (command-line overrides). The error names the key but no file.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ranges = [
+            ("max_ker_worker", self.max_ker_worker, WORKERS),
+            ("max_usr_worker", self.max_usr_worker, WORKERS),
+            ("max_files", self.max_files, FILES),
+            ("default_main_worker_idle_time", self.idle_ms, IDLE_MS),
+            ("default_wq_worker_idle_time", self.wq_idle_ms, IDLE_MS),
+            ("wq_max_active", self.wq_max_active, WQ_ACTIVE),
+            ("max_table_entry", self.max_table_entry, TABLE_ENTRY),
+            ("max_table_len", self.max_table_len, TABLE_LEN),
+        ];
+        let offsets = [
+            ("affinity_offset", self.affinity_offset),
+            ("wq_affinity_offset", self.wq_affinity_offset),
+        ];
+        let offsets = offsets
+            .into_iter()
+            .filter_map(|(key, v)| v.map(|v| (key, v, CPU)));
+        for (key, value, bounds) in ranges.into_iter().chain(offsets) {
+            if !within(value, bounds) {
+                return Err(ConfigError::detached(key, value, range_msg(bounds)));
+            }
+        }
+        for (key, value) in [
+            ("sq_entries", self.sq_entries),
+            ("cq_entries", self.cq_entries),
+        ] {
+            if !fastio_uapi::valid_entries(value) {
+                return Err(ConfigError::detached(key, value, ring_msg()));
+            }
+        }
+        if self.cq_entries < self.sq_entries {
+            let msg = format!("must be at least sq_entries ({})", self.sq_entries);
+            return Err(ConfigError::detached("cq_entries", self.cq_entries, msg));
+        }
+        if u64::from(self.max_table_entry) * u64::from(self.max_table_len) > u64::from(MAX_ENTRIES)
+        {
+            let msg = format!("max_table_entry * max_table_len exceeds {MAX_ENTRIES}");
+            return Err(ConfigError::detached(
+                "max_table_len",
+                self.max_table_len,
+                msg,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Number of lanes (= polling workers): `max_ker_worker`.
+    pub fn lanes(&self) -> u32 {
+        self.max_ker_worker
+    }
+
+    /// One-line summary for a startup banner, e.g.
+    /// `backend=auto lanes=1 usr_workers=1 sq=256 cq=512 files=4096 idle=20ms wq_idle=1000ms affinity=none sqpoll=on`
+    /// (`affinity=+2` means worker `i` runs on CPU `(2 + i) % online CPUs`; a
+    /// `wq_affinity=+N` field appears when `wq_affinity_offset` is set).
+    pub fn describe(&self) -> String {
+        let affinity = self
+            .affinity_offset
+            .map_or_else(|| "none".to_owned(), |o| format!("+{o}"));
+        let wq_affinity = self
+            .wq_affinity_offset
+            .map_or_else(String::new, |o| format!(" wq_affinity=+{o}"));
+        format!(
+            "backend={} lanes={} usr_workers={} sq={} cq={} files={} idle={}ms wq_idle={}ms \
+             affinity={affinity}{wq_affinity} sqpoll={}",
+            self.backend,
+            self.lanes(),
+            self.max_usr_worker,
+            self.sq_entries,
+            self.cq_entries,
+            self.max_files,
+            self.idle_ms,
+            self.wq_idle_ms,
+            if self.sqpoll { "on" } else { "off" },
+        )
+    }
+}
+
+/// [`Config::resolve`] with its inputs spelled out (so that tests need not touch the
+/// process environment or the build).
+fn resolve_from(
+    explicit: Option<&Path>,
+    env: Option<PathBuf>,
+    recorded: Option<PathBuf>,
+) -> Result<(Config, ConfigSource), ConfigError> {
+    let (path, source) = if let Some(p) = explicit {
+        (p.to_path_buf(), ConfigSource::File(p.to_path_buf()))
+    } else if let Some(p) = env {
+        (p.clone(), ConfigSource::Env(p))
+    } else if let Some(p) = recorded {
+        (p.clone(), ConfigSource::Recorded(p))
+    } else {
+        return Ok((Config::default(), ConfigSource::Defaults));
+    };
+    let text = fs::read_to_string(&path).map_err(|e| {
+        let note = match &source {
+            ConfigSource::Env(_) => " (named by FASTIO_CONF)",
+            ConfigSource::Recorded(_) if e.kind() == io::ErrorKind::NotFound => {
+                " (recorded by `make config`; rerun `make config` or pass --config)"
+            }
+            ConfigSource::Recorded(_) => " (recorded by `make config`)",
+            _ => "",
+        };
+        ConfigError::read(&path, note, e)
+    })?;
+    let cfg = Config::parse(&text, &path.display().to_string())?;
+    Ok((cfg, source))
+}
+
+/// Where [`Config::resolve`] found the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// The file given explicitly (`--config`).
+    File(PathBuf),
+    /// The file named by the `FASTIO_CONF` environment variable.
+    Env(PathBuf),
+    /// The file recorded at build time by `make config`.
+    Recorded(PathBuf),
+    /// No file: the built-in defaults.
+    Defaults,
+}
+
+impl ConfigSource {
+    /// The file that was read, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ConfigSource::File(p) | ConfigSource::Env(p) | ConfigSource::Recorded(p) => Some(p),
+            ConfigSource::Defaults => None,
+        }
+    }
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::File(p) => write!(f, "{} (--config)", p.display()),
+            ConfigSource::Env(p) => write!(f, "{} (from FASTIO_CONF)", p.display()),
+            ConfigSource::Recorded(p) => write!(f, "{} (recorded by make config)", p.display()),
+            ConfigSource::Defaults => f.write_str(
+                "built-in defaults (no --config, no FASTIO_CONF, no `make config` path recorded)",
+            ),
+        }
+    }
+}
+
+/// A configuration that cannot be read or is invalid.
+///
+/// The message names the file, the 1-based line and the key, e.g.
+/// `fastio.conf:3: max_ker_worker = 0: must be between 1 and 64`; syntax errors add the
+/// column (`fastio.conf:2:1: TOML syntax error: ...`); a file that cannot be read gives
+/// `cannot read /x/fastio.conf: No such file or directory`.
+#[derive(Debug)]
+pub struct ConfigError {
+    origin: Option<String>,
+    line: Option<usize>,
+    column: Option<usize>,
+    key: Option<String>,
+    message: String,
+    kind: ErrorKind,
+}
+
+#[derive(Debug)]
+enum ErrorKind {
+    /// The file could not be read; the message is complete without origin and line.
+    Read(io::Error),
+    /// Not TOML; Display shows line and column.
+    Syntax,
+    /// A key or its value is wrong; Display shows the line.
+    Invalid,
+}
+
+impl ConfigError {
+    /// The file (the `origin` given to [`Config::parse`]) the error is in, if any.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
+    /// The 1-based line of the error, if it is about a place in a file.
+    pub fn line(&self) -> Option<usize> {
+        self.line
+    }
+
+    /// The 1-based column (in characters) of the error: of the syntax error, the bad value
+    /// or the unknown key.
+    pub fn column(&self) -> Option<usize> {
+        self.column
+    }
+
+    /// The key the error is about, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// Whether the error is that the file does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(&self.kind, ErrorKind::Read(e) if e.kind() == io::ErrorKind::NotFound)
+    }
+
+    fn read(path: &Path, note: &str, err: io::Error) -> Self {
+        ConfigError {
+            origin: Some(path.display().to_string()),
+            line: None,
+            column: None,
+            key: None,
+            message: format!("cannot read {}{note}: {}", path.display(), io_msg(&err)),
+            kind: ErrorKind::Read(err),
+        }
+    }
+
+    /// An error about a value that did not come from a file ([`Config::validate`]).
+    fn detached(key: &str, value: u32, msg: String) -> Self {
+        ConfigError {
+            origin: None,
+            line: None,
+            column: None,
+            key: Some(key.to_owned()),
+            message: format!("{key} = {value}: {msg}"),
+            kind: ErrorKind::Invalid,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.kind, &self.origin, self.line) {
+            (ErrorKind::Read(_), _, _) | (_, None, _) => {}
+            (ErrorKind::Syntax, Some(origin), Some(line)) => match self.column {
+                Some(col) => write!(f, "{origin}:{line}:{col}: ")?,
+                None => write!(f, "{origin}:{line}: ")?,
+            },
+            (_, Some(origin), Some(line)) => write!(f, "{origin}:{line}: ")?,
+            (_, Some(origin), None) => write!(f, "{origin}: ")?,
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl StdError for ConfigError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match &self.kind {
+            ErrorKind::Read(e) => Some(e),
+            ErrorKind::Syntax | ErrorKind::Invalid => None,
+        }
+    }
+}
+
+/// An I/O error's text without std's ` (os error N)` suffix.
+fn io_msg(err: &io::Error) -> String {
+    let text = err.to_string();
+    match err.raw_os_error() {
+        Some(code) => text
+            .strip_suffix(&format!(" (os error {code})"))
+            .map_or_else(|| text.clone(), str::to_owned),
+        None => text,
+    }
+}
+
+fn within(value: u32, (lo, hi): Bounds) -> bool {
+    (lo..=hi).contains(&value)
+}
+
+fn range_msg((lo, hi): Bounds) -> String {
+    format!("must be between {lo} and {hi}")
+}
+
+fn ring_msg() -> String {
+    format!("must be a power of two between 1 and {MAX_ENTRIES}")
+}
+
+/// The text being parsed and its name.
+struct Doc<'a> {
+    text: &'a str,
+    origin: &'a str,
+}
+
+impl Doc<'_> {
+    /// `offset` moved into the text and back onto a character boundary.
+    fn clamp(&self, offset: usize) -> usize {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        offset
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = self.clamp(offset);
+        let before = &self.text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = before.matches('\n').count() + 1;
+        (line, before[line_start..].chars().count() + 1)
+    }
+
+    /// The whole source line that holds byte `offset`, without its line break.
+    fn line_text(&self, offset: usize) -> &str {
+        let offset = self.clamp(offset);
+        let start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let end = self.text[offset..]
+            .find('\n')
+            .map_or(self.text.len(), |i| offset + i);
+        self.text[start..end].trim_end_matches('\r')
+    }
+
+    fn error(
+        &self,
+        span: Option<Range<usize>>,
+        key: Option<&str>,
+        kind: ErrorKind,
+        message: String,
+    ) -> ConfigError {
+        let (line, column) = match span {
+            Some(s) => {
+                let (l, c) = self.position(s.start);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        ConfigError {
+            origin: Some(self.origin.to_owned()),
+            line,
+            column,
+            key: key.map(str::to_owned),
+            message,
+            kind,
+        }
+    }
+
+    fn syntax_error(&self, err: &toml::de::Error) -> ConfigError {
+        let span = err.span();
+        let mut key = None;
+        let mut message = err.message().to_owned();
+        if let Some(s) = span.clone() {
+            // toml points a duplicate key's span at the key itself: name it.
+            if message == "duplicate key" {
+                if let Some(k) = self
+                    .text
+                    .get(s.clone())
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                {
+                    message = format!("duplicate key `{k}`");
+                    key = Some(k.trim_matches(|c| c == '"' || c == '\''));
+                }
+            }
+            let line = self.line_text(s.start).trim();
+            if !line.is_empty() {
+                message = format!("{message}, in `{line}`");
+            }
+        }
+        self.error(
+            span,
+            key,
+            ErrorKind::Syntax,
+            format!("TOML syntax error: {message}"),
+        )
+    }
+}
+
+/// One `key = value` of the document.
+struct Entry<'a> {
+    doc: &'a Doc<'a>,
+    name: &'a str,
+    key_span: Range<usize>,
+    value: &'a Spanned<DeValue<'a>>,
+}
+
+impl Entry<'_> {
+    /// The value as written in the file.
+    fn raw(&self) -> &str {
+        self.doc.text.get(self.value.span()).map_or("?", str::trim)
+    }
+
+    /// An error on this key's line; the column is the value's.
+    fn at_value(&self, message: String) -> ConfigError {
+        let mut err = self.doc.error(
+            Some(self.key_span.clone()),
+            Some(self.name),
+            ErrorKind::Invalid,
+            message,
+        );
+        err.column = Some(self.doc.position(self.value.span().start).1);
+        err
+    }
+
+    /// `key = value: msg`.
+    fn invalid(&self, msg: String) -> ConfigError {
+        self.at_value(format!("{} = {}: {msg}", self.name, self.raw()))
+    }
+
+    /// `key: expected X, found Y`.
+    fn wrong_type(&self, expected: &str) -> ConfigError {
+        let found = match self.value.get_ref() {
+            DeValue::String(_) => "a string",
+            DeValue::Integer(_) => "an integer",
+            DeValue::Float(_) => "a float",
+            DeValue::Boolean(_) => "a boolean",
+            DeValue::Datetime(_) => "a date-time",
+            DeValue::Array(_) => "an array",
+            DeValue::Table(_) => "a table",
+        };
+        self.at_value(format!("{}: expected {expected}, found {found}", self.name))
+    }
+
+    fn unknown_key(&self) -> ConfigError {
+        let mut message = format!("unknown key `{}`", self.name);
+        match suggest(self.name) {
+            Some(known) => message.push_str(&format!(" (did you mean `{known}`?)")),
+            None if matches!(self.value.get_ref(), DeValue::Table(_)) => message.push_str(
+                " (fastio.conf has no tables or sections: write every key at the top level)",
+            ),
+            None => message.push_str(&format!(" (known keys: {})", KEYS.join(", "))),
+        }
+        self.doc.error(
+            Some(self.key_span.clone()),
+            Some(self.name),
+            ErrorKind::Invalid,
+            message,
+        )
+    }
+
+    /// The value as a `u32`: `Ok(None)` for an integer outside `u32` (negative, or beyond
+    /// it: such numbers are range errors, never wrapped); an error if not an integer.
+    fn uint(&self) -> Result<Option<u32>, ConfigError> {
+        let DeValue::Integer(i) = self.value.get_ref() else {
+            return Err(self.wrong_type("an integer"));
+        };
+        Ok(i128::from_str_radix(i.as_str(), i.radix())
+            .ok()
+            .and_then(|n| u32::try_from(n).ok()))
+    }
+
+    /// An integer within `bounds`.
+    fn int(&self, bounds: Bounds) -> Result<u32, ConfigError> {
+        self.uint()?
+            .filter(|&n| within(n, bounds))
+            .ok_or_else(|| self.invalid(range_msg(bounds)))
+    }
+
+    /// A ring size: a power of two in `1..=MAX_ENTRIES`.
+    fn ring_size(&self) -> Result<u32, ConfigError> {
+        self.uint()?
+            .filter(|&n| fastio_uapi::valid_entries(n))
+            .ok_or_else(|| self.invalid(ring_msg()))
+    }
+
+    /// A boolean, also written `0` or `1` (FastIO's style).
+    fn flag(&self) -> Result<bool, ConfigError> {
+        const EXPECTED: &str = "0, 1, true or false";
+        match self.value.get_ref() {
+            DeValue::Boolean(b) => Ok(*b),
+            DeValue::Integer(_) => match self.uint()? {
+                Some(0) => Ok(false),
+                Some(1) => Ok(true),
+                _ => Err(self.invalid(format!("must be {EXPECTED}"))),
+            },
+            _ => Err(self.wrong_type(EXPECTED)),
+        }
+    }
+
+    fn backend(&self) -> Result<BackendKind, ConfigError> {
+        let DeValue::String(s) = self.value.get_ref() else {
+            return Err(self.wrong_type("a string (\"auto\", \"kmod\", \"uring\" or \"threads\")"));
+        };
+        s.parse().map_err(|_| {
+            self.invalid("must be one of \"auto\", \"kmod\", \"uring\", \"threads\"".to_owned())
+        })
+    }
+}
+
+/// The known key closest to `name` by edit distance, if it is close enough to be a typo.
+fn suggest(name: &str) -> Option<&'static str> {
+    let name = name.to_ascii_lowercase();
+    KEYS.iter()
+        .map(|&k| (edit_distance(&name, k), k))
+        .filter(|&(d, k)| d <= 2.max(k.len() / 3))
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, &cb) in b.iter().enumerate() {
+            let subst = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = subst.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distance_basics() {
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("max_kerworker", "max_ker_worker"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(suggest("MAX_KER_WORKERS"), Some("max_ker_worker"));
+        assert_eq!(suggest("sq_entry"), Some("sq_entries"));
+        assert_eq!(suggest("frobnicate"), None);
+    }
+
+    #[test]
+    fn position_counts_lines_and_chars() {
+        let doc = Doc {
+            text: "a = 1\n# é\nb = 2",
+            origin: "x",
+        };
+        assert_eq!(doc.position(0), (1, 1));
+        assert_eq!(doc.position(6), (2, 1));
+        assert_eq!(doc.position(10), (2, 4)); // after "# é" (é is 2 bytes)
+        assert_eq!(doc.position(11), (3, 1));
+        assert_eq!(doc.position(1000), (3, 6));
+        assert_eq!(doc.line_text(12), "b = 2");
+    }
+
+    #[test]
+    fn recorded_path_missing_says_rerun_make_config() {
+        let missing = std::env::temp_dir().join("fastio-no-such-recorded.conf");
+        let err = resolve_from(None, None, Some(missing.clone())).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("cannot read {}", missing.display())),
+            "{msg}"
+        );
+        assert!(msg.contains("rerun `make config`"), "{msg}");
+        assert!(msg.ends_with(": No such file or directory"), "{msg}");
+        assert!(err.is_not_found());
+    }
+
+    #[test]
+    fn resolve_order() {
+        let dir = std::env::temp_dir().join(format!("fastio-config-unit-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a.conf");
+        let b = dir.join("b.conf");
+        fs::write(&a, "max_ker_worker = 3\n").unwrap();
+        fs::write(&b, "max_ker_worker = 4\n").unwrap();
+
+        let (cfg, src) = resolve_from(Some(&a), Some(b.clone()), Some(b.clone())).unwrap();
+        assert_eq!((cfg.lanes(), src), (3, ConfigSource::File(a.clone())));
+        let (cfg, src) = resolve_from(None, Some(b.clone()), Some(a.clone())).unwrap();
+        assert_eq!((cfg.lanes(), src), (4, ConfigSource::Env(b.clone())));
+        let (cfg, src) = resolve_from(None, None, Some(a.clone())).unwrap();
+        assert_eq!(
+            (cfg.lanes(), src.clone()),
+            (3, ConfigSource::Recorded(a.clone()))
+        );
+        assert_eq!(
+            src.to_string(),
+            format!("{} (recorded by make config)", a.display())
+        );
+        let (cfg, src) = resolve_from(None, None, None).unwrap();
+        assert_eq!((cfg, src), (Config::default(), ConfigSource::Defaults));
+
+        // A named file that is missing is an error, not a fall-through to defaults.
+        let err = resolve_from(None, Some(dir.join("nope.conf")), None).unwrap_err();
+        assert!(err.to_string().contains("(named by FASTIO_CONF)"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
