@@ -3,11 +3,13 @@
 //!
 //! - [`proactor_server`]: the FastIO echo server rebuilt on the fastio proactor.
 //! - [`epoll_server`]: the classic epoll baseline.
-//! - [`bench`]: the load client behind `echo_bench`.
+//! - [`mod@bench`]: the load client behind `echo_bench`.
 //! - [`check`]: end-to-end checks (byte-verified echo, misbehaving clients) used by the
 //!   tests against every server.
 
 pub mod bench;
 pub mod check;
 pub mod epoll_server;
+pub mod net;
 pub mod proactor_server;
+pub mod signals;

@@ -14,7 +14,7 @@
 //! | `max_ker_worker` | workers | `1` | `1..=64` | Lanes, one polling worker each: kernel workers (`kmod`), SQPOLL rings (`uring`) or threads (`threads`). |
 //! | `max_usr_worker` | threads | `1` | `1..=64` | Serving threads of `proactor_echo_server`. |
 //! | `sq_entries` | entries per lane | `256`, see below | power of two in `1..=32768` | Submission ring size. |
-//! | `cq_entries` | entries per lane | `2 * sq_entries`, at most `32768` | power of two in `sq_entries..=32768` | Completion ring size; bounds the requests in flight on a lane. |
+//! | `cq_entries` | entries per lane | `8192` (or `sq_entries` if larger) | power of two in `sq_entries..=32768` | Completion ring size; bounds the requests in flight on a lane. A server keeps one RECV pending per idle connection, so this is also its connection limit per lane. |
 //! | `max_files` | file slots | `4096` | `1..=1048576` | Registered file slots of a context (connections plus listeners). |
 //! | `default_main_worker_idle_time` | milliseconds | `20` | `1..=600000` | How long a polling worker spins on an empty ring before it sleeps and needs a wakeup. |
 //! | `default_wq_worker_idle_time` | milliseconds | `1000` | `1..=600000` | How long an idle workqueue (blocking I/O) worker lingers before it exits. |
@@ -62,6 +62,10 @@ pub const ENV_VAR: &str = "FASTIO_CONF";
 
 /// The path recorded by `make config` when this crate was built (`None`: nothing recorded).
 pub const RECORDED_PATH: Option<&str> = option_env!("FASTIO_RECORDED_CONF");
+
+/// Default `cq_entries`: room for thousands of idle connections, each with a RECV in
+/// flight, on one lane (16 bytes per entry: 128 KiB).
+pub const DEFAULT_CQ_ENTRIES: u32 = 8192;
 
 /// Valid values of an integer key, as `(min, max)`, inclusive.
 type Bounds = (u32, u32);
@@ -217,7 +221,7 @@ impl Default for Config {
             max_ker_worker: 1,
             max_usr_worker: 1,
             sq_entries: 256,
-            cq_entries: 512,
+            cq_entries: DEFAULT_CQ_ENTRIES,
             max_files: 4096,
             idle_ms: 20,
             wq_idle_ms: 1000,
@@ -315,7 +319,7 @@ impl Config {
                 )));
             }
             Some(_) => {}
-            None => cfg.cq_entries = cfg.sq_entries.saturating_mul(2).min(MAX_ENTRIES),
+            None => cfg.cq_entries = DEFAULT_CQ_ENTRIES.max(cfg.sq_entries),
         }
         debug_assert!(cfg.validate().is_ok(), "parse let through {cfg:?}");
         Ok(cfg)

@@ -67,7 +67,7 @@ fn fastio_original_file_parses() {
         max_ker_worker: 2,
         max_usr_worker: 1,
         sq_entries: 1024, // (64 * 10).next_power_of_two()
-        cq_entries: 2048,
+        cq_entries: 8192,
         max_files: 4096,
         idle_ms: 1500,
         wq_idle_ms: 1500,
@@ -84,7 +84,7 @@ fn fastio_original_file_parses() {
     cfg.validate().unwrap();
     assert_eq!(
         cfg.describe(),
-        "backend=auto lanes=2 usr_workers=1 sq=1024 cq=2048 files=4096 idle=1500ms \
+        "backend=auto lanes=2 usr_workers=1 sq=1024 cq=8192 files=4096 idle=1500ms \
          wq_idle=1500ms affinity=+0 wq_affinity=+10 sqpoll=on"
     );
 }
@@ -96,7 +96,7 @@ fn repository_fastio_conf_loads() {
     assert_eq!(cfg.backend, BackendKind::Auto);
     assert_eq!(cfg.lanes(), 1);
     assert_eq!(cfg.max_usr_worker, 1);
-    assert_eq!((cfg.sq_entries, cfg.cq_entries), (256, 512));
+    assert_eq!((cfg.sq_entries, cfg.cq_entries), (256, 8192));
     assert_eq!(cfg.max_files, 4096);
     assert_eq!((cfg.idle_ms, cfg.wq_idle_ms), (20, 1000));
     assert_eq!((cfg.affinity_offset, cfg.wq_affinity_offset), (None, None));
@@ -112,7 +112,7 @@ fn defaults() {
     let d = Config::default();
     assert_eq!(d.backend, BackendKind::Auto);
     assert_eq!((d.max_ker_worker, d.max_usr_worker), (1, 1));
-    assert_eq!((d.sq_entries, d.cq_entries, d.max_files), (256, 512, 4096));
+    assert_eq!((d.sq_entries, d.cq_entries, d.max_files), (256, 8192, 4096));
     assert_eq!((d.idle_ms, d.wq_idle_ms, d.wq_max_active), (20, 1000, 4));
     assert_eq!((d.affinity_offset, d.wq_affinity_offset), (None, None));
     assert!(d.sqpoll && !d.esca_localize);
@@ -124,7 +124,7 @@ fn defaults() {
     assert_eq!(Config::parse(only_comments, "c.conf").unwrap(), d);
     assert_eq!(
         d.describe(),
-        "backend=auto lanes=1 usr_workers=1 sq=256 cq=512 files=4096 idle=20ms wq_idle=1000ms \
+        "backend=auto lanes=1 usr_workers=1 sq=256 cq=8192 files=4096 idle=20ms wq_idle=1000ms \
          affinity=none sqpoll=on"
     );
 }
@@ -142,24 +142,24 @@ wq_max_active = 1_0
 ";
     let cfg = Config::parse(text, "x.conf").unwrap();
     assert_eq!(cfg.backend, BackendKind::Uring);
-    assert_eq!((cfg.sq_entries, cfg.cq_entries), (64, 128));
+    assert_eq!((cfg.sq_entries, cfg.cq_entries), (64, 8192));
     assert!(!cfg.sqpoll && cfg.esca_localize);
     assert_eq!((cfg.max_files, cfg.wq_max_active), (16, 10));
     assert_eq!(cfg.affinity_offset, Some(2));
     assert_eq!(
         cfg.describe(),
-        "backend=uring lanes=1 usr_workers=1 sq=64 cq=128 files=16 idle=20ms wq_idle=1000ms \
+        "backend=uring lanes=1 usr_workers=1 sq=64 cq=8192 files=16 idle=20ms wq_idle=1000ms \
          affinity=+2 sqpoll=off"
     );
 
-    // cq defaults to twice sq, capped at MAX_ENTRIES.
+    // cq defaults to 8192, or sq_entries when that is larger.
     let cfg = Config::parse("sq_entries = 32768", "x.conf").unwrap();
     assert_eq!((cfg.sq_entries, cfg.cq_entries), (32768, 32768));
     // An explicit sq_entries wins over the legacy geometry.
     let cfg = Config::parse("max_table_len = 10\nsq_entries = 128", "x.conf").unwrap();
     assert_eq!(
         (cfg.sq_entries, cfg.cq_entries, cfg.max_table_len),
-        (128, 256, 10)
+        (128, 8192, 10)
     );
     // One legacy key is enough; the other takes its default (64 * 3 = 192 -> 256).
     let cfg = Config::parse("max_table_len = 3", "x.conf").unwrap();
@@ -462,6 +462,7 @@ fn validate_checks_overrides() {
     );
     let err = error(Config {
         sq_entries: 1024,
+        cq_entries: 512,
         ..d()
     });
     assert_eq!(

@@ -1,0 +1,270 @@
+//! `decode`: the one request validator the kernel module and the in-process workers share.
+
+use fastio_uapi::*;
+
+const MAX_FILES_: u32 = 16;
+
+fn sqe(opcode: u8) -> Sqe {
+    Sqe {
+        opcode,
+        ..Sqe::ZERO
+    }
+}
+
+#[test]
+fn valid_requests_decode() {
+    assert_eq!(decode(&sqe(OP_NOP), MAX_FILES_), Ok(Op::Nop));
+    let s = Sqe {
+        slot: 3,
+        aux: 4,
+        op_flags: ACCEPT_NONBLOCK,
+        ..sqe(OP_ACCEPT)
+    };
+    assert_eq!(
+        decode(&s, MAX_FILES_),
+        Ok(Op::Accept {
+            slot: 3,
+            dest: 4,
+            flags: ACCEPT_NONBLOCK
+        })
+    );
+    let s = Sqe {
+        slot: 1,
+        addr: 0x1000,
+        len: 10,
+        op_flags: MSG_WAITALL,
+        ..sqe(OP_RECV)
+    };
+    assert_eq!(
+        decode(&s, MAX_FILES_),
+        Ok(Op::Recv {
+            slot: 1,
+            addr: 0x1000,
+            len: 10,
+            flags: MSG_WAITALL
+        })
+    );
+    let s = Sqe {
+        slot: 2,
+        addr: 0x2000,
+        len: 3,
+        off: OFF_CURRENT,
+        ..sqe(OP_WRITEV)
+    };
+    assert_eq!(
+        decode(&s, MAX_FILES_),
+        Ok(Op::Writev {
+            slot: 2,
+            iov: 0x2000,
+            count: 3,
+            off: OFF_CURRENT
+        })
+    );
+    assert_eq!(
+        decode(
+            &Sqe {
+                slot: 5,
+                ..sqe(OP_CLOSE)
+            },
+            MAX_FILES_
+        ),
+        Ok(Op::Close { slot: 5 })
+    );
+}
+
+#[test]
+fn lengths_above_max_rw_len_are_clamped() {
+    for op in [OP_RECV, OP_SEND, OP_READ, OP_WRITE] {
+        let s = Sqe {
+            len: u32::MAX,
+            ..sqe(op)
+        };
+        let len = match decode(&s, MAX_FILES_).unwrap() {
+            Op::Recv { len, .. } | Op::Send { len, .. } | Op::Read { len, .. } => len,
+            Op::Write { len, .. } => len,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(len, MAX_RW_LEN);
+    }
+}
+
+#[test]
+fn garbage_is_refused_with_the_right_errno() {
+    let bad = [
+        (sqe(OP_LAST), SqeError::Invalid),
+        (sqe(255), SqeError::Invalid),
+        (
+            Sqe {
+                flags: 1,
+                ..sqe(OP_NOP)
+            },
+            SqeError::Invalid,
+        ),
+        (
+            Sqe {
+                ioprio: 1,
+                ..sqe(OP_NOP)
+            },
+            SqeError::Invalid,
+        ),
+        (
+            Sqe {
+                resv0: 1,
+                ..sqe(OP_RECV)
+            },
+            SqeError::Invalid,
+        ),
+        (
+            Sqe {
+                resv: [0, 1],
+                ..sqe(OP_SEND)
+            },
+            SqeError::Invalid,
+        ),
+        (
+            Sqe {
+                len: 1,
+                ..sqe(OP_NOP)
+            },
+            SqeError::Invalid,
+        ),
+        (
+            Sqe {
+                slot: MAX_FILES_,
+                ..sqe(OP_RECV)
+            },
+            SqeError::BadSlot,
+        ),
+        (
+            Sqe {
+                slot: u32::MAX,
+                ..sqe(OP_CLOSE)
+            },
+            SqeError::BadSlot,
+        ),
+        (
+            Sqe {
+                aux: MAX_FILES_,
+                ..sqe(OP_ACCEPT)
+            },
+            SqeError::BadSlot,
+        ),
+        (
+            Sqe {
+                op_flags: 1,
+                ..sqe(OP_ACCEPT)
+            },
+            SqeError::Invalid,
+        ),
+        (
+            Sqe {
+                op_flags: MSG_MORE,
+                ..sqe(OP_RECV)
+            },
+            SqeError::Invalid,
+        ),
+        (
+            Sqe {
+                op_flags: MSG_PEEK,
+                ..sqe(OP_SEND)
+            },
+            SqeError::Invalid,
+        ),
+        (
+            Sqe {
+                off: 1,
+                ..sqe(OP_SEND)
+            },
+            SqeError::Invalid,
+        ),
+        (
+            Sqe {
+                op_flags: 8,
+                ..sqe(OP_READ)
+            },
+            SqeError::Invalid,
+        ),
+        (
+            Sqe {
+                aux: 1,
+                ..sqe(OP_WRITE)
+            },
+            SqeError::Invalid,
+        ),
+        (
+            Sqe {
+                len: 0,
+                ..sqe(OP_WRITEV)
+            },
+            SqeError::Invalid,
+        ),
+        (
+            Sqe {
+                len: MAX_IOVECS + 1,
+                ..sqe(OP_WRITEV)
+            },
+            SqeError::Invalid,
+        ),
+        (
+            Sqe {
+                addr: 8,
+                ..sqe(OP_CLOSE)
+            },
+            SqeError::Invalid,
+        ),
+    ];
+    for (s, want) in bad {
+        assert_eq!(decode(&s, MAX_FILES_), Err(want), "{s:?}");
+    }
+    assert_eq!(SqeError::Invalid.errno(), libc::EINVAL);
+    assert_eq!(SqeError::BadSlot.errno(), libc::EBADF);
+}
+
+/// Every byte pattern decodes without panicking, and whatever it accepts respects the
+/// bounds (a cheap deterministic fuzz over the whole 64-byte entry).
+#[test]
+fn random_entries_never_escape_bounds() {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut accepted = 0;
+    for _ in 0..200_000u32 {
+        let mut raw = [0u8; 64];
+        for chunk in raw.chunks_mut(8) {
+            chunk.copy_from_slice(&next().to_le_bytes());
+        }
+        // Zero each field with probability 3/4 so that valid requests are reached too;
+        // field boundaries: opcode, flags, ioprio, slot, off, addr, len, op_flags,
+        // user_data, aux, resv0, resv.
+        let bounds = [0, 1, 2, 4, 8, 16, 24, 28, 32, 40, 44, 48, 64];
+        for w in bounds.windows(2).skip(1) {
+            if next() % 4 != 0 {
+                raw[w[0]..w[1]].fill(0);
+            }
+        }
+        raw[0] %= OP_LAST + 2;
+        // SAFETY: Sqe is plain-old-data of exactly 64 bytes; every bit pattern is valid.
+        let s: Sqe = unsafe { std::mem::transmute(raw) };
+        if let Ok(op) = decode(&s, MAX_FILES_) {
+            accepted += 1;
+            if let Some(slot) = op.slot() {
+                assert!(slot < MAX_FILES_);
+            }
+            match op {
+                Op::Accept { dest, .. } => assert!(dest < MAX_FILES_),
+                Op::Recv { len, .. } | Op::Send { len, .. } => assert!(len <= MAX_RW_LEN),
+                Op::Read { len, .. } | Op::Write { len, .. } => assert!(len <= MAX_RW_LEN),
+                Op::Writev { count, .. } => assert!((1..=MAX_IOVECS).contains(&count)),
+                Op::Nop | Op::Close { .. } => {}
+            }
+        }
+    }
+    assert!(
+        accepted > 100,
+        "the fuzz never reached valid requests ({accepted})"
+    );
+}
