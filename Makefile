@@ -4,8 +4,14 @@
 #   make config TARGET=echo   record the target and the absolute path of fastio.conf
 #                             that the binaries read (FastIO's `make config`), rebuild
 #   make run                  proactor_echo_server on port 12345, auto backend
-#   make test                 format check, clippy, and every test that needs no
-#                             kernel module (the README's test command; .ci/run)
+#   make kmod                 build kmod/fastio.ko (against the cached VM kernel, which
+#                             is built first if needed, or against KDIR=...)
+#   sudo make reload          rmmod + insmod kmod/fastio.ko on a kernel with Rust support
+#   make vm                   boot the VM kernel (QEMU, TCG) with this repository
+#                             inside: make config TARGET=echo && make reload && ...
+#   make vm-test              boot, load the module, run the kernel test suite
+#   make test                 format check, clippy, host tests, then vm-test
+#                             (the README's test command; .ci/run)
 #   make clean
 
 SHELL := /bin/bash
@@ -23,7 +29,11 @@ ifdef FASTIO_CONF_PATH
 export FASTIO_CONF_PATH
 endif
 
-.PHONY: all build config run test lint unit-tests clean help
+.PHONY: all build config run test lint unit-tests kernel kmod reload vm vm-test clean help
+
+KERNEL_BUILD := scripts/kernel/build.sh
+# Module parameters for `make reload` (e.g. KMOD_PARAMS="max_workers=8").
+KMOD_PARAMS ?=
 
 all: build
 
@@ -58,6 +68,37 @@ unit-tests:
 	$(CARGO) test --workspace
 
 test: lint unit-tests
+
+kernel:
+	$(KERNEL_BUILD)
+
+ifdef KDIR
+kmod:
+	$(MAKE) -C kmod KDIR=$(KDIR)
+else
+kmod: kernel
+	$(MAKE) -C kmod KDIR="$$($(KERNEL_BUILD) --print-kdir)" \
+	  $$($(KERNEL_BUILD) --print-make-args | tr '\n' ' ')
+endif
+
+reload:
+	@test -e /proc/modules || { echo "make reload: the running kernel ($$(uname -r)) has no module" \
+	  "support; run the module in the VM: make vm" >&2; exit 2; }
+	@test -f kmod/fastio.ko || { echo "make reload: kmod/fastio.ko is not built: make kmod" >&2; exit 2; }
+	@if grep -q '^fastio ' /proc/modules; then echo "rmmod fastio"; rmmod fastio; fi
+	insmod kmod/fastio.ko $(KMOD_PARAMS)
+	@ls -l /dev/fastio
+
+# The guest compiles nothing: binaries and the module are built here first, and the
+# config is recorded (TARGET=echo unless one was recorded) so that `make config` in the
+# guest finds nothing to rebuild.
+vm: kmod
+	@test -f $(CONFIG_MK) || $(MAKE) --no-print-directory config TARGET=echo
+	$(CARGO) build --release --workspace
+	scripts/vm/run.sh
+
+vm-test: kmod
+	scripts/vm/kmod-tests.sh
 
 clean:
 	$(CARGO) clean

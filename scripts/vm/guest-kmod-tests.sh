@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs inside the VM (scripts/vm/kmod-tests.sh): load fastio.ko, run each test program
+# of LIST ("name path" lines), check that the module unloads, print the tally.
+set -u
+list=$1
+pass=0 fail=0
+failed=()
+
+if ! insmod kmod/fastio.ko max_workers=8 max_contexts=64; then
+  echo "vm-test: insmod kmod/fastio.ko failed"
+  exit 1
+fi
+while read -r name exe; do
+  echo "=== $name"
+  if FASTIO_TEST_BACKENDS=kmod timeout 600 "$exe" --test-threads=1; then
+    pass=$((pass + 1))
+  else
+    fail=$((fail + 1)); failed+=("$name")
+  fi
+done < "$list"
+
+# Every context is gone once its process is: the module must unload.
+if timeout 30 rmmod fastio; then
+  pass=$((pass + 1))
+else
+  fail=$((fail + 1)); failed+=("rmmod"); lsmod
+fi
+[ "${#failed[@]}" -eq 0 ] || echo "vm-test: failed: ${failed[*]}"
+echo "vm-test: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
