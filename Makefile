@@ -62,6 +62,7 @@ endif
 
 lint:
 	$(CARGO) fmt --all -- --check
+	rustfmt --edition 2021 --check kmod/fastio_main.rs
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit-tests:

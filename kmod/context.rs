@@ -8,7 +8,7 @@
 use core::sync::atomic::{fence, AtomicU32, Ordering};
 
 use kernel::{
-    alloc::flags::{GFP_KERNEL, GFP_KERNEL_ACCOUNT, __GFP_ZERO},
+    alloc::flags::{__GFP_ZERO, GFP_KERNEL, GFP_KERNEL_ACCOUNT},
     bindings,
     fs::{file::FileDescriptorReservation, File, LocalFile},
     mm::{virt::VmaNew, Mm},
@@ -189,7 +189,9 @@ impl Context {
             }
         }
         if a.flags & abi::ENTER_GETEVENTS != 0 {
-            setup.shared.wait_cq(&setup.lanes, a.min_complete, a.timeout_ns)?;
+            setup
+                .shared
+                .wait_cq(&setup.lanes, a.min_complete, a.timeout_ns)?;
         }
         Ok(0)
     }
@@ -450,7 +452,8 @@ impl Setup {
     fn new(p: &abi::SetupParams, layout: abi::LaneLayout, owner: Pid) -> Result<Arc<Self>> {
         let slot = ContextSlot::acquire()?;
         let mmap_size = layout.lane_size * p.workers as u64;
-        let mut mem = VVec::<u8>::with_capacity(mmap_size as usize, GFP_KERNEL_ACCOUNT | __GFP_ZERO)?;
+        let mut mem =
+            VVec::<u8>::with_capacity(mmap_size as usize, GFP_KERNEL_ACCOUNT | __GFP_ZERO)?;
         mem.resize(mmap_size as usize, 0, GFP_KERNEL_ACCOUNT)?;
         let base = mem.as_mut_ptr();
         let files = KVVec::from_elem(None, p.max_files as usize, GFP_KERNEL_ACCOUNT)?;
