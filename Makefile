@@ -68,7 +68,7 @@ lint:
 unit-tests:
 	$(CARGO) test --workspace
 
-test: lint unit-tests
+test: lint unit-tests vm-test
 
 kernel:
 	$(KERNEL_BUILD)

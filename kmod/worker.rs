@@ -253,13 +253,17 @@ impl Lane {
                     -(bindings::EBADF as i32)
                 }
             }
-            // Part 2 of the module (real I/O in the workers) implements the rest.
-            Op::Accept { .. }
-            | Op::Recv { .. }
-            | Op::Send { .. }
-            | Op::Read { .. }
-            | Op::Write { .. }
-            | Op::Writev { .. } => -EOPNOTSUPP,
+            // Part 2 of the module (real I/O in the workers) implements the rest; an
+            // empty slot is reported first, as every backend does.
+            Op::Accept { slot, .. }
+            | Op::Recv { slot, .. }
+            | Op::Send { slot, .. }
+            | Op::Read { slot, .. }
+            | Op::Write { slot, .. }
+            | Op::Writev { slot, .. } => match self.shared.file(slot) {
+                None => -(bindings::EBADF as i32),
+                Some(_) => -EOPNOTSUPP,
+            },
         }
     }
 }

@@ -138,6 +138,8 @@ struct Loop<'a> {
     retry: VecDeque<Req>,
     /// Whether the in-flight limit was reported already.
     warned_full: bool,
+    /// An error that ends this serving thread.
+    fatal: Option<io::Error>,
 }
 
 fn serve_one(
@@ -156,6 +158,7 @@ fn serve_one(
         conns: HashMap::new(),
         retry: VecDeque::new(),
         warned_full: false,
+        fatal: None,
     };
     for _ in 0..opts.accept_depth.max(1) {
         lp.queue(Req::Accept);
@@ -168,6 +171,9 @@ fn serve_one(
         }
         while let Some(c) = lp.p.next_completion() {
             lp.on_completion(c);
+        }
+        if let Some(e) = lp.fatal.take() {
+            return Err(e);
         }
         // Requests refused for lack of room go again now that completions freed some.
         for _ in 0..lp.retry.len() {
@@ -302,10 +308,19 @@ impl Loop<'_> {
             None if c.result == -libc::ECANCELED => {}
             None => {
                 self.stats.accept_errors += 1;
-                eprintln!(
-                    "proactor_echo_server: accept failed: {}",
-                    io::Error::from_raw_os_error(-c.result)
-                );
+                let err = io::Error::from_raw_os_error(-c.result);
+                if matches!(
+                    -c.result,
+                    libc::EOPNOTSUPP | libc::EINVAL | libc::EBADF | libc::ENOTSOCK
+                ) {
+                    // The listener itself is unusable: no retry can succeed.
+                    self.fatal.get_or_insert(io::Error::new(
+                        err.kind(),
+                        format!("accept on the listening socket failed: {err}"),
+                    ));
+                    return;
+                }
+                eprintln!("proactor_echo_server: accept failed: {err}");
                 // Out of descriptors or the like: back off briefly, keep serving.
                 std::thread::sleep(Duration::from_millis(10));
                 self.queue(Req::Accept);

@@ -12,7 +12,7 @@ if ! insmod kmod/fastio.ko max_workers=8 max_contexts=64; then
 fi
 while read -r name exe; do
   echo "=== $name"
-  if FASTIO_TEST_BACKENDS=kmod timeout 600 "$exe" --test-threads=1; then
+  if FASTIO_TEST_BACKENDS=kmod timeout 600 "$exe" --test-threads=1 --nocapture; then
     pass=$((pass + 1))
   else
     fail=$((fail + 1)); failed+=("$name")

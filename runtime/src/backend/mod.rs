@@ -9,6 +9,8 @@
 //! `auto` takes the first that works, in that order, and says why.
 
 pub(crate) mod files;
+pub(crate) mod kmod;
+pub(crate) mod rings;
 pub(crate) mod threads;
 pub(crate) mod uring;
 
@@ -76,7 +78,7 @@ impl fmt::Display for Choice {
 /// Opens the backend the config asks for.
 pub(crate) fn open(config: &Config) -> io::Result<(Box<dyn Backend>, Choice)> {
     match config.backend {
-        BackendKind::Kmod => open_kmod(),
+        BackendKind::Kmod => open_kmod(config),
         BackendKind::Uring => {
             let (b, sqpoll, note) = uring::UringBackend::open(config)?;
             Ok((
@@ -103,24 +105,33 @@ pub(crate) fn open(config: &Config) -> io::Result<(Box<dyn Backend>, Choice)> {
     }
 }
 
-fn open_kmod() -> io::Result<(Box<dyn Backend>, Choice)> {
-    let msg = if Path::new(DEVICE_PATH).exists() {
-        format!(
-            "backend kmod: {DEVICE_PATH} exists, but this runtime has no kmod backend yet \
-             (it arrives with the kernel module); use backend = \"uring\" or \"threads\""
-        )
-    } else {
-        format!(
-            "backend kmod: {DEVICE_PATH} not found: the fastio kernel module is not loaded \
-             (sudo make reload), or use backend = \"auto\", \"uring\" or \"threads\""
-        )
-    };
-    Err(io::Error::new(io::ErrorKind::Unsupported, msg))
+fn open_kmod(config: &Config) -> io::Result<(Box<dyn Backend>, Choice)> {
+    let (b, note) = kmod::KmodBackend::open(config)?;
+    Ok((
+        Box::new(b),
+        Choice {
+            kind: BackendKind::Kmod,
+            sqpoll: false,
+            reason: format!("requested by config ({note})"),
+        },
+    ))
 }
 
 fn open_auto(config: &Config) -> io::Result<(Box<dyn Backend>, Choice)> {
     let mut why = if Path::new(DEVICE_PATH).exists() {
-        format!("{DEVICE_PATH} exists but this runtime has no kmod backend yet; ")
+        match kmod::KmodBackend::open(config) {
+            Ok((b, note)) => {
+                return Ok((
+                    Box::new(b),
+                    Choice {
+                        kind: BackendKind::Kmod,
+                        sqpoll: false,
+                        reason: format!("{DEVICE_PATH} present: fastio.ko with {note}"),
+                    },
+                ))
+            }
+            Err(e) => format!("{DEVICE_PATH} exists but the kmod backend failed ({e}); "),
+        }
     } else {
         format!("{DEVICE_PATH} not present; ")
     };
@@ -151,4 +162,26 @@ fn open_auto(config: &Config) -> io::Result<(Box<dyn Backend>, Choice)> {
             reason: why,
         },
     ))
+}
+
+/// Raises the soft `RLIMIT_NOFILE` towards `needed` (at most to the hard limit); returns
+/// the hard limit.
+pub(crate) fn raise_nofile_limit(needed: u64) -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if lim.rlim_cur < needed {
+            lim.rlim_cur = needed.min(lim.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(lim.rlim_max)
 }

@@ -25,12 +25,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use fastio_uapi::{decode, Cqe, Direction, IoVec, Op, Sqe, OFF_CURRENT, SQ_NEED_WAKEUP};
+use fastio_uapi::{decode, Cqe, Direction, IoVec, Op, Sqe, OFF_CURRENT};
 
 use super::files::{FileRef, FileTable};
+use super::rings::RingSide;
 use super::Backend;
 use crate::config::Config;
-use crate::ring::{CqConsumer, CqProducer, Geometry, LaneRing, RingMemory, SqConsumer, SqProducer};
+use crate::ring::{CqProducer, Geometry, RingMemory, SqConsumer};
 
 /// Per-lane counters, readable while the workers run.
 #[derive(Debug, Default)]
@@ -58,10 +59,6 @@ struct Shared {
 }
 
 impl Shared {
-    fn cq_ready(&self, lanes: &[LaneRing]) -> u32 {
-        lanes.iter().map(LaneRing::cq_ready).sum()
-    }
-
     /// Called by a worker after posting completions.
     fn notify_completions(&self) {
         // Pairs with the waiter's SeqCst increment of `cq_waiters` before it re-checks
@@ -94,9 +91,7 @@ impl Shared {
 /// The proactor side of the `threads` backend.
 pub(crate) struct ThreadsBackend {
     shared: Arc<Shared>,
-    lanes: Vec<LaneRing>,
-    sq: Vec<SqProducer>,
-    cq: Vec<CqConsumer>,
+    rings: RingSide,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -128,11 +123,8 @@ impl ThreadsBackend {
             cq_cv: Condvar::new(),
             stats: (0..nlanes).map(|_| LaneStats::default()).collect(),
         });
-        let lanes: Vec<LaneRing> = (0..geometry.lanes).map(|l| mem.lane(l)).collect();
         let mut backend = ThreadsBackend {
-            sq: lanes.iter().map(LaneRing::sq_producer).collect(),
-            cq: lanes.iter().map(LaneRing::cq_consumer).collect(),
-            lanes,
+            rings: RingSide::new(&mem),
             shared,
             workers: Vec::with_capacity(nlanes),
         };
@@ -171,11 +163,11 @@ impl Drop for ThreadsBackend {
 
 impl Backend for ThreadsBackend {
     fn lanes(&self) -> u32 {
-        self.lanes.len() as u32
+        self.rings.lanes()
     }
 
     fn lane_capacity(&self) -> u32 {
-        self.lanes[0].cq_entries()
+        self.rings.lane_capacity()
     }
 
     fn register(&mut self, slot: u32, fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -199,34 +191,29 @@ impl Backend for ThreadsBackend {
     }
 
     fn push(&mut self, lane: u32, sqe: &Sqe) -> bool {
-        self.sq[lane as usize].push(sqe)
+        self.rings.push(lane, sqe)
     }
 
     fn submit(&mut self) -> io::Result<()> {
-        for (lane, sq) in self.sq.iter_mut().enumerate() {
-            if sq.staged() != 0 && sq.publish() {
-                self.shared.wake_lane(lane)?;
-            }
+        for lane in self.rings.publish().iter() {
+            self.shared.wake_lane(lane)?;
         }
         Ok(())
     }
 
     fn reap(&mut self, f: &mut dyn FnMut(Cqe)) -> usize {
-        self.cq
-            .iter_mut()
-            .map(|cq| cq.drain(&mut *f) as usize)
-            .sum()
+        self.rings.reap(f)
     }
 
     fn wait(&mut self, min: u32, timeout: Option<Duration>) -> io::Result<()> {
         let shared = &*self.shared;
-        if shared.cq_ready(&self.lanes) >= min {
+        if self.rings.cq_ready() >= min {
             return Ok(());
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         shared.cq_waiters.fetch_add(1, Ordering::SeqCst);
         let mut guard = shared.cq_lock.lock().unwrap_or_else(|e| e.into_inner());
-        while shared.cq_ready(&self.lanes) < min {
+        while self.rings.cq_ready() < min {
             match deadline {
                 None => guard = shared.cq_cv.wait(guard).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
@@ -254,8 +241,7 @@ impl Backend for ThreadsBackend {
     }
 
     fn lane_asleep(&self, lane: u32) -> Option<bool> {
-        let ring = self.lanes.get(lane as usize)?;
-        Some(ring.sq_flags().load(Ordering::SeqCst) & SQ_NEED_WAKEUP != 0)
+        self.rings.lane_asleep(lane)
     }
 }
 

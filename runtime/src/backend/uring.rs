@@ -57,7 +57,26 @@ impl UringBackend {
             }
             Err(e) => return Err(e),
         };
-        ring.submitter().register_files_sparse(config.max_files)?;
+        // io_uring refuses a file table larger than RLIMIT_NOFILE: raise the soft limit
+        // to the hard one if that is what it takes.
+        if let Err(e) = ring.submitter().register_files_sparse(config.max_files) {
+            if e.raw_os_error() != Some(libc::EMFILE) {
+                return Err(e);
+            }
+            let hard = super::raise_nofile_limit(config.max_files as u64)?;
+            ring.submitter()
+                .register_files_sparse(config.max_files)
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "io_uring file table of max_files = {} slots: {e} (RLIMIT_NOFILE \
+                             hard limit {hard}; lower max_files or raise the limit)",
+                            config.max_files
+                        ),
+                    )
+                })?;
+        }
         Ok((
             UringBackend {
                 ring,

@@ -1,0 +1,500 @@
+//! The `kmod` backend: the kernel workers of `fastio.ko`, through `/dev/fastio`.
+//!
+//! One open of the device is one context:
+//! 1. `FASTIO_SETUP` creates `max_ker_worker` lanes and their polling kernel workers and
+//!    returns the ring geometry, which must be exactly [`fastio_uapi::lane_layout`] of
+//!    the requested sizes (anything else is an ABI mismatch and refused);
+//! 2. the ring memory is mapped shared (memmap2) and driven through the same
+//!    [`RingSide`] as the `threads` backend. The kernel initialised the rings (their
+//!    `RingInfo` included); userspace never writes anything but its own SQEs, SQ tails
+//!    and CQ heads;
+//! 3. `submit` publishes the SQ tails and calls `FASTIO_ENTER(SQ_WAKEUP)` only for lanes
+//!    whose worker set NEED_WAKEUP; `wait` calls `FASTIO_ENTER(GETEVENTS)` only when the
+//!    CQs hold too few completions; files are registered, unregistered and installed as
+//!    descriptors with their own ioctls.
+//!
+//! Teardown: the mapping is unmapped first, then the descriptor is closed, and closing
+//! the (last reference to the) descriptor makes the module stop the workers, drop the
+//! registered files and free the ring memory. The proactor has already waited for the
+//! requests in flight by then.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use fastio_uapi::{
+    Cqe, EnterArgs, FilesUpdate, SetupParams, SlotArg, Sqe, ABI_VERSION, ENTER_GETEVENTS,
+    ENTER_SQ_WAKEUP, FASTIO_ENTER, FASTIO_INSTALL_FD, FASTIO_REGISTER_FILES, FASTIO_SETUP,
+    FASTIO_UNREGISTER_FILE, INSTALL_CLOEXEC, LANE_ALL, SETUP_AFFINITY, TIMEOUT_NONE,
+};
+use memmap2::MmapOptions;
+
+use super::rings::{LaneSet, RingSide};
+use super::{Backend, DEVICE_PATH};
+use crate::config::Config;
+use crate::ring::{Geometry, RingMemory};
+
+/// The userspace side of one `/dev/fastio` context.
+///
+/// Field order is drop order, and it matters: `rings` holds the only references to the
+/// [`RingMemory`] (inside its `LaneRing`s), so dropping it unmaps the rings; `dev` is
+/// dropped after that, and closing it stops the kernel workers.
+pub(crate) struct KmodBackend {
+    rings: RingSide,
+    dev: File,
+}
+
+/// One ioctl on `fd` with argument `arg`; returns the ioctl's non-negative result.
+///
+/// # Safety
+///
+/// `T` must be the argument type the kernel reads (and, for `_IOWR`, writes) for `cmd`,
+/// and any user address inside `*arg` must be valid for what the command does with it.
+unsafe fn ioctl<T>(fd: &File, cmd: u32, arg: *mut T) -> io::Result<i32> {
+    // SAFETY: forwarded to the caller: `arg` points to a live `T` matching `cmd`'s size
+    // (the ioctl number encodes it); the kernel copies it in/out with copy_{from,to}_user.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), cmd as libc::c_ulong, arg) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// The `SetupParams` a config asks for.
+fn setup_params(config: &Config) -> SetupParams {
+    SetupParams {
+        abi_version: ABI_VERSION,
+        workers: config.max_ker_worker,
+        sq_entries: config.sq_entries,
+        cq_entries: config.cq_entries,
+        idle_ms: config.idle_ms,
+        flags: if config.affinity_offset.is_some() {
+            SETUP_AFFINITY
+        } else {
+            0
+        },
+        affinity_offset: config.affinity_offset.unwrap_or(0),
+        max_files: config.max_files,
+        wq_max_active: config.wq_max_active,
+        wq_idle_ms: config.wq_idle_ms,
+        ..SetupParams::default()
+    }
+}
+
+/// Explains a failed open of the device.
+fn open_error(e: io::Error) -> io::Error {
+    let msg = match e.raw_os_error() {
+        Some(libc::ENOENT) => format!(
+            "backend kmod: {DEVICE_PATH} not found: the fastio kernel module is not loaded \
+             (sudo make reload), or use backend = \"auto\", \"uring\" or \"threads\""
+        ),
+        // A stale device node whose driver is gone.
+        Some(libc::ENXIO) | Some(libc::ENODEV) => format!(
+            "backend kmod: {DEVICE_PATH} has no driver behind it ({e}): the fastio kernel \
+             module is not loaded (sudo make reload)"
+        ),
+        Some(libc::EACCES) | Some(libc::EPERM) => format!(
+            "backend kmod: permission denied opening {DEVICE_PATH} read-write ({e}): give \
+             this user access to the device (e.g. a udev rule setting its group or mode), \
+             or use backend = \"uring\" or \"threads\""
+        ),
+        _ => format!("backend kmod: cannot open {DEVICE_PATH}: {e}"),
+    };
+    io::Error::new(e.kind(), msg)
+}
+
+/// Explains a failed `FASTIO_SETUP` of `p`.
+fn setup_error(e: io::Error, p: &SetupParams) -> io::Error {
+    let params = format!(
+        "workers={} sq_entries={} cq_entries={} max_files={} idle_ms={} flags={:#x}",
+        p.workers, p.sq_entries, p.cq_entries, p.max_files, p.idle_ms, p.flags
+    );
+    let msg = match e.raw_os_error() {
+        Some(libc::ENOTTY) | Some(libc::EINVAL) => format!(
+            "fastio.ko rejected SETUP (ABI version {ABI_VERSION}?): {e}: the loaded module \
+             speaks another ABI version or refused a parameter ({params}); the kernel log \
+             (dmesg) says which"
+        ),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => format!(
+            "fastio.ko: too many contexts (module parameter max_contexts): {e}; close other \
+             fastio programs or reload the module with a larger max_contexts"
+        ),
+        Some(libc::E2BIG) | Some(libc::ENOSPC) => format!(
+            "fastio.ko: too many workers: max_ker_worker = {} exceeds the module parameter \
+             max_workers ({e}); lower max_ker_worker or reload the module with a larger \
+             max_workers",
+            p.workers
+        ),
+        Some(libc::EBUSY) => format!(
+            "fastio.ko: SETUP refused as busy ({e}): the context is already set up, or a \
+             module limit (max_contexts, max_workers) is reached"
+        ),
+        Some(libc::ENOMEM) => format!(
+            "fastio.ko: out of memory setting up the rings ({params}): {e}; lower \
+             sq_entries, cq_entries, max_files or max_ker_worker"
+        ),
+        _ => format!("fastio.ko: SETUP failed ({params}): {e}"),
+    };
+    io::Error::new(e.kind(), msg)
+}
+
+/// Checks that the geometry the kernel returned is the one this runtime computes.
+fn check_geometry(p: &SetupParams, g: &Geometry) -> io::Result<()> {
+    let l = g.layout;
+    let got = (
+        p.lane_size,
+        p.sq_off,
+        p.sqes_off,
+        p.cq_off,
+        p.cqes_off,
+        p.mmap_size,
+    );
+    let want = (
+        l.lane_size,
+        l.sq_off,
+        l.sqes_off,
+        l.cq_off,
+        l.cqes_off,
+        g.mmap_size() as u64,
+    );
+    if got == want {
+        return Ok(());
+    }
+    let fmt = |(lane, sq, sqes, cq, cqes, total): (u64, u32, u32, u32, u32, u64)| {
+        format!(
+            "lane_size={lane} sq_off={sq} sqes_off={sqes} cq_off={cq} cqes_off={cqes} \
+             mmap_size={total}"
+        )
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "kernel module ABI mismatch: SETUP returned {}, this runtime (ABI version \
+             {ABI_VERSION}) expects {} for {} lane(s) of {}/{} entries; rebuild and reload \
+             the module from this tree (sudo make reload)",
+            fmt(got),
+            fmt(want),
+            g.lanes,
+            g.sq_entries,
+            g.cq_entries
+        ),
+    ))
+}
+
+/// `wait`'s timeout as `EnterArgs::timeout_ns` (never the "no timeout" value by accident).
+fn timeout_ns(timeout: Option<Duration>) -> u64 {
+    match timeout {
+        None => TIMEOUT_NONE,
+        Some(t) => t.as_nanos().min(TIMEOUT_NONE as u128 - 1) as u64,
+    }
+}
+
+/// The `EnterArgs::lane` that wakes every lane of `set` with one call: the lane itself,
+/// or [`LANE_ALL`] for several (waking a worker that is awake is harmless).
+fn wake_target(set: LaneSet) -> Option<u32> {
+    match set.count() {
+        0 => None,
+        1 => set.iter().next().map(|l| l as u32),
+        _ => Some(LANE_ALL),
+    }
+}
+
+impl KmodBackend {
+    /// Opens `/dev/fastio`, sets a context up and maps its rings. Returns the backend and
+    /// a note for the banner.
+    pub(crate) fn open(config: &Config) -> io::Result<(Self, String)> {
+        // Refuse impossible sizes before touching the device, with the runtime's message.
+        let geometry = Geometry::new(config.max_ker_worker, config.sq_entries, config.cq_entries)?;
+        // std opens with O_CLOEXEC.
+        let dev = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(DEVICE_PATH)
+            .map_err(open_error)?;
+        let mut p = setup_params(config);
+        // SAFETY: FASTIO_SETUP is _IOWR(SetupParams); `p` is a live, initialised
+        // SetupParams the kernel reads and overwrites; it holds no user addresses.
+        unsafe { ioctl(&dev, FASTIO_SETUP, &mut p) }.map_err(|e| setup_error(e, &p))?;
+        check_geometry(&p, &geometry)?;
+        let map = MmapOptions::new()
+            .len(geometry.mmap_size())
+            .map_raw(&dev)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "fastio.ko: mapping the rings ({} bytes) failed: {e}",
+                        geometry.mmap_size()
+                    ),
+                )
+            })?;
+        // SAFETY: the mapping is `mmap_size` bytes of the context's ring memory, laid out
+        // as `geometry` says (checked against the kernel's answer above); the kernel keeps
+        // its pages for as long as they are mapped, and `RingMemory` owns the mapping.
+        let mem = unsafe { RingMemory::from_map(map, geometry) }?;
+        let rings = RingSide::new(&mem);
+        drop(mem); // `rings` now holds the only references to the mapping.
+        let note = format!(
+            "{} kernel worker(s), sq={} cq={} idle={}ms",
+            geometry.lanes, geometry.sq_entries, geometry.cq_entries, config.idle_ms
+        );
+        Ok((KmodBackend { rings, dev }, note))
+    }
+
+    fn enter(&self, mut args: EnterArgs) -> io::Result<()> {
+        // SAFETY: FASTIO_ENTER is _IOW(EnterArgs); `args` is a live EnterArgs without
+        // user addresses.
+        unsafe { ioctl(&self.dev, FASTIO_ENTER, &mut args) }.map(drop)
+    }
+
+    fn slot_ioctl(&self, cmd: u32, slot: u32, flags: u32) -> io::Result<i32> {
+        let mut arg = SlotArg { slot, flags };
+        // SAFETY: UNREGISTER_FILE and INSTALL_FD are _IOW(SlotArg); `arg` is a live SlotArg
+        // without user addresses.
+        unsafe { ioctl(&self.dev, cmd, &mut arg) }
+    }
+}
+
+impl Backend for KmodBackend {
+    fn lanes(&self) -> u32 {
+        self.rings.lanes()
+    }
+
+    fn lane_capacity(&self) -> u32 {
+        self.rings.lane_capacity()
+    }
+
+    fn register(&mut self, slot: u32, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let fds = [fd.as_raw_fd()];
+        let slots = [slot];
+        let mut update = FilesUpdate {
+            fds: fds.as_ptr() as u64,
+            slots: slots.as_ptr() as u64,
+            count: 1,
+            resv: 0,
+        };
+        // SAFETY: FASTIO_REGISTER_FILES is _IOW(FilesUpdate); `fds` and `slots` are live
+        // arrays of `count` i32 / u32 for the duration of the call, which only reads them.
+        unsafe { ioctl(&self.dev, FASTIO_REGISTER_FILES, &mut update) }.map(drop)
+    }
+
+    fn unregister(&mut self, slot: u32) -> io::Result<()> {
+        self.slot_ioctl(FASTIO_UNREGISTER_FILE, slot, 0).map(drop)
+    }
+
+    fn install_fd(&mut self, slot: u32) -> io::Result<OwnedFd> {
+        let fd = self.slot_ioctl(FASTIO_INSTALL_FD, slot, INSTALL_CLOEXEC)?;
+        // SAFETY: INSTALL_FD returned a descriptor it just installed in our table for us.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn push(&mut self, lane: u32, sqe: &Sqe) -> bool {
+        self.rings.push(lane, sqe)
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        match wake_target(self.rings.publish()) {
+            None => Ok(()),
+            Some(lane) => self.enter(EnterArgs {
+                flags: ENTER_SQ_WAKEUP,
+                lane,
+                ..EnterArgs::default()
+            }),
+        }
+    }
+
+    fn reap(&mut self, f: &mut dyn FnMut(Cqe)) -> usize {
+        self.rings.reap(f)
+    }
+
+    fn wait(&mut self, min: u32, timeout: Option<Duration>) -> io::Result<()> {
+        if self.rings.cq_ready() >= min {
+            return Ok(());
+        }
+        let r = self.enter(EnterArgs {
+            flags: ENTER_GETEVENTS,
+            min_complete: min,
+            timeout_ns: timeout_ns(timeout),
+            ..EnterArgs::default()
+        });
+        match r {
+            // The timeout passed: the caller looks at what is there.
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(()),
+            // EINTR comes back as ErrorKind::Interrupted, like the other backends.
+            r => r,
+        }
+    }
+
+    fn cancel_all(&mut self) -> io::Result<()> {
+        // Nothing to send yet: the module cancels what waits when the context closes.
+        Ok(())
+    }
+
+    fn lane_asleep(&self, lane: u32) -> Option<bool> {
+        self.rings.lane_asleep(lane)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BackendKind;
+
+    fn err(errno: i32) -> io::Error {
+        io::Error::from_raw_os_error(errno)
+    }
+
+    #[test]
+    fn setup_params_follow_the_config() {
+        let cfg = Config {
+            backend: BackendKind::Kmod,
+            max_ker_worker: 3,
+            sq_entries: 64,
+            cq_entries: 256,
+            idle_ms: 7,
+            max_files: 100,
+            wq_max_active: 9,
+            wq_idle_ms: 1234,
+            affinity_offset: Some(2),
+            ..Config::default()
+        };
+        let p = setup_params(&cfg);
+        assert_eq!(p.abi_version, ABI_VERSION);
+        assert_eq!(
+            (
+                p.workers,
+                p.sq_entries,
+                p.cq_entries,
+                p.idle_ms,
+                p.max_files
+            ),
+            (3, 64, 256, 7, 100)
+        );
+        assert_eq!((p.wq_max_active, p.wq_idle_ms), (9, 1234));
+        assert_eq!((p.flags, p.affinity_offset), (SETUP_AFFINITY, 2));
+        assert_eq!(p.resv_in, [0; 6]);
+        let p = setup_params(&Config {
+            affinity_offset: None,
+            ..cfg
+        });
+        assert_eq!((p.flags, p.affinity_offset), (0, 0));
+    }
+
+    #[test]
+    fn geometry_mismatch_is_refused_with_both_layouts() {
+        let g = Geometry::new(2, 64, 128).unwrap();
+        let l = g.layout;
+        let good = SetupParams {
+            lane_size: l.lane_size,
+            mmap_size: 2 * l.lane_size,
+            sq_off: l.sq_off,
+            sqes_off: l.sqes_off,
+            cq_off: l.cq_off,
+            cqes_off: l.cqes_off,
+            ..SetupParams::default()
+        };
+        check_geometry(&good, &g).unwrap();
+        for bad in [
+            SetupParams {
+                cq_off: l.cq_off + 64,
+                ..good
+            },
+            SetupParams {
+                mmap_size: l.lane_size,
+                ..good
+            },
+            SetupParams {
+                lane_size: l.lane_size + 4096,
+                ..good
+            },
+        ] {
+            let e = check_geometry(&bad, &g).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.starts_with("kernel module ABI mismatch: "), "{msg}");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        }
+    }
+
+    #[test]
+    fn errors_name_the_cause() {
+        let p = setup_params(&Config {
+            max_ker_worker: 40,
+            ..Config::default()
+        });
+        let cases = [
+            (
+                open_error(err(libc::ENOENT)),
+                "not loaded (sudo make reload)",
+            ),
+            (open_error(err(libc::EACCES)), "permission denied"),
+            (
+                setup_error(err(libc::EINVAL), &p),
+                "rejected SETUP (ABI version 1?)",
+            ),
+            (
+                setup_error(err(libc::ENOTTY), &p),
+                "rejected SETUP (ABI version 1?)",
+            ),
+            (
+                setup_error(err(libc::EMFILE), &p),
+                "module parameter max_contexts",
+            ),
+            (
+                setup_error(err(libc::E2BIG), &p),
+                "max_ker_worker = 40 exceeds",
+            ),
+            (
+                setup_error(err(libc::ENOSPC), &p),
+                "module parameter max_workers",
+            ),
+        ];
+        for (e, want) in cases {
+            assert!(e.to_string().contains(want), "{e} should say {want:?}");
+        }
+        assert_eq!(
+            open_error(err(libc::ENOENT)).kind(),
+            io::ErrorKind::NotFound
+        );
+        assert_eq!(
+            open_error(err(libc::EACCES)).kind(),
+            io::ErrorKind::PermissionDenied
+        );
+    }
+
+    #[test]
+    fn timeouts_and_wake_targets() {
+        assert_eq!(timeout_ns(None), TIMEOUT_NONE);
+        assert_eq!(timeout_ns(Some(Duration::from_millis(3))), 3_000_000);
+        assert_eq!(timeout_ns(Some(Duration::MAX)), TIMEOUT_NONE - 1);
+        let mut set = LaneSet::default();
+        assert_eq!(wake_target(set), None);
+        set = lanes(&[5]);
+        assert_eq!(wake_target(set), Some(5));
+        set = lanes(&[0, 5]);
+        assert_eq!(wake_target(set), Some(LANE_ALL));
+    }
+
+    fn lanes(l: &[usize]) -> LaneSet {
+        let mut s = LaneSet::default();
+        for &l in l {
+            s.insert(l);
+        }
+        s
+    }
+
+    /// Without the module, opening names the missing device (and never panics).
+    #[test]
+    fn open_without_the_module_explains() {
+        if std::path::Path::new(DEVICE_PATH).exists() {
+            return;
+        }
+        let cfg = Config {
+            backend: BackendKind::Kmod,
+            ..Config::default()
+        };
+        let e = KmodBackend::open(&cfg).err().expect("no device here");
+        assert!(e.to_string().contains("not loaded"), "{e}");
+    }
+}

@@ -1,0 +1,553 @@
+//! The `/dev/fastio` ioctl and mmap ABI, checked against the loaded kernel module with
+//! raw system calls: what SETUP returns, what it refuses, mmap's size rule, ENTER's flag
+//! check and timeout, REGISTER_FILES' all-or-nothing rule, INSTALL_FD, and that a
+//! context serves only the process that created it.
+//!
+//! The module runs inside the VM (`make vm-test`); where `/dev/fastio` does not exist
+//! every test prints a SKIP line and passes.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fastio::backend::DEVICE_PATH;
+use fastio::uapi::{
+    lane_layout, EnterArgs, FilesUpdate, RingHeader, RingInfo, SetupParams, SlotArg, ABI_VERSION,
+    ENTER_FLAGS, ENTER_GETEVENTS, ENTER_SQ_WAKEUP, FASTIO_ENTER, FASTIO_INSTALL_FD,
+    FASTIO_REGISTER_FILES, FASTIO_SETUP, FASTIO_UNREGISTER_FILE, INSTALL_CLOEXEC, LANE_ALL,
+    MAX_WORKERS, PAGE_SIZE, TIMEOUT_NONE,
+};
+use fastio::{BackendKind, Config, Proactor};
+
+/// Opens the device, or prints why `test` is skipped.
+fn device(test: &str) -> Option<File> {
+    if !Path::new(DEVICE_PATH).exists() {
+        println!(
+            "SKIP kmod_abi::{test}: {DEVICE_PATH} not present (the module runs in the VM: \
+             make vm-test)"
+        );
+        return None;
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(DEVICE_PATH)
+        .unwrap_or_else(|e| panic!("{test}: {DEVICE_PATH} exists but cannot be opened: {e}"));
+    Some(f)
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// One ioctl; `Ok(result)` or `Err(errno)`.
+fn ioctl<T>(f: &File, cmd: u32, arg: &mut T) -> Result<i32, i32> {
+    // SAFETY: every caller passes the argument type of `cmd` (the number encodes its
+    // size); the user addresses inside it point to live arrays (REGISTER_FILES) or are
+    // deliberately bad, which the kernel reports as EFAULT.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), cmd as libc::c_ulong, arg as *mut T) };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r)
+    }
+}
+
+fn params(workers: u32, sq: u32, cq: u32) -> SetupParams {
+    SetupParams {
+        abi_version: ABI_VERSION,
+        workers,
+        sq_entries: sq,
+        cq_entries: cq,
+        idle_ms: 5,
+        max_files: 8,
+        ..SetupParams::default()
+    }
+}
+
+fn setup(f: &File, p: &mut SetupParams) -> Result<(), i32> {
+    ioctl(f, FASTIO_SETUP, p).map(drop)
+}
+
+/// A device with a context of one lane of 8/16 entries and 8 file slots.
+fn ready_device(test: &str) -> Option<File> {
+    let f = device(test)?;
+    setup(&f, &mut params(1, 8, 16)).unwrap_or_else(|e| panic!("{test}: SETUP: errno {e}"));
+    Some(f)
+}
+
+fn enter(f: &File, args: EnterArgs) -> Result<i32, i32> {
+    let mut args = args;
+    ioctl(f, FASTIO_ENTER, &mut args)
+}
+
+fn register(f: &File, fds: &[RawFd], slots: &[u32]) -> Result<i32, i32> {
+    assert_eq!(fds.len(), slots.len());
+    let mut u = FilesUpdate {
+        fds: fds.as_ptr() as u64,
+        slots: slots.as_ptr() as u64,
+        count: fds.len() as u32,
+        resv: 0,
+    };
+    ioctl(f, FASTIO_REGISTER_FILES, &mut u)
+}
+
+fn install(f: &File, slot: u32) -> Result<OwnedFd, i32> {
+    let fd = ioctl(
+        f,
+        FASTIO_INSTALL_FD,
+        &mut SlotArg {
+            slot,
+            flags: INSTALL_CLOEXEC,
+        },
+    )?;
+    // SAFETY: INSTALL_FD just installed this descriptor for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn unregister(f: &File, slot: u32) -> Result<i32, i32> {
+    ioctl(f, FASTIO_UNREGISTER_FILE, &mut SlotArg { slot, flags: 0 })
+}
+
+/// (device, inode) of a descriptor: identifies the file behind it.
+fn identity(fd: RawFd) -> (u64, u64) {
+    // SAFETY: fstat into a zeroed stat buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `fd` is open for the caller.
+    assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+    (st.st_dev, st.st_ino)
+}
+
+/// mmap of the device; `Ok(address)` or `Err(errno)`.
+fn map(f: &File, len: usize, offset: i64) -> Result<*mut libc::c_void, i32> {
+    // SAFETY: a fresh shared mapping at an address the kernel picks; nothing else is
+    // affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            offset,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        Err(errno())
+    } else {
+        Ok(p)
+    }
+}
+
+fn unmap(p: *mut libc::c_void, len: usize) {
+    // SAFETY: `p` is a mapping of `len` bytes made by `map` and no longer used.
+    assert_eq!(unsafe { libc::munmap(p, len) }, 0);
+}
+
+#[test]
+fn setup_returns_the_uapi_layout_and_initialised_rings() {
+    let Some(f) = device("setup_layout") else {
+        return;
+    };
+    let mut p = params(2, 64, 128);
+    setup(&f, &mut p).expect("SETUP");
+    let l = lane_layout(64, 128);
+    assert_eq!(
+        (p.lane_size, p.sq_off, p.sqes_off, p.cq_off, p.cqes_off),
+        (l.lane_size, l.sq_off, l.sqes_off, l.cq_off, l.cqes_off)
+    );
+    assert_eq!(p.mmap_size, 2 * l.lane_size);
+    assert_eq!(p.resv_out, [0; 4]);
+    let len = p.mmap_size as usize;
+    let base = map(&f, len, 0).expect("mmap of mmap_size bytes") as usize;
+    for lane in 0..2u32 {
+        let lane_base = base + lane as usize * l.lane_size as usize;
+        for (off, entries) in [(l.sq_off, 64), (l.cq_off, 128)] {
+            let hdr = (lane_base + off as usize) as *const RingHeader;
+            // SAFETY: the header lies inside the mapping; `info` is plain data the kernel
+            // wrote at SETUP.
+            let info: RingInfo = unsafe { std::ptr::addr_of!((*hdr).info).read_volatile() };
+            assert_eq!(
+                (info.entries, info.mask, info.lane),
+                (entries, entries - 1, lane),
+                "RingInfo of lane {lane} at +{off}"
+            );
+        }
+    }
+    unmap(base as *mut _, len);
+}
+
+#[test]
+fn setup_with_a_wrong_abi_version_fails() {
+    let Some(f) = device("wrong_abi") else {
+        return;
+    };
+    for v in [0, ABI_VERSION + 1, u32::MAX] {
+        let mut p = SetupParams {
+            abi_version: v,
+            ..params(1, 8, 16)
+        };
+        assert_eq!(setup(&f, &mut p), Err(libc::EINVAL), "abi_version {v}");
+    }
+    // The context is still unused: a correct SETUP works afterwards.
+    setup(&f, &mut params(1, 8, 16)).expect("SETUP after refused ones");
+}
+
+#[test]
+fn setup_twice_on_one_descriptor_fails() {
+    let Some(f) = ready_device("setup_twice") else {
+        return;
+    };
+    let e = setup(&f, &mut params(1, 8, 16)).unwrap_err();
+    assert!(
+        e == libc::EBUSY || e == libc::EINVAL,
+        "second SETUP: errno {e}"
+    );
+}
+
+#[test]
+fn setup_refuses_bad_sizes_and_fields() {
+    let Some(f) = device("setup_bad_params") else {
+        return;
+    };
+    let bad = [
+        ("sq_entries not a power of two", params(1, 3, 16)),
+        ("cq_entries not a power of two", params(1, 8, 12)),
+        ("sq_entries 0", params(1, 0, 16)),
+        ("sq_entries above MAX_ENTRIES", params(1, 65536, 65536)),
+        ("workers 0", params(0, 8, 16)),
+        ("workers above MAX_WORKERS", params(MAX_WORKERS + 1, 8, 16)),
+        (
+            "max_files 0",
+            SetupParams {
+                max_files: 0,
+                ..params(1, 8, 16)
+            },
+        ),
+        (
+            "unknown setup flag",
+            SetupParams {
+                flags: 1 << 7,
+                ..params(1, 8, 16)
+            },
+        ),
+        (
+            "reserved input field",
+            SetupParams {
+                resv_in: [0, 0, 0, 0, 0, 1],
+                ..params(1, 8, 16)
+            },
+        ),
+    ];
+    for (what, mut p) in bad {
+        assert_eq!(setup(&f, &mut p), Err(libc::EINVAL), "{what}");
+    }
+}
+
+/// More workers than the module parameter `max_workers` allows: E2BIG, and the
+/// backend's message names the parameter.
+#[test]
+fn workers_above_the_module_limit_name_max_workers() {
+    let Some(f) = device("max_workers") else {
+        return;
+    };
+    // The parameter, where sysfs shows it; else the ABI's largest count, which is above
+    // the module's default limit.
+    let path = "/sys/module/fastio/parameters/max_workers";
+    let too_many = match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().parse::<u32>().expect("max_workers is a number") + 1,
+        Err(_) => MAX_WORKERS,
+    };
+    if too_many > MAX_WORKERS {
+        println!("SKIP kmod_abi::max_workers: max_workers is not below the ABI limit");
+        return;
+    }
+    match setup(&f, &mut params(too_many, 8, 16)) {
+        Err(e) => assert_eq!(e, libc::E2BIG, "workers = {too_many}"),
+        Ok(()) => {
+            println!("SKIP kmod_abi::max_workers: {too_many} workers are allowed here");
+            return;
+        }
+    }
+    let cfg = Config {
+        backend: BackendKind::Kmod,
+        max_ker_worker: too_many,
+        sq_entries: 8,
+        cq_entries: 16,
+        max_files: 8,
+        ..Config::default()
+    };
+    let e = Proactor::new(&cfg).err().expect("too many workers");
+    assert!(e.to_string().contains("max_workers"), "{e}");
+}
+
+/// `auto` takes the module when the device exists, and says so.
+#[test]
+fn auto_chooses_kmod_when_the_device_exists() {
+    if device("auto").is_none() {
+        return;
+    }
+    let cfg = Config {
+        backend: BackendKind::Auto,
+        max_ker_worker: 2,
+        sq_entries: 8,
+        cq_entries: 16,
+        max_files: 8,
+        ..Config::default()
+    };
+    let mut p = Proactor::new(&cfg).expect("auto with the module loaded");
+    assert_eq!(p.backend().kind, BackendKind::Kmod, "{}", p.backend());
+    assert!(p.backend().reason.contains(DEVICE_PATH), "{}", p.backend());
+    assert_eq!(p.lanes(), 2);
+    p.nop(7).unwrap();
+    assert_eq!(p.wait(1, Some(Duration::from_secs(5))).unwrap(), 1);
+    let c = p.next_completion().unwrap();
+    assert_eq!((c.user_data, c.result), (7, 0));
+}
+
+#[test]
+fn mmap_needs_setup_offset_zero_and_the_exact_size() {
+    let Some(f) = device("mmap_size") else {
+        return;
+    };
+    assert!(map(&f, PAGE_SIZE, 0).is_err(), "mmap before SETUP");
+    let mut p = params(2, 8, 16);
+    setup(&f, &mut p).expect("SETUP");
+    let size = p.mmap_size as usize;
+    for (len, off) in [
+        (size - PAGE_SIZE, 0),
+        (size + PAGE_SIZE, 0),
+        (PAGE_SIZE, 0),
+        (size, PAGE_SIZE as i64),
+    ] {
+        match map(&f, len, off) {
+            Ok(addr) => {
+                unmap(addr, len);
+                panic!("mmap of {len} bytes at offset {off} accepted (mmap_size {size})");
+            }
+            Err(e) => assert_eq!(e, libc::EINVAL, "mmap of {len} bytes at offset {off}"),
+        }
+    }
+    let addr = map(&f, size, 0).expect("mmap of mmap_size bytes");
+    unmap(addr, size);
+}
+
+#[test]
+fn enter_refuses_unknown_flags_and_bad_lanes() {
+    let Some(f) = ready_device("enter_flags") else {
+        return;
+    };
+    let ok = EnterArgs {
+        flags: ENTER_SQ_WAKEUP,
+        lane: 0,
+        ..EnterArgs::default()
+    };
+    assert_eq!(enter(&f, ok), Ok(0));
+    assert_eq!(
+        enter(
+            &f,
+            EnterArgs {
+                lane: LANE_ALL,
+                ..ok
+            }
+        ),
+        Ok(0)
+    );
+    assert_eq!(
+        enter(&f, EnterArgs::default()),
+        Ok(0),
+        "no flags: nothing to do"
+    );
+    let bad = [
+        (
+            "unknown flag",
+            EnterArgs {
+                flags: ENTER_FLAGS + 1,
+                ..ok
+            },
+        ),
+        (
+            "flag 1<<31",
+            EnterArgs {
+                flags: 1 << 31,
+                ..ok
+            },
+        ),
+        ("reserved field", EnterArgs { resv: 1, ..ok }),
+        ("lane out of range", EnterArgs { lane: 1, ..ok }),
+    ];
+    for (what, args) in bad {
+        assert_eq!(enter(&f, args), Err(libc::EINVAL), "{what}");
+    }
+}
+
+#[test]
+fn enter_before_setup_fails() {
+    let Some(f) = device("enter_before_setup") else {
+        return;
+    };
+    let args = EnterArgs {
+        flags: ENTER_SQ_WAKEUP,
+        ..EnterArgs::default()
+    };
+    assert!(enter(&f, args).is_err());
+}
+
+#[test]
+fn getevents_times_out_with_etime() {
+    let Some(f) = ready_device("getevents_timeout") else {
+        return;
+    };
+    let t0 = Instant::now();
+    let r = enter(
+        &f,
+        EnterArgs {
+            flags: ENTER_GETEVENTS,
+            min_complete: 1,
+            timeout_ns: 50_000_000,
+            ..EnterArgs::default()
+        },
+    );
+    let took = t0.elapsed();
+    assert_eq!(r, Err(libc::ETIME));
+    assert!(
+        took >= Duration::from_millis(40),
+        "returned early: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "timeout ignored: {took:?}");
+    // Nothing to wait for: returns at once, even without a timeout.
+    let r = enter(
+        &f,
+        EnterArgs {
+            flags: ENTER_GETEVENTS,
+            min_complete: 0,
+            timeout_ns: TIMEOUT_NONE,
+            ..EnterArgs::default()
+        },
+    );
+    assert_eq!(r, Ok(0));
+}
+
+#[test]
+fn register_files_is_all_or_nothing() {
+    let Some(f) = ready_device("register_files") else {
+        return;
+    };
+    let [a, b, c] = [0; 3].map(|_| TcpListener::bind("127.0.0.1:0").unwrap());
+    let (a, b, c) = (a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd());
+    assert_eq!(register(&f, &[a], &[1]), Ok(0));
+
+    // Second entry's slot is occupied: nothing changes, slot 2 stays empty.
+    assert_eq!(register(&f, &[b, c], &[2, 1]), Err(libc::EBUSY));
+    assert_eq!(install(&f, 2).err(), Some(libc::EBADF), "slot 2 was filled");
+    // Second entry's descriptor is bad.
+    assert_eq!(register(&f, &[b, -1], &[2, 3]), Err(libc::EBADF));
+    assert_eq!(install(&f, 2).err(), Some(libc::EBADF), "slot 2 was filled");
+    assert_eq!(install(&f, 3).err(), Some(libc::EBADF), "slot 3 was filled");
+    // Second entry's slot is beyond max_files (8).
+    assert!(register(&f, &[b, c], &[2, 8]).is_err());
+    assert_eq!(install(&f, 2).err(), Some(libc::EBADF), "slot 2 was filled");
+    // The same slot twice.
+    assert!(register(&f, &[b, c], &[4, 4]).is_err());
+    assert_eq!(install(&f, 4).err(), Some(libc::EBADF), "slot 4 was filled");
+    // No entries.
+    assert_eq!(register(&f, &[], &[]), Err(libc::EINVAL));
+
+    // Slot 1 still holds the first file.
+    let fd = install(&f, 1).expect("INSTALL_FD of slot 1");
+    assert_eq!(identity(fd.as_raw_fd()), identity(a));
+    // SAFETY: F_GETFD on a descriptor we own.
+    let fdflags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+    assert_eq!(
+        fdflags & libc::FD_CLOEXEC,
+        libc::FD_CLOEXEC,
+        "INSTALL_CLOEXEC"
+    );
+
+    // Both at once works, and unregistering empties exactly one slot.
+    assert_eq!(register(&f, &[b, c], &[2, 3]), Ok(0));
+    assert_eq!(unregister(&f, 2), Ok(0));
+    assert_eq!(unregister(&f, 2), Err(libc::EBADF), "already empty");
+    assert_eq!(identity(install(&f, 3).unwrap().as_raw_fd()), identity(c));
+    assert_eq!(
+        ioctl(
+            &f,
+            FASTIO_UNREGISTER_FILE,
+            &mut SlotArg { slot: 3, flags: 1 }
+        ),
+        Err(libc::EINVAL),
+        "UNREGISTER_FILE flags must be 0"
+    );
+}
+
+#[test]
+fn install_fd_of_an_empty_slot_is_ebadf() {
+    let Some(f) = ready_device("install_empty") else {
+        return;
+    };
+    assert_eq!(install(&f, 0).err(), Some(libc::EBADF));
+    assert_eq!(install(&f, 7).err(), Some(libc::EBADF), "last slot");
+    assert_eq!(install(&f, 8).err(), Some(libc::EBADF), "beyond max_files");
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    assert_eq!(register(&f, &[l.as_raw_fd()], &[0]), Ok(0));
+    assert_eq!(
+        ioctl(
+            &f,
+            FASTIO_INSTALL_FD,
+            &mut SlotArg {
+                slot: 0,
+                flags: 1 << 3
+            }
+        ),
+        Err(libc::EINVAL),
+        "unknown INSTALL_FD flag"
+    );
+}
+
+/// A child after fork() inherits the descriptor but not the context: its ioctls fail
+/// with EPERM, and the parent's context is unharmed by the child's exit.
+#[test]
+fn a_forked_child_cannot_use_the_context() {
+    let Some(f) = ready_device("fork") else {
+        return;
+    };
+    let fd = f.as_raw_fd();
+    let args = EnterArgs {
+        flags: ENTER_SQ_WAKEUP,
+        lane: 0,
+        ..EnterArgs::default()
+    };
+    // SAFETY: the child calls only ioctl, reads errno and _exits (async-signal-safe), so
+    // forking a multithreaded test process is fine.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: ioctl with a live EnterArgs on the inherited descriptor; then _exit
+        // with the errno (or 200 if the call was accepted).
+        unsafe {
+            let r = libc::ioctl(fd, FASTIO_ENTER as libc::c_ulong, &args as *const EnterArgs);
+            let code = if r == 0 {
+                200
+            } else {
+                (*libc::__errno_location()).min(199)
+            };
+            libc::_exit(code);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child died: status {status:#x}");
+    match libc::WEXITSTATUS(status) {
+        200 => panic!("the child's ENTER was accepted: a context must serve only its creator"),
+        e => assert_eq!(e, libc::EPERM, "child's ENTER: errno {e}"),
+    }
+    assert_eq!(
+        enter(&f, args),
+        Ok(0),
+        "the parent's context after the child exited"
+    );
+}
