@@ -5,7 +5,7 @@
 //! Lock order (outer first): `Context::state` → `Shared::files`. `Shared::cq_lock` and
 //! `Lane::sleep` are leaves.
 
-use core::sync::atomic::{fence, AtomicU32, Ordering};
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use kernel::{
     alloc::flags::{__GFP_ZERO, GFP_KERNEL, GFP_KERNEL_ACCOUNT},
@@ -23,6 +23,7 @@ use kernel::{
 };
 
 use crate::abi;
+use crate::io::{Owner, Pending};
 use crate::worker::{self, Lane, RingView};
 
 // SAFETY: these ABI structs are `#[repr(C)]`, made only of integers, and have no padding
@@ -37,6 +38,8 @@ unsafe impl FromBytes for abi::EnterArgs {}
 unsafe impl FromBytes for abi::FilesUpdate {}
 // SAFETY: as above.
 unsafe impl FromBytes for abi::SlotArg {}
+// SAFETY: as above.
+unsafe impl AsBytes for abi::Stats {}
 
 /// Contexts that completed SETUP, system wide (bounded by `max_contexts`).
 static CONTEXTS: AtomicU32 = AtomicU32::new(0);
@@ -136,7 +139,8 @@ impl Context {
             return Err(EBUSY);
         }
         let layout = validate_setup(&p)?;
-        let setup = Setup::new(&p, layout, self.owner)?;
+        let owner = Owner::current(self.mm.clone())?;
+        let setup = Setup::new(&p, layout, self.owner, owner)?;
         p.lane_size = layout.lane_size;
         p.mmap_size = layout.lane_size * p.workers as u64;
         p.sq_off = layout.sq_off;
@@ -254,6 +258,21 @@ impl Context {
         old.map(|_| 0).ok_or(EBADF)
     }
 
+    pub(crate) fn stats(&self, mut writer: UserSliceWriter) -> Result<isize> {
+        let setup = self.setup_ref()?;
+        let st = &setup.shared.stats;
+        let out = abi::Stats {
+            ops: st.ops.load(Ordering::Relaxed),
+            parked: st.parked.load(Ordering::Relaxed),
+            wakeups: st.wakeups.load(Ordering::Relaxed),
+            offloaded: st.offloaded.load(Ordering::Relaxed),
+            pending: setup.shared.pending.lock().len() as u64,
+            resv: [0; 3],
+        };
+        writer.write(&out)?;
+        Ok(0)
+    }
+
     pub(crate) fn install_fd(&self, mut reader: UserSliceReader) -> Result<isize> {
         let a: abi::SlotArg = reader.read()?;
         if a.flags & !abi::INSTALL_CLOEXEC != 0 {
@@ -314,11 +333,26 @@ fn validate_setup(p: &abi::SetupParams) -> Result<abi::LaneLayout> {
     Ok(layout)
 }
 
+/// Counters behind `FASTIO_GET_STATS`.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub(crate) ops: AtomicU64,
+    pub(crate) parked: AtomicU64,
+    pub(crate) wakeups: AtomicU64,
+    pub(crate) offloaded: AtomicU64,
+}
+
 /// What the workers and the ioctls share once SETUP ran.
 #[pin_data]
 pub(crate) struct Shared {
     /// The validated SETUP parameters.
     pub(crate) params: abi::SetupParams,
+    /// Who requests run as.
+    pub(crate) owner: Owner,
+    pub(crate) stats: Stats,
+    /// Requests waiting for readiness or a workqueue worker.
+    #[pin]
+    pub(crate) pending: Mutex<KVec<Arc<Pending>>>,
     pub(crate) layout: abi::LaneLayout,
     pub(crate) mmap_size: u64,
     /// The ring memory (vmalloc pages, charged to the process); locked only to hand
@@ -366,6 +400,55 @@ impl Shared {
     /// The file in `slot`, as a new reference.
     pub(crate) fn file(&self, slot: u32) -> Option<ARef<File>> {
         self.files.lock().get(slot as usize).and_then(|f| f.clone())
+    }
+
+    /// Puts a new file (an accepted connection) into the empty `dest`.
+    pub(crate) fn install(&self, dest: u32, file: ARef<File>) -> core::result::Result<(), i32> {
+        let mut table = self.files.lock();
+        match table.get_mut(dest as usize) {
+            Some(s @ None) => {
+                *s = Some(file);
+                Ok(())
+            }
+            Some(Some(_)) => Err(-(bindings::EBUSY as i32)),
+            None => Err(-(bindings::EBADF as i32)),
+        }
+    }
+
+    pub(crate) fn track(&self, p: &Arc<Pending>) -> Result {
+        self.pending.lock().push(p.clone(), GFP_KERNEL)?;
+        Ok(())
+    }
+
+    pub(crate) fn untrack(&self, p: &Arc<Pending>) {
+        let old = {
+            let mut list = self.pending.lock();
+            let pos = list.iter().position(|q| Arc::ptr_eq(q, p));
+            pos.and_then(|i| list.remove(i).ok())
+        };
+        // The list's reference is dropped outside the lock.
+        drop(old);
+    }
+
+    /// Cancels the waiting requests on `slot` (or all with `None`); each completes
+    /// (-ECANCELED, or its own result if it won the race) before this returns.
+    pub(crate) fn cancel_slot(&self, slot: u32) {
+        self.cancel_where(|p| p.slot() == Some(slot));
+    }
+
+    pub(crate) fn cancel_all(&self) {
+        self.cancel_where(|_| true);
+    }
+
+    fn cancel_where(&self, pred: impl Fn(&Pending) -> bool) {
+        loop {
+            // Pick one at a time: cancelling takes the list lock (untrack).
+            let next = self.pending.lock().iter().find(|p| pred(p)).cloned();
+            match next {
+                Some(p) => Pending::cancel(&p),
+                None => return,
+            }
+        }
     }
 
     /// Empties `slot`; true if it held a file.
@@ -449,7 +532,12 @@ unsafe impl Send for Setup {}
 unsafe impl Sync for Setup {}
 
 impl Setup {
-    fn new(p: &abi::SetupParams, layout: abi::LaneLayout, owner: Pid) -> Result<Arc<Self>> {
+    fn new(
+        p: &abi::SetupParams,
+        layout: abi::LaneLayout,
+        pid: Pid,
+        owner: Owner,
+    ) -> Result<Arc<Self>> {
         let slot = ContextSlot::acquire()?;
         let mmap_size = layout.lane_size * p.workers as u64;
         let mut mem =
@@ -461,6 +549,9 @@ impl Setup {
         let shared = Arc::pin_init(
             pin_init!(Shared {
                 params,
+                owner,
+                stats: Stats::default(),
+                pending <- new_mutex!(KVec::new()),
                 layout,
                 mmap_size,
                 mem <- new_mutex!(mem),
@@ -486,7 +577,7 @@ impl Setup {
         };
         let affinity = (p.flags & abi::SETUP_AFFINITY != 0).then_some(p.affinity_offset);
         for i in 0..p.workers as usize {
-            let task = worker::spawn(&setup.lanes[i], owner, affinity)?;
+            let task = worker::spawn(&setup.lanes[i], pid, affinity)?;
             // Capacity was reserved above, so this cannot fail; if it did, the worker
             // would never be stopped, so stop it right here.
             if let Err(e) = setup.tasks.push(task, GFP_KERNEL) {
@@ -510,5 +601,8 @@ impl Drop for Setup {
             // returns once it sees its stop flag; this drops our reference.
             unsafe { bindings::kthread_stop_put(task) };
         }
+        // No worker runs now: take every waiting request off its wait queues and
+        // let queued work finish, before the memory they touch goes away.
+        self.shared.cancel_all();
     }
 }

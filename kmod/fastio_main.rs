@@ -14,9 +14,11 @@
 //! Lock order (outer first): `Context::state` → `Shared::files`; `Lane::sleep` and
 //! `Shared::cq_lock` are leaves and never held while taking another lock.
 
+use core::sync::atomic::Ordering;
+
 use kernel::{
     fs::File,
-    ioctl::{_IOC_SIZE, _IOW, _IOWR},
+    ioctl::{_IOC_SIZE, _IOR, _IOW, _IOWR},
     miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
     mm::virt::VmaNew,
     prelude::*,
@@ -28,6 +30,7 @@ use kernel::{
 #[allow(dead_code, unreachable_pub)]
 mod abi;
 mod context;
+mod io;
 mod worker;
 
 use context::Context;
@@ -47,6 +50,10 @@ module! {
             default: 64,
             description: "Most contexts (set-up opens of /dev/fastio) in the system",
         },
+        wq_max_active: u32 {
+            default: 4,
+            description: "Concurrency of the workqueue that re-issues ready requests and runs blocking file I/O",
+        },
     },
 }
 
@@ -57,24 +64,63 @@ const _: () = {
     assert!(abi::FASTIO_REGISTER_FILES == _IOW::<abi::FilesUpdate>(0xFA, 3));
     assert!(abi::FASTIO_UNREGISTER_FILE == _IOW::<abi::SlotArg>(0xFA, 4));
     assert!(abi::FASTIO_INSTALL_FD == _IOW::<abi::SlotArg>(0xFA, 5));
+    assert!(abi::FASTIO_GET_STATS == _IOR::<abi::Stats>(0xFA, 6));
 };
 
 #[pin_data]
 struct FastioModule {
+    // Dropped first: no new context can start once the device is gone.
     #[pin]
     _miscdev: MiscDeviceRegistration<FastioDevice>,
+    _wq: ModuleWorkqueue,
+}
+
+/// The workqueue that re-issues ready requests and runs blocking file I/O.
+struct ModuleWorkqueue;
+
+impl ModuleWorkqueue {
+    fn new() -> Result<Self> {
+        let max_active = module_parameters::wq_max_active.value().clamp(1, 512);
+        // SAFETY: a plain allocation call; the format has no conversions.
+        let wq = unsafe {
+            kernel::bindings::alloc_workqueue_noprof(
+                c"fastio".as_ptr().cast(),
+                kernel::bindings::wq_flags_WQ_UNBOUND,
+                max_active as core::ffi::c_int,
+            )
+        };
+        if wq.is_null() {
+            return Err(ENOMEM);
+        }
+        io::WQ.store(wq, Ordering::Release);
+        Ok(ModuleWorkqueue)
+    }
+}
+
+impl Drop for ModuleWorkqueue {
+    fn drop(&mut self) {
+        // The device is gone and no context exists (each holds a module reference), so
+        // only finishing work can be left: destroy_workqueue drains it.
+        let wq = io::WQ.swap(core::ptr::null_mut(), Ordering::AcqRel);
+        if !wq.is_null() {
+            // SAFETY: allocated in `new`, used by nobody any more.
+            unsafe { kernel::bindings::destroy_workqueue(wq) };
+        }
+    }
 }
 
 impl kernel::InPlaceModule for FastioModule {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
         pr_info!(
-            "fastio: ABI {}, max_workers={}, max_contexts={}\n",
+            "fastio: ABI {}, max_workers={}, max_contexts={}, wq_max_active={}\n",
             abi::ABI_VERSION,
             module_parameters::max_workers.value(),
-            module_parameters::max_contexts.value()
+            module_parameters::max_contexts.value(),
+            module_parameters::wq_max_active.value()
         );
         let options = MiscDeviceOptions { name: c"fastio" };
         try_pin_init!(Self {
+            _wq: ModuleWorkqueue::new()?,
             _miscdev <- MiscDeviceRegistration::register(options),
         })
     }
@@ -112,6 +158,7 @@ impl MiscDevice for FastioDevice {
             abi::FASTIO_REGISTER_FILES => ctx.register_files(user.reader()),
             abi::FASTIO_UNREGISTER_FILE => ctx.unregister_file(user.reader()),
             abi::FASTIO_INSTALL_FD => ctx.install_fd(user.reader()),
+            abi::FASTIO_GET_STATS => ctx.stats(user.writer()),
             _ => Err(ENOTTY),
         }
     }

@@ -15,13 +15,14 @@ use kernel::{
     alloc::flags::GFP_KERNEL,
     bindings, new_condvar, new_mutex,
     prelude::*,
-    sync::{Arc, CondVar, Mutex},
+    sync::{Arc, ArcBorrow, CondVar, Mutex},
     task::Pid,
     time::{Delta, Instant, Monotonic},
 };
 
 use crate::abi::{self, Cqe, Op, RingHeader, Sqe};
 use crate::context::Shared;
+use crate::io::{issue, Pending};
 
 extern "C" {
     /// `need_resched()`, from fastio_helpers.c.
@@ -29,9 +30,6 @@ extern "C" {
     /// Exported by the scheduler: whether the current task is alone on its CPU.
     fn single_task_running() -> bool;
 }
-
-/// `EOPNOTSUPP`: opcodes that arrive with the I/O part of the module.
-const EOPNOTSUPP: i32 = 95;
 
 /// Raw pointers to one lane's rings inside the context's ring memory.
 pub(crate) struct RingView {
@@ -115,6 +113,14 @@ impl RingView {
     }
 }
 
+/// The producer side of a CQ.
+struct CqState {
+    /// Our copy of the CQ tail (the shared one is only ever written from it).
+    tail: u32,
+    /// Requests taken from the SQ whose completion is not posted yet.
+    reserved: u32,
+}
+
 /// One lane: its rings, its worker's sleep state.
 #[pin_data]
 pub(crate) struct Lane {
@@ -122,6 +128,9 @@ pub(crate) struct Lane {
     shared: Arc<Shared>,
     pub(crate) ring: RingView,
     stop: AtomicBool,
+    /// The CQ producer side: the worker and workqueue workers both post.
+    #[pin]
+    cq: Mutex<CqState>,
     /// A wakeup is pending.
     #[pin]
     sleep: Mutex<bool>,
@@ -131,12 +140,14 @@ pub(crate) struct Lane {
 
 impl Lane {
     pub(crate) fn new(idx: u32, shared: Arc<Shared>, ring: RingView) -> Result<Arc<Self>> {
+        let tail = ring.cq().tail.value.load(Ordering::Acquire);
         Arc::pin_init(
             pin_init!(Lane {
                 idx,
                 shared,
                 ring,
                 stop: AtomicBool::new(false),
+                cq <- new_mutex!(CqState { tail, reserved: 0 }),
                 sleep <- new_mutex!(false),
                 wake <- new_condvar!(),
             }),
@@ -159,53 +170,93 @@ impl Lane {
         self.wake.notify_all();
     }
 
-    fn run(&self) {
-        let idle = Delta::from_millis(self.shared.params.idle_ms as i64);
-        let max_files = self.shared.params.max_files;
-        let ring = &self.ring;
-        let sq_mask = ring.sq_entries - 1;
-        let cq_mask = ring.cq_entries - 1;
-        let mut head = ring.sq().head.value.load(Ordering::Acquire);
-        let mut tail = ring.cq().tail.value.load(Ordering::Acquire);
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Reserves CQ space for one more request; false when the CQ (counting requests
+    /// still in flight) is full.
+    fn reserve(&self) -> bool {
+        let mut cq = self.cq.lock();
+        if self.ring.cq_free(cq.tail) > cq.reserved {
+            cq.reserved += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Posts the completion of a request whose CQ space was reserved.
+    pub(crate) fn post(&self, user_data: u64, res: i32) {
+        {
+            let mut cq = self.cq.lock();
+            let idx = (cq.tail & (self.ring.cq_entries - 1)) as usize;
+            let cqe = Cqe {
+                user_data,
+                res,
+                flags: 0,
+            };
+            // SAFETY: masked index; the slot is free: it was reserved, and only holders
+            // of this lock write CQEs of this lane.
+            unsafe { self.ring.cqes.add(idx).write_volatile(cqe) };
+            cq.tail = cq.tail.wrapping_add(1);
+            self.ring.cq().tail.value.store(cq.tail, Ordering::Release);
+            cq.reserved = cq.reserved.saturating_sub(1);
+        }
+        self.shared.notify_cq();
+    }
+
+    fn run(this: ArcBorrow<'_, Lane>) {
+        let me: &Lane = &this;
+        let idle = Delta::from_millis(me.shared.params.idle_ms as i64);
+        let mut head = me.ring.sq().head.value.load(Ordering::Acquire);
         let mut last_work = Instant::<Monotonic>::now();
-        while !self.stop.load(Ordering::Acquire) {
-            let mut posted = 0u32;
-            // Take an SQE only when its completion is sure to fit.
-            while posted < ring.sq_entries && ring.cq_free(tail) > 0 {
-                let sq_tail = ring.sq().tail.value.load(Ordering::Acquire);
-                if sq_tail == head {
-                    break;
+        while !me.stop.load(Ordering::Acquire) {
+            if me.ring.sq().tail.value.load(Ordering::Acquire) != head {
+                // One address-space and credentials switch per batch.
+                let r = me.shared.owner.enter(|| me.drain(&this, &mut head, None));
+                if let Err(e) = r {
+                    // The process is exiting: complete what it queued with the error.
+                    me.drain(&this, &mut head, Some(e));
                 }
-                // SAFETY: the index is masked into the SQE array; the copy is taken
-                // once, and only the copy is looked at from here on.
-                let sqe = unsafe { ring.sqes.add((head & sq_mask) as usize).read_volatile() };
-                head = head.wrapping_add(1);
-                ring.sq().head.value.store(head, Ordering::Release);
-                let res = self.execute(&sqe, max_files);
-                let cqe = Cqe {
-                    user_data: sqe.user_data,
-                    res,
-                    flags: 0,
-                };
-                // SAFETY: masked index; the slot is free (cq_free > 0 above) and only
-                // this worker writes CQEs of this lane.
-                unsafe { ring.cqes.add((tail & cq_mask) as usize).write_volatile(cqe) };
-                tail = tail.wrapping_add(1);
-                ring.cq().tail.value.store(tail, Ordering::Release);
-                posted += 1;
-            }
-            if posted != 0 {
-                self.shared.notify_cq();
                 last_work = Instant::now();
                 continue;
             }
             if last_work.elapsed() < idle {
-                self.pause();
+                me.pause();
                 continue;
             }
-            self.sleep(head);
+            me.sleep(head);
             last_work = Instant::now();
         }
+    }
+
+    /// Takes SQEs while there are any and the CQ has room; runs them (or, with
+    /// `fail`, completes them with that error).
+    fn drain(&self, this: &ArcBorrow<'_, Lane>, head: &mut u32, fail: Option<i32>) -> u32 {
+        let ring = &self.ring;
+        let mut taken = 0;
+        while taken < ring.sq_entries {
+            if ring.sq().tail.value.load(Ordering::Acquire) == *head || !self.reserve() {
+                break;
+            }
+            // SAFETY: the index is masked into the SQE array; the copy is taken once,
+            // and only the copy is looked at from here on.
+            let sqe = unsafe {
+                ring.sqes
+                    .add((*head & (ring.sq_entries - 1)) as usize)
+                    .read_volatile()
+            };
+            *head = head.wrapping_add(1);
+            ring.sq().head.value.store(*head, Ordering::Release);
+            self.shared.stats.ops.fetch_add(1, Ordering::Relaxed);
+            match fail {
+                Some(e) => self.post(sqe.user_data, e),
+                None => self.execute(this, &sqe),
+            }
+            taken += 1;
+        }
+        taken
     }
 
     /// One idle spin step: give the CPU away if anybody else wants it.
@@ -238,32 +289,34 @@ impl Lane {
         flags.fetch_and(!abi::SQ_NEED_WAKEUP, Ordering::SeqCst);
     }
 
-    /// Runs one request; returns its CQE result.
-    fn execute(&self, sqe: &Sqe, max_files: u32) -> i32 {
-        let op = match abi::decode(sqe, max_files) {
+    /// Runs one request whose CQ space is reserved; it completes now or later.
+    fn execute(&self, this: &ArcBorrow<'_, Lane>, sqe: &Sqe) {
+        let user_data = sqe.user_data;
+        let op = match abi::decode(sqe, self.shared.params.max_files) {
             Ok(op) => op,
-            Err(e) => return -e.errno(),
+            Err(e) => return self.post(user_data, -e.errno()),
         };
         match op {
-            Op::Nop => 0,
+            Op::Nop => self.post(user_data, 0),
             Op::Close { slot } => {
-                if self.shared.close_slot(slot) {
+                // Requests waiting on the slot complete (-ECANCELED) before the CLOSE.
+                self.shared.cancel_slot(slot);
+                let res = if self.shared.close_slot(slot) {
                     0
                 } else {
                     -(bindings::EBADF as i32)
-                }
+                };
+                self.post(user_data, res)
             }
-            // Part 2 of the module (real I/O in the workers) implements the rest; an
-            // empty slot is reported first, as every backend does.
-            Op::Accept { slot, .. }
-            | Op::Recv { slot, .. }
-            | Op::Send { slot, .. }
-            | Op::Read { slot, .. }
-            | Op::Write { slot, .. }
-            | Op::Writev { slot, .. } => match self.shared.file(slot) {
-                None => -(bindings::EBADF as i32),
-                Some(_) => -EOPNOTSUPP,
-            },
+            _ => {
+                let slot = op.slot().unwrap_or(u32::MAX);
+                let Some(file) = self.shared.file(slot) else {
+                    return self.post(user_data, -(bindings::EBADF as i32));
+                };
+                let outcome = issue(self, &op, &file, false);
+                let lane: Arc<Lane> = (*this).into();
+                Pending::start(&lane, op, user_data, file, outcome);
+            }
         }
     }
 }
@@ -271,9 +324,9 @@ impl Lane {
 /// The thread function of a worker. `data` is the `Lane`, which the context's `Setup`
 /// keeps alive until after `kthread_stop` has returned.
 unsafe extern "C" fn worker_main(data: *mut c_void) -> c_int {
-    // SAFETY: see above: the lane outlives this thread.
-    let lane = unsafe { &*(data as *const Lane) };
-    lane.run();
+    // SAFETY: see above: the lane (inside an Arc) outlives this thread.
+    let lane = unsafe { ArcBorrow::from_raw(data as *const Lane) };
+    Lane::run(lane);
     0
 }
 

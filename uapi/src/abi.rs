@@ -638,6 +638,25 @@ pub struct SlotArg {
     pub flags: u32,
 }
 
+/// Argument of `FASTIO_GET_STATS`: counters of a context since SETUP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests taken from the SQs.
+    pub ops: u64,
+    /// Requests that would have blocked on a pollable file and waited for readiness.
+    pub parked: u64,
+    /// Readiness wakeups that re-issued a parked request.
+    pub wakeups: u64,
+    /// Requests handed to a workqueue worker for blocking I/O (uncached or
+    /// non-`FMODE_NOWAIT` files).
+    pub offloaded: u64,
+    /// Requests waiting right now (parked or offloaded, not yet completed).
+    pub pending: u64,
+    /// Reserved (0).
+    pub resv: [u64; 3],
+}
+
 // ---------------------------------------------------------------------------------------
 // ioctl numbers (the kernel's _IOC encoding on x86-64 and arm64)
 // ---------------------------------------------------------------------------------------
@@ -669,6 +688,8 @@ pub const FASTIO_REGISTER_FILES: u32 = ioc(IOC_WRITE, 3, core::mem::size_of::<Fi
 pub const FASTIO_UNREGISTER_FILE: u32 = ioc(IOC_WRITE, 4, core::mem::size_of::<SlotArg>());
 /// `_IOW(0xFA, 5, SlotArg)`: install a slot's file as a new descriptor (returned).
 pub const FASTIO_INSTALL_FD: u32 = ioc(IOC_WRITE, 5, core::mem::size_of::<SlotArg>());
+/// `_IOR(0xFA, 6, Stats)`: read the context's counters.
+pub const FASTIO_GET_STATS: u32 = ioc(IOC_READ, 6, core::mem::size_of::<Stats>());
 
 // ---------------------------------------------------------------------------------------
 // Compile-time layout checks
@@ -704,6 +725,9 @@ assert_layout!(EnterArgs, size 24, align 8, {
 assert_layout!(FilesUpdate, size 24, align 8, { fds @ 0, slots @ 8, count @ 16, resv @ 20 });
 assert_layout!(SlotArg, size 8, align 4, { slot @ 0, flags @ 4 });
 assert_layout!(IoVec, size 16, align 8, { base @ 0, len @ 8 });
+assert_layout!(Stats, size 64, align 8, {
+    ops @ 0, parked @ 8, wakeups @ 16, offloaded @ 24, pending @ 32, resv @ 40,
+});
 
 const _: () = {
     assert!(core::mem::size_of::<AtomicU32>() == 4);
@@ -723,5 +747,6 @@ const _: () = {
     assert!(FASTIO_REGISTER_FILES == 0x4018_FA03);
     assert!(FASTIO_UNREGISTER_FILE == 0x4008_FA04);
     assert!(FASTIO_INSTALL_FD == 0x4008_FA05);
+    assert!(FASTIO_GET_STATS == 0x8040_FA06);
     assert!(MAX_RW_LEN == 0x7FFF_F000);
 };
