@@ -47,9 +47,14 @@ config:
 	  *) echo "make config: unknown TARGET '$(TARGET)'; known targets: $(TARGETS)" >&2; exit 2;; esac
 	@test -f fastio.conf || { echo "make config: $(CURDIR)/fastio.conf not found" >&2; exit 2; }
 	@mkdir -p build
-	@printf 'TARGET := %s\nFASTIO_CONF_PATH := %s\n' "$(TARGET)" "$(CURDIR)/fastio.conf" > $(CONFIG_MK)
+	@printf 'TARGET := %s\nFASTIO_CONF_PATH := %s\n' "$(TARGET)" "$(CURDIR)/fastio.conf" > $(CONFIG_MK).new
 	@echo "make config: TARGET=$(TARGET), binaries will read $(CURDIR)/fastio.conf"
-	$(CARGO) build --release --workspace
+	@if cmp -s $(CONFIG_MK).new $(CONFIG_MK) && [ -x target/release/proactor_echo_server ]; then \
+	  rm $(CONFIG_MK).new; echo "make config: unchanged, the binaries already read it"; \
+	else \
+	  mv $(CONFIG_MK).new $(CONFIG_MK) && \
+	  FASTIO_CONF_PATH="$(CURDIR)/fastio.conf" $(CARGO) build --release --workspace; \
+	fi
 	@echo "make config: done; edit fastio.conf (e.g. max_ker_worker) at any time, no rebuild needed"
 
 run: build
