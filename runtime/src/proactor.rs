@@ -23,9 +23,10 @@
 //! buffer while the caller has no access to it, so a buffer can be neither freed, moved
 //! nor reused while an operation owns it, and no `unsafe` is needed to use the API.
 //! A request that cannot be queued hands its buffer back in [`Rejected`]. If the
-//! proactor is dropped with requests in flight, it cancels them and waits (bounded) for
-//! their completions; buffers whose requests never complete are leaked, never freed
-//! under the executor. [`Proactor::submit_raw`] is the `unsafe` escape hatch for callers
+//! proactor is dropped with requests in flight, it cancels them (backends that cannot
+//! cancel everything at once get a CLOSE for each slot with requests in flight) and waits
+//! (bounded) for their completions; buffers whose requests never complete are leaked,
+//! never freed under the executor. [`Proactor::submit_raw`] is the `unsafe` escape hatch for callers
 //! that manage memory themselves.
 //!
 //! # Limits
@@ -34,9 +35,19 @@
 //! connection are issued in order. A lane never has more requests in flight than its
 //! CQ has entries (minus two reserved for the runtime's own requests), so completions
 //! are never dropped: a request beyond that, or beyond a full SQ, is [`Rejected`] with
-//! [`RejectReason::Busy`]; reap completions and try again.
+//! [`RejectReason::Busy`]; reap completions and try again. A CLOSE counts for as many
+//! CQ entries as the backend posts for it (two on `uring`: the close and the cancel of
+//! the requests waiting on the file).
+//!
+//! # Slots
+//!
+//! A slot is never reused while requests issued through this API are in flight on it:
+//! [`Proactor::unregister`] of a busy slot leaves it draining until its last request
+//! completes, and a [`Proactor::close`] releases the slot (and reports its completion)
+//! only after every other request on the slot has completed, so a CLOSE's completion
+//! always comes after the `-ECANCELED` completions of the requests it cancelled.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::ops::Range;
@@ -170,8 +181,22 @@ enum SlotState {
     /// Reserved as an ACCEPT's destination.
     Accepting,
     Open,
-    /// A CLOSE is in flight; freed when it completes.
+    /// A CLOSE is in flight (or its completion is held until the slot's other requests
+    /// have completed); freed then.
     Closing,
+    /// Unregistered while requests were in flight on it; freed when the last completes.
+    Draining,
+}
+
+/// Where a request came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// The safe API: slot bookkeeping applies.
+    Api,
+    /// [`Proactor::submit_raw`]: no slot bookkeeping.
+    Raw,
+    /// The proactor's own shutdown CLOSEs: like `Raw`, and may use the reserved CQEs.
+    Shutdown,
 }
 
 /// What an in-flight request owns.
@@ -182,10 +207,20 @@ struct InFlight {
     slot: u32,
     /// ACCEPT: the destination slot.
     dest: u32,
+    /// Whether the slot bookkeeping applies (not a raw request).
+    tracked: bool,
+    /// CQ entries budgeted for it on its lane.
+    cost: u32,
     buf: Option<Vec<u8>>,
     bufs: Vec<Vec<u8>>,
     /// WRITEV: the iovec array the executor reads (points into `bufs`).
     iovecs: Vec<IoVec>,
+}
+
+/// Whether a tracked request with `opcode` counts in its slot's in-flight count (every
+/// opcode that works on a file, except the CLOSE that waits for the others).
+fn counts_on_slot(opcode: u8) -> bool {
+    !matches!(opcode, OP_NOP | OP_CLOSE)
 }
 
 static BANNER: Once = Once::new();
@@ -198,10 +233,17 @@ pub struct Proactor {
     choice: Choice,
     lanes: u32,
     lane_limit: u32,
+    /// CQ entries budgeted per lane (a CLOSE may count for more than one).
     lane_inflight: Vec<u32>,
+    /// Requests handed to the backend whose CQE has not been reaped.
+    pending: usize,
     inflight: Vec<Option<InFlight>>,
     free_tokens: Vec<u32>,
     slots: Vec<SlotState>,
+    /// Per slot: tracked requests (other than CLOSE) in flight on it.
+    slot_inflight: Vec<u32>,
+    /// CLOSE completions held until the other requests on their slot have completed.
+    held_closes: HashMap<u32, Completion>,
     free_slots: Vec<u32>,
     ready: VecDeque<Completion>,
     next_nop_lane: u32,
@@ -214,22 +256,29 @@ impl Proactor {
     pub fn new(config: &Config) -> io::Result<Self> {
         let (backend, choice) = backend::open(config)?;
         BANNER.call_once(|| eprintln!("fastio: backend {choice}"));
+        Ok(Self::with_backend(backend, choice, config.max_files))
+    }
+
+    fn with_backend(backend: Box<dyn Backend>, choice: Choice, max_files: u32) -> Self {
         let lanes = backend.lanes();
         let lane_limit = backend.lane_capacity().saturating_sub(RESERVED_CQES).max(1);
-        Ok(Proactor {
+        Proactor {
             backend,
             choice,
             lanes,
             lane_limit,
             lane_inflight: vec![0; lanes as usize],
+            pending: 0,
             inflight: Vec::new(),
             free_tokens: Vec::new(),
-            slots: vec![SlotState::Free; config.max_files as usize],
-            free_slots: (0..config.max_files).rev().collect(),
+            slots: vec![SlotState::Free; max_files as usize],
+            slot_inflight: vec![0; max_files as usize],
+            held_closes: HashMap::new(),
+            free_slots: (0..max_files).rev().collect(),
             ready: VecDeque::new(),
             next_nop_lane: 0,
             staged: false,
-        })
+        }
     }
 
     /// The backend in use and why it was chosen.
@@ -242,14 +291,16 @@ impl Proactor {
         self.lanes
     }
 
-    /// Requests that may be in flight on one lane.
+    /// Requests that may be in flight on one lane (a CLOSE counts for as many CQ entries
+    /// as the backend posts for it: two on `uring`).
     pub fn lane_limit(&self) -> u32 {
         self.lane_limit
     }
 
-    /// Requests queued or executing, whose completions have not been reaped.
+    /// Requests queued or executing, whose completions are not ready yet (a CLOSE whose
+    /// completion waits for the other requests on its slot counts too).
     pub fn in_flight(&self) -> usize {
-        self.lane_inflight.iter().map(|&n| n as usize).sum()
+        self.pending + self.held_closes.len()
     }
 
     /// Whether the worker of `lane` is asleep with NEED_WAKEUP set (None for backends
@@ -265,8 +316,12 @@ impl Proactor {
     /// Registers a file: the backend takes its own reference (the caller may close its
     /// descriptor afterwards). Returns the slot to use in requests.
     ///
-    /// On the `threads` backend, sockets and pipes are switched to non-blocking mode,
-    /// which the caller's descriptor shares.
+    /// On the `threads` backend, sockets, pipes and other pollable files are switched to
+    /// non-blocking mode (`O_NONBLOCK`). That flag belongs to the open file description,
+    /// so the caller's descriptor, and any descriptor later made by
+    /// [`Proactor::install_fd`], is non-blocking too: a program that keeps using its own
+    /// descriptor with blocking calls gets `EAGAIN` (`ErrorKind::WouldBlock`) instead.
+    /// The other backends leave the file's flags alone.
     pub fn register(&mut self, fd: &impl AsFd) -> io::Result<Slot> {
         let slot = self.alloc_slot().ok_or_else(|| {
             io::Error::new(
@@ -287,12 +342,18 @@ impl Proactor {
     }
 
     /// Empties a slot at once. Requests still in flight on it keep their own reference
-    /// to the file; use [`Proactor::close`] to release a slot in order with its requests.
+    /// to the file and complete as usual; the slot number is not handed out again (by
+    /// [`Proactor::register`] or an ACCEPT) until the last of them has completed. Use
+    /// [`Proactor::close`] to release a slot in order with its requests.
     pub fn unregister(&mut self, slot: Slot) -> io::Result<()> {
         self.check_open(slot)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "slot is not registered"))?;
         self.backend.unregister(slot.0)?;
-        self.release_slot(slot.0);
+        if self.slot_inflight[slot.0 as usize] > 0 {
+            self.slots[slot.0 as usize] = SlotState::Draining;
+        } else {
+            self.release_slot(slot.0);
+        }
         Ok(())
     }
 
@@ -327,7 +388,7 @@ impl Proactor {
     pub fn nop(&mut self, user_data: u64) -> Result<(), Rejected> {
         let lane = self.next_nop_lane;
         self.next_nop_lane = (lane + 1) % self.lanes;
-        self.queue(lane, Sqe::ZERO, user_data, OP_NOP, None, Vec::new())
+        self.queue(lane, Sqe::ZERO, user_data, None, Vec::new())
     }
 
     /// Queues an ACCEPT on the listening socket `listener`. The completion's
@@ -337,6 +398,12 @@ impl Proactor {
     }
 
     /// ACCEPT whose new socket is non-blocking once installed as a descriptor.
+    ///
+    /// `nonblock` is honoured by the `kmod` and `uring` backends. On the `threads`
+    /// backend every accepted socket is non-blocking whatever `nonblock` says: its
+    /// worker threads must never block, and `O_NONBLOCK` belongs to the open file
+    /// description, which a descriptor made by [`Proactor::install_fd`] shares (see
+    /// [`Proactor::register`]).
     pub fn accept_with(
         &mut self,
         listener: Slot,
@@ -346,7 +413,7 @@ impl Proactor {
         self.check_open(listener)
             .map_err(|r| reject(r, None, Vec::new()))?;
         let lane = self.lane_of(listener.0);
-        if !self.has_room(lane) {
+        if !self.has_room(lane, 1, Origin::Api) {
             return Err(reject(RejectReason::Busy, None, Vec::new()));
         }
         let dest = self
@@ -360,7 +427,7 @@ impl Proactor {
             op_flags: if nonblock { ACCEPT_NONBLOCK } else { 0 },
             ..Sqe::ZERO
         };
-        let r = self.queue(lane, sqe, user_data, OP_ACCEPT, None, Vec::new());
+        let r = self.queue(lane, sqe, user_data, None, Vec::new());
         match r {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -446,12 +513,14 @@ impl Proactor {
             ..Sqe::ZERO
         };
         let lane = self.lane_of(slot.0);
-        self.queue_full(lane, sqe, user_data, OP_WRITEV, None, bufs, iovecs)
+        self.queue_full(lane, sqe, user_data, None, bufs, iovecs, Origin::Api)
     }
 
     /// Queues a CLOSE: the slot is released after every request queued before it on the
-    /// slot; requests still waiting for readiness complete with `-ECANCELED`. The slot
-    /// can no longer be used once this returns Ok.
+    /// slot; requests still waiting for readiness complete with `-ECANCELED`. The
+    /// CLOSE's completion comes after the completions of every other request on the slot,
+    /// and the slot is free for reuse from then on. The slot can no longer be used in
+    /// requests once this returns Ok.
     pub fn close(&mut self, slot: Slot, user_data: u64) -> Result<(), Rejected> {
         self.check_open(slot)
             .map_err(|r| reject(r, None, Vec::new()))?;
@@ -461,7 +530,7 @@ impl Proactor {
             ..Sqe::ZERO
         };
         let lane = self.lane_of(slot.0);
-        self.queue(lane, sqe, user_data, OP_CLOSE, None, Vec::new())?;
+        self.queue(lane, sqe, user_data, None, Vec::new())?;
         self.slots[slot.0 as usize] = SlotState::Closing;
         Ok(())
     }
@@ -474,14 +543,15 @@ impl Proactor {
     /// it names) must stay valid, and not be accessed in a conflicting way, until the
     /// completion with this `user_data` has been returned by [`Proactor::completions`].
     /// The proactor does not track slots used this way: an ACCEPT's `aux` or a CLOSE's
-    /// slot bypasses its slot bookkeeping, so use raw requests only on slots you
-    /// manage consistently.
+    /// slot bypasses its slot bookkeeping (the completion is handed back as is, with no
+    /// [`Completion::accepted`]), and raw requests do not keep a slot from being
+    /// reused, so use raw requests only on slots you manage consistently.
     pub unsafe fn submit_raw(&mut self, lane: u32, sqe: Sqe) -> Result<(), Rejected> {
         if lane >= self.lanes {
             return Err(reject(RejectReason::BadRange, None, Vec::new()));
         }
         let ud = sqe.user_data;
-        self.queue(lane, sqe, ud, sqe.opcode, None, Vec::new())
+        self.queue_full(lane, sqe, ud, None, Vec::new(), Vec::new(), Origin::Raw)
     }
 
     // --------------------------------------------------------------------------------
@@ -492,7 +562,9 @@ impl Proactor {
     pub fn submit(&mut self) -> io::Result<()> {
         if self.staged {
             self.backend.submit()?;
-            self.staged = false;
+            // A backend whose executor had no room (io_uring's EBUSY) keeps the rest for
+            // the next submit.
+            self.staged = self.backend.has_unsubmitted();
         }
         Ok(())
     }
@@ -514,7 +586,10 @@ impl Proactor {
                 },
                 None => None,
             };
-            let need = (target - self.ready.len()) as u32;
+            // Held CLOSE completions become ready without a CQE of their own, when the
+            // last other request on their slot completes: wait for no more CQEs than
+            // can come (`pending` is at least 1 here, since a held CLOSE implies one).
+            let need = (target - self.ready.len()).min(self.pending.max(1)) as u32;
             self.backend.wait(need, left)?;
             self.reap();
         }
@@ -552,41 +627,83 @@ impl Proactor {
             return;
         };
         self.free_tokens.push(token as u32);
-        self.lane_inflight[f.lane as usize] -= 1;
+        self.lane_inflight[f.lane as usize] -= f.cost;
+        self.pending -= 1;
         let mut accepted = None;
-        match f.opcode {
-            OP_ACCEPT if (f.dest as usize) < self.slots.len() => {
-                if cqe.res >= 0 {
-                    self.slots[f.dest as usize] = SlotState::Open;
-                    accepted = Some(Slot(f.dest));
-                } else {
-                    self.release_slot(f.dest);
-                }
+        if f.tracked && f.opcode == OP_ACCEPT && (f.dest as usize) < self.slots.len() {
+            if cqe.res >= 0 {
+                self.slots[f.dest as usize] = SlotState::Open;
+                accepted = Some(Slot(f.dest));
+            } else {
+                self.release_slot(f.dest);
             }
-            OP_CLOSE if self.slots.get(f.slot as usize) == Some(&SlotState::Closing) => {
-                self.release_slot(f.slot);
-            }
-            _ => {}
         }
         let result = match accepted {
             Some(s) => s.0 as i32,
             None => cqe.res,
         };
         drop(f.iovecs);
-        self.ready.push_back(Completion {
+        let completion = Completion {
             user_data: f.user_data,
             result,
             buf: f.buf,
             bufs: f.bufs,
             accepted,
-        });
+        };
+        if !f.tracked {
+            self.ready.push_back(completion);
+            return;
+        }
+        if f.opcode == OP_CLOSE {
+            if self
+                .slot_inflight
+                .get(f.slot as usize)
+                .is_some_and(|&n| n > 0)
+            {
+                // Requests on the slot are still to complete (io_uring posts the CLOSE
+                // before the -ECANCELED of what it cancelled): the CLOSE comes last.
+                self.held_closes.insert(f.slot, completion);
+            } else {
+                self.ready.push_back(completion);
+                if self.slots.get(f.slot as usize) == Some(&SlotState::Closing) {
+                    self.release_slot(f.slot);
+                }
+            }
+            return;
+        }
+        self.ready.push_back(completion);
+        if counts_on_slot(f.opcode) {
+            self.slot_request_done(f.slot);
+        }
+    }
+
+    /// A tracked request on `slot` has completed: a draining slot becomes free, and a
+    /// held CLOSE completion is released (and its slot freed) with its last request.
+    fn slot_request_done(&mut self, slot: u32) {
+        let Some(n) = self.slot_inflight.get_mut(slot as usize) else {
+            return;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        match self.slots[slot as usize] {
+            SlotState::Draining => self.release_slot(slot),
+            SlotState::Closing => {
+                if let Some(c) = self.held_closes.remove(&slot) {
+                    self.ready.push_back(c);
+                    self.release_slot(slot);
+                }
+            }
+            _ => {}
+        }
     }
 
     fn buf_op(
         &mut self,
         opcode: u8,
         slot: Slot,
-        buf: Vec<u8>,
+        mut buf: Vec<u8>,
         range: Range<usize>,
         offset: u64,
         user_data: u64,
@@ -598,26 +715,47 @@ impl Proactor {
             return Err(reject(r, Some(buf), Vec::new()));
         }
         let len = u32::try_from(range.len()).unwrap_or(u32::MAX);
+        // The heap block of a Vec does not move when the Vec is moved into the in-flight
+        // table below. The executor writes through the address of a RECV or READ, so
+        // that one must come from `as_mut_ptr`.
+        let base = match opcode {
+            OP_RECV | OP_READ => buf.as_mut_ptr() as u64,
+            _ => buf.as_ptr() as u64,
+        };
         let sqe = Sqe {
             opcode,
             slot: slot.0,
-            // The heap block of a Vec does not move when the Vec is moved into the
-            // in-flight table below.
-            addr: buf.as_ptr() as u64 + range.start as u64,
+            addr: base + range.start as u64,
             len,
             off: offset,
             ..Sqe::ZERO
         };
         let lane = self.lane_of(slot.0);
-        self.queue(lane, sqe, user_data, opcode, Some(buf), Vec::new())
+        self.queue(lane, sqe, user_data, Some(buf), Vec::new())
     }
 
     fn lane_of(&self, slot: u32) -> u32 {
         slot % self.lanes
     }
 
-    fn has_room(&self, lane: u32) -> bool {
-        self.lane_inflight[lane as usize] < self.lane_limit
+    /// CQ entries a request with `opcode` may make its lane's executor post.
+    fn cost(&self, opcode: u8) -> u32 {
+        if opcode == OP_CLOSE {
+            self.backend.close_cost()
+        } else {
+            1
+        }
+    }
+
+    /// Whether `lane` has CQ room for a request of `cost` entries. The proactor's own
+    /// shutdown requests may use the entries reserved for the runtime.
+    fn has_room(&self, lane: u32, cost: u32, origin: Origin) -> bool {
+        let limit = match origin {
+            Origin::Shutdown => self.backend.lane_capacity(),
+            // A request costing more than the limit still fits on an otherwise idle lane.
+            _ => self.lane_limit.max(cost),
+        };
+        self.lane_inflight[lane as usize] + cost <= limit
     }
 
     fn queue(
@@ -625,11 +763,10 @@ impl Proactor {
         lane: u32,
         sqe: Sqe,
         user_data: u64,
-        opcode: u8,
         buf: Option<Vec<u8>>,
         bufs: Vec<Vec<u8>>,
     ) -> Result<(), Rejected> {
-        self.queue_full(lane, sqe, user_data, opcode, buf, bufs, Vec::new())
+        self.queue_full(lane, sqe, user_data, buf, bufs, Vec::new(), Origin::Api)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -638,12 +775,14 @@ impl Proactor {
         lane: u32,
         mut sqe: Sqe,
         user_data: u64,
-        opcode: u8,
         buf: Option<Vec<u8>>,
         bufs: Vec<Vec<u8>>,
         iovecs: Vec<IoVec>,
+        origin: Origin,
     ) -> Result<(), Rejected> {
-        if !self.has_room(lane) {
+        let opcode = sqe.opcode;
+        let cost = self.cost(opcode);
+        if !self.has_room(lane, cost, origin) {
             return Err(reject(RejectReason::Busy, buf, bufs));
         }
         let token = match self.free_tokens.pop() {
@@ -658,19 +797,47 @@ impl Proactor {
             self.free_tokens.push(token);
             return Err(reject(RejectReason::Busy, buf, bufs));
         }
+        let tracked = origin == Origin::Api;
         self.inflight[token as usize] = Some(InFlight {
             user_data,
             lane,
             opcode,
             slot: sqe.slot,
             dest: sqe.aux,
+            tracked,
+            cost,
             buf,
             bufs,
             iovecs,
         });
-        self.lane_inflight[lane as usize] += 1;
+        if tracked && counts_on_slot(opcode) {
+            self.slot_inflight[sqe.slot as usize] += 1;
+        }
+        self.lane_inflight[lane as usize] += cost;
+        self.pending += 1;
         self.staged = true;
         Ok(())
+    }
+
+    /// Shutdown: queues a CLOSE of `slot` (which cancels what waits on it on every
+    /// backend); false when its lane has no room yet.
+    fn queue_shutdown_close(&mut self, slot: u32) -> bool {
+        let sqe = Sqe {
+            opcode: OP_CLOSE,
+            slot,
+            ..Sqe::ZERO
+        };
+        let lane = self.lane_of(slot);
+        let r = self.queue_full(
+            lane,
+            sqe,
+            u64::MAX,
+            None,
+            Vec::new(),
+            Vec::new(),
+            Origin::Shutdown,
+        );
+        r.is_ok()
     }
 }
 
@@ -682,17 +849,35 @@ impl Drop for Proactor {
     /// Cancels what is in flight and waits up to 2 s for it; buffers of requests that
     /// still did not complete are leaked rather than freed under the executor.
     fn drop(&mut self) {
-        if self.in_flight() == 0 {
+        if self.pending == 0 {
             return;
         }
         let _ = self.submit();
-        let _ = self.backend.cancel_all();
+        // A backend that cannot cancel everything at once gets a CLOSE for every slot
+        // with requests in flight: CLOSE cancels what waits on its slot on every
+        // backend, and the slots are about to go away anyway.
+        let mut to_close: Vec<u32> = match self.backend.cancel_all() {
+            Ok(true) => Vec::new(),
+            Ok(false) | Err(_) => (0..self.slots.len() as u32)
+                .filter(|&s| {
+                    self.slot_inflight[s as usize] > 0
+                        && matches!(
+                            self.slots[s as usize],
+                            SlotState::Open | SlotState::Draining
+                        )
+                })
+                .collect(),
+        };
         let deadline = Instant::now() + Duration::from_secs(2);
-        while self.in_flight() > 0 {
+        while self.pending > 0 {
+            if !to_close.is_empty() {
+                to_close.retain(|&s| !self.queue_shutdown_close(s));
+                let _ = self.submit();
+            }
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 break;
             };
-            let need = self.in_flight() as u32;
+            let need = self.pending as u32;
             if self
                 .backend
                 .wait(need, Some(left.min(Duration::from_millis(100))))
@@ -702,14 +887,225 @@ impl Drop for Proactor {
             }
             self.reap();
         }
-        if self.in_flight() > 0 && self.choice.kind != crate::config::BackendKind::Threads {
+        if self.pending > 0 && self.choice.kind != crate::config::BackendKind::Threads {
             // The threads backend's workers are joined before its memory goes away, so
             // only the others need to leak what the executor may still touch.
             eprintln!(
                 "fastio: {} request(s) still in flight at shutdown; leaking their buffers",
-                self.in_flight()
+                self.pending
             );
             std::mem::forget(std::mem::take(&mut self.inflight));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BackendKind;
+    use std::os::fd::BorrowedFd;
+    use std::sync::{Arc, Mutex};
+
+    /// What the mock executor has been given, and what it will complete.
+    #[derive(Default)]
+    struct MockState {
+        staged: Vec<Sqe>,
+        submitted: Vec<Sqe>,
+        cq: VecDeque<Cqe>,
+        submits: u32,
+        /// Entries one submit hands over (None: all), like io_uring after EBUSY.
+        per_submit: Option<usize>,
+    }
+
+    /// A one-lane backend driven by the test.
+    struct Mock {
+        st: Arc<Mutex<MockState>>,
+        capacity: u32,
+        close_cost: u32,
+    }
+
+    impl Backend for Mock {
+        fn lanes(&self) -> u32 {
+            1
+        }
+        fn lane_capacity(&self) -> u32 {
+            self.capacity
+        }
+        fn register(&mut self, _slot: u32, _fd: BorrowedFd<'_>) -> io::Result<()> {
+            Ok(())
+        }
+        fn unregister(&mut self, _slot: u32) -> io::Result<()> {
+            Ok(())
+        }
+        fn install_fd(&mut self, _slot: u32) -> io::Result<OwnedFd> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        fn push(&mut self, _lane: u32, sqe: &Sqe) -> bool {
+            self.st
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .staged
+                .push(*sqe);
+            true
+        }
+        fn submit(&mut self) -> io::Result<()> {
+            let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+            st.submits += 1;
+            let n = st.per_submit.unwrap_or(usize::MAX).min(st.staged.len());
+            let taken: Vec<Sqe> = st.staged.drain(..n).collect();
+            st.submitted.extend(taken);
+            Ok(())
+        }
+        fn has_unsubmitted(&mut self) -> bool {
+            !self
+                .st
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .staged
+                .is_empty()
+        }
+        fn close_cost(&self) -> u32 {
+            self.close_cost
+        }
+        fn reap(&mut self, f: &mut dyn FnMut(Cqe)) -> usize {
+            let got: Vec<Cqe> = self
+                .st
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .cq
+                .drain(..)
+                .collect();
+            got.iter().for_each(|&c| f(c));
+            got.len()
+        }
+        fn wait(&mut self, _min: u32, _timeout: Option<Duration>) -> io::Result<()> {
+            Ok(())
+        }
+        fn cancel_all(&mut self) -> io::Result<bool> {
+            let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+            let st = &mut *st;
+            for sqe in st.staged.drain(..).chain(st.submitted.drain(..)) {
+                st.cq.push_back(Cqe {
+                    user_data: sqe.user_data,
+                    res: -libc::ECANCELED,
+                    flags: 0,
+                });
+            }
+            Ok(true)
+        }
+        fn lane_asleep(&self, _lane: u32) -> Option<bool> {
+            None
+        }
+    }
+
+    fn mock(capacity: u32, close_cost: u32) -> (Proactor, Arc<Mutex<MockState>>) {
+        let st = Arc::new(Mutex::new(MockState::default()));
+        let backend = Mock {
+            st: Arc::clone(&st),
+            capacity,
+            close_cost,
+        };
+        let choice = Choice {
+            kind: BackendKind::Threads,
+            sqpoll: false,
+            reason: "mock".into(),
+        };
+        (Proactor::with_backend(Box::new(backend), choice, 16), st)
+    }
+
+    fn null() -> std::fs::File {
+        std::fs::File::open("/dev/null").unwrap()
+    }
+
+    /// The token the proactor gave the oldest uncompleted request with `opcode`.
+    fn token(st: &Mutex<MockState>, opcode: u8) -> u64 {
+        let st = st.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = st.staged.iter().chain(&st.submitted);
+        all.find(|s| s.opcode == opcode)
+            .expect("request pushed")
+            .user_data
+    }
+
+    /// Completes the request `user_data` with `res`.
+    fn post(st: &Mutex<MockState>, user_data: u64, res: i32) {
+        let mut st = st.lock().unwrap_or_else(|e| e.into_inner());
+        st.staged.retain(|s| s.user_data != user_data);
+        st.submitted.retain(|s| s.user_data != user_data);
+        st.cq.push_back(Cqe {
+            user_data,
+            res,
+            flags: 0,
+        });
+    }
+
+    /// A CLOSE whose CQE arrives before the cancelled RECV's (io_uring's order) is held
+    /// back: it is reported after the RECV, and its slot is freed only then.
+    #[test]
+    fn close_completion_waits_for_the_requests_on_its_slot() {
+        let (mut p, st) = mock(16, 2);
+        let f = null();
+        let slot = p.register(&f).unwrap();
+        p.recv(slot, vec![0; 4], 0..4, 1).unwrap();
+        p.close(slot, 2).unwrap();
+        p.submit().unwrap();
+        post(&st, token(&st, OP_CLOSE), 0);
+        assert_eq!(p.reap(), 0, "the CLOSE must wait for the RECV");
+        assert_eq!(p.in_flight(), 2);
+        let other = p.register(&f).unwrap();
+        assert_ne!(other, slot, "slot freed before its CLOSE was reported");
+        post(&st, token(&st, OP_RECV), -libc::ECANCELED);
+        assert_eq!(p.reap(), 2);
+        let got: Vec<(u64, i32)> = p.completions().map(|c| (c.user_data, c.result)).collect();
+        assert_eq!(got, vec![(1, -libc::ECANCELED), (2, 0)]);
+        assert_eq!(p.in_flight(), 0);
+        // wait() never waits for a CQE the held CLOSE will not get.
+        assert_eq!(p.wait(5, None).unwrap(), 0);
+        assert_eq!(p.register(&f).unwrap(), slot, "slot free after the CLOSE");
+    }
+
+    /// A CLOSE counts for the backend's `close_cost` CQ entries until it completes.
+    #[test]
+    fn a_close_counts_as_its_backends_cq_cost() {
+        let (mut p, st) = mock(8, 2);
+        assert_eq!(p.lane_limit(), 6);
+        let f = null();
+        let slots: Vec<Slot> = (0..6).map(|_| p.register(&f).unwrap()).collect();
+        let mut closed = 0;
+        for (i, &s) in slots.iter().enumerate() {
+            match p.close(s, i as u64) {
+                Ok(()) => closed += 1,
+                Err(r) => {
+                    assert_eq!(r.reason, RejectReason::Busy);
+                    break;
+                }
+            }
+        }
+        assert_eq!(closed, 3, "3 CLOSEs of 2 CQEs fill a limit of 6");
+        p.submit().unwrap();
+        for _ in 0..closed {
+            post(&st, token(&st, OP_CLOSE), 0);
+        }
+        assert_eq!(p.reap(), closed);
+        assert_eq!(p.in_flight(), 0);
+        for i in 0..6 {
+            p.nop(100 + i).unwrap();
+        }
+        assert_eq!(p.nop(200).unwrap_err().reason, RejectReason::Busy);
+    }
+
+    /// Requests the backend could not hand over (io_uring's EBUSY) stay staged: the next
+    /// submit tries again.
+    #[test]
+    fn unsubmitted_requests_stay_staged() {
+        let (mut p, st) = mock(16, 1);
+        st.lock().unwrap_or_else(|e| e.into_inner()).per_submit = Some(1);
+        for i in 0..3 {
+            p.nop(i).unwrap();
+        }
+        for _ in 0..3 {
+            p.submit().unwrap();
+        }
+        let st = st.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!((st.submitted.len(), st.submits), (3, 3));
     }
 }

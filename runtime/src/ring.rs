@@ -308,10 +308,11 @@ pub struct CqConsumer {
 
 impl CqConsumer {
     /// Moves every available CQE to `f`, then releases their slots in one store.
-    /// Returns how many were consumed.
+    /// Returns how many were consumed: never more than the CQ holds, even if the tail
+    /// is garbage (a bogus tail must not make us replay stale entries).
     pub fn drain(&mut self, mut f: impl FnMut(Cqe)) -> u32 {
         let tail = self.ring.cq_tail().load(Ordering::Acquire);
-        let n = tail.wrapping_sub(self.local_head);
+        let n = tail.wrapping_sub(self.local_head).min(self.ring.cq_entries);
         for _ in 0..n {
             let idx = (self.local_head & (self.ring.cq_entries - 1)) as usize;
             // SAFETY: idx < cq_entries; entries between head and the acquired tail were
@@ -513,6 +514,28 @@ mod tests {
         let mut cp = ring.cq_producer();
         assert!(!cp.push(Cqe::default()));
         assert_eq!(ring.cq_ready(), 4, "clamped to the ring size");
+    }
+
+    /// A CQ tail far ahead of the head (a broken or hostile producer) yields at most one
+    /// ring's worth of entries per drain, never the same stale slots over and over.
+    #[test]
+    fn bogus_cq_tail_is_capped_at_the_ring_size() {
+        let mem = RingMemory::anonymous(Geometry::new(1, 4, 4).unwrap()).unwrap();
+        let ring = mem.lane(0);
+        let mut cp = ring.cq_producer();
+        let mut cc = ring.cq_consumer();
+        for ud in 0..2 {
+            assert!(cp.push(Cqe {
+                user_data: ud,
+                res: 0,
+                flags: 0
+            }));
+        }
+        ring.cq_tail().store(1000, Ordering::SeqCst);
+        let mut got = vec![];
+        assert_eq!(cc.drain(|c| got.push(c.user_data)), 4);
+        assert_eq!(got.len(), 4, "each CQ slot read at most once");
+        assert_eq!(ring.cq_head().load(Ordering::SeqCst), 4);
     }
 
     #[test]

@@ -8,26 +8,14 @@ use std::time::{Duration, Instant};
 
 use fastio::{BackendKind, Config, Proactor};
 
+mod common;
+
 fn have_module(test: &str) -> bool {
     let ok = Path::new("/dev/fastio").exists();
     if !ok {
         println!("SKIP {test}: /dev/fastio not present (the module runs in the VM: make vm-test)");
     }
     ok
-}
-
-/// Names of the kernel worker threads of process `pid`.
-fn workers_of(pid: i32) -> Vec<String> {
-    let prefix = format!("fastio-{pid}-");
-    let mut out = vec![];
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.starts_with(&prefix) {
-            out.push(comm.trim().to_string());
-        }
-    }
-    out.sort();
-    out
 }
 
 fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
@@ -105,12 +93,12 @@ fn workers_are_named_and_stop_on_close() {
     let me = std::process::id() as i32;
     let p = Proactor::new(&kmod_config(2, 50)).unwrap();
     assert_eq!(
-        workers_of(me),
+        common::workers_of(me as u32),
         vec![format!("fastio-{me}-0"), format!("fastio-{me}-1")]
     );
     drop(p);
     wait_until("workers gone after close", Duration::from_secs(5), || {
-        workers_of(me).is_empty()
+        common::workers_of(me as u32).is_empty()
     });
 }
 
@@ -121,14 +109,18 @@ fn sigkill_while_workers_spin_frees_the_context() {
     }
     let mut child = spawn_child("sleep");
     let pid = child.id() as i32;
-    assert_eq!(workers_of(pid).len(), 3, "3 workers while the child lives");
+    assert_eq!(
+        common::workers_of(pid as u32).len(),
+        3,
+        "3 workers while the child lives"
+    );
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert!(!status.success());
     wait_until(
         "workers of a killed process gone",
         Duration::from_secs(5),
-        || workers_of(pid).is_empty(),
+        || common::workers_of(pid as u32).is_empty(),
     );
 }
 
@@ -144,6 +136,6 @@ fn exit_without_close_frees_the_context() {
     wait_until(
         "workers of an exited process gone",
         Duration::from_secs(5),
-        || workers_of(pid).is_empty(),
+        || common::workers_of(pid as u32).is_empty(),
     );
 }

@@ -17,14 +17,9 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use common::Flavor;
 use fastio::backend::DEVICE_PATH;
 use fastio::{BackendKind, Config, Proactor, RejectReason};
-
-/// A named backend configuration.
-struct Flavor {
-    name: &'static str,
-    config: Config,
-}
 
 fn flavors() -> Vec<Flavor> {
     let base = Config {
@@ -34,47 +29,7 @@ fn flavors() -> Vec<Flavor> {
         idle_ms: 5,
         ..Config::default()
     };
-    vec![
-        Flavor {
-            name: "uring+sqpoll",
-            config: Config {
-                backend: BackendKind::Uring,
-                sqpoll: true,
-                ..base.clone()
-            },
-        },
-        Flavor {
-            name: "uring",
-            config: Config {
-                backend: BackendKind::Uring,
-                sqpoll: false,
-                ..base.clone()
-            },
-        },
-        Flavor {
-            name: "threads x1",
-            config: Config {
-                backend: BackendKind::Threads,
-                ..base.clone()
-            },
-        },
-        Flavor {
-            name: "threads x2",
-            config: Config {
-                backend: BackendKind::Threads,
-                max_ker_worker: 2,
-                ..base.clone()
-            },
-        },
-        Flavor {
-            name: "kmod",
-            config: Config {
-                backend: BackendKind::Kmod,
-                max_ker_worker: 2,
-                ..base
-            },
-        },
-    ]
+    common::flavors(base)
 }
 
 /// Runs `f` once per flavor that can open here; prints a skip line for the others.
@@ -547,5 +502,277 @@ fn random_sqes_complete_without_harm() {
         // Still healthy.
         p.nop(u64::MAX).unwrap();
         assert_eq!(one(p).user_data, u64::MAX);
+    });
+}
+
+/// Waits `ms` for completions that should not come (requests parked on readiness);
+/// returns the first one if something completed after all.
+fn settle(p: &mut Proactor, ms: u64) -> Option<fastio::Completion> {
+    let n = p.wait(1, Some(Duration::from_millis(ms))).unwrap();
+    (n > 0).then(|| p.next_completion().unwrap())
+}
+
+/// A slot unregistered while a RECV waits on it is not handed out again until that RECV
+/// has completed: a new connection gets another slot, its requests are not stuck behind
+/// the old file's, and the old slot is free again afterwards.
+#[test]
+fn unregister_does_not_recycle_a_busy_slot() {
+    each_backend("unregister_busy", |fl, p| {
+        let (_l1, mut c1, s1) = tcp_pair();
+        let (_l2, mut c2, s2) = tcp_pair();
+        let (_l3, _c3, s3) = tcp_pair();
+        let a = p.register(&s1).unwrap();
+        p.recv(a, vec![0; 8], 0..8, 1).unwrap();
+        if let Some(c) = settle(p, 100) {
+            if unsupported("unregister_busy", fl, c.result) {
+                p.unregister(a).unwrap();
+                return;
+            }
+            panic!("[{}] nothing can complete, got {c:?}", fl.name);
+        }
+        p.unregister(a).unwrap();
+        let b = p.register(&s2).unwrap();
+        assert_ne!(a, b, "[{}] slot reused with a request in flight", fl.name);
+        p.recv(b, vec![0; 8], 0..8, 2).unwrap();
+        p.submit().unwrap();
+        c2.write_all(b"bbbb").unwrap();
+        let c = one(p);
+        assert_eq!((c.user_data, c.result), (2, 4), "[{}]", fl.name);
+        // The old request still has its file: it completes with the old peer's data.
+        c1.write_all(b"aaaaa").unwrap();
+        let c = one(p);
+        assert_eq!((c.user_data, c.result), (1, 5), "[{}]", fl.name);
+        assert_eq!(&c.buf.unwrap()[..5], b"aaaaa");
+        // Drained: the slot is free again (slots are handed out last-freed first).
+        let again = p.register(&s3).unwrap();
+        assert_eq!(again, a, "[{}] drained slot not freed", fl.name);
+        for s in [b, again] {
+            p.unregister(s).unwrap();
+        }
+        assert_eq!(p.in_flight(), 0);
+    });
+}
+
+/// CLOSE's completion comes after the -ECANCELED completions of the requests it
+/// cancelled (io_uring posts its own CQE first), and only then is the slot free.
+#[test]
+fn close_completes_after_the_requests_it_cancels() {
+    each_backend("close_order", |fl, p| {
+        let (_l, _c, s) = tcp_pair();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let slot = p.register(&s).unwrap();
+        let ls = p.register(&l).unwrap();
+        p.recv(slot, vec![0; 8], 0..8, 1).unwrap();
+        p.recv(slot, vec![0; 8], 0..8, 2).unwrap();
+        p.accept(ls, 3).unwrap();
+        if let Some(c) = settle(p, 100) {
+            if unsupported("close_order", fl, c.result) {
+                return;
+            }
+            panic!("[{}] nothing can complete, got {c:?}", fl.name);
+        }
+        p.close(slot, 10).unwrap();
+        p.close(ls, 11).unwrap();
+        let mut order = vec![];
+        while order.len() < 5 {
+            let c = one(p);
+            let want = if c.user_data >= 10 {
+                0
+            } else {
+                -libc::ECANCELED
+            };
+            assert_eq!(c.result, want, "[{}] {c:?}", fl.name);
+            order.push(c.user_data);
+        }
+        let pos = |ud| order.iter().position(|&u| u == ud).unwrap();
+        assert!(
+            pos(10) > pos(1) && pos(10) > pos(2),
+            "[{}] CLOSE before the RECVs it cancelled: {order:?}",
+            fl.name
+        );
+        assert!(
+            pos(11) > pos(3),
+            "[{}] CLOSE before the ACCEPT it cancelled: {order:?}",
+            fl.name
+        );
+        assert_eq!(p.in_flight(), 0);
+        // Both slots (and the ACCEPT's reserved one) are free again.
+        let r = p.register(&s).unwrap();
+        assert!(r == ls || r == slot, "[{}] got {r}", fl.name);
+        p.unregister(r).unwrap();
+    });
+}
+
+/// Dropping a proactor with a parked RECV and a parked ACCEPT cancels them at once
+/// instead of waiting out the 2 s shutdown timeout.
+#[test]
+fn drop_with_parked_requests_is_prompt() {
+    each_backend("drop_prompt", |fl, _p| {
+        let mut q = Proactor::new(&fl.config).unwrap();
+        let (_l, _c, s) = tcp_pair();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let slot = q.register(&s).unwrap();
+        let ls = q.register(&l).unwrap();
+        q.recv(slot, vec![0; 8], 0..8, 1).unwrap();
+        q.accept(ls, 2).unwrap();
+        if let Some(c) = settle(&mut q, 100) {
+            if unsupported("drop_prompt", fl, c.result) {
+                return;
+            }
+            panic!("[{}] nothing can complete, got {c:?}", fl.name);
+        }
+        assert_eq!(q.in_flight(), 2);
+        let t0 = Instant::now();
+        drop(q);
+        let took = t0.elapsed();
+        assert!(
+            took < Duration::from_millis(1000),
+            "[{}] drop took {took:?}",
+            fl.name
+        );
+    });
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// `wait` with no timeout returns `Interrupted` when a signal (with a handler installed
+/// without SA_RESTART) reaches the waiting thread.
+#[test]
+fn a_signal_interrupts_an_unbounded_wait() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    static HANDLER: std::sync::Once = std::sync::Once::new();
+    HANDLER.call_once(|| {
+        // SAFETY: installs a handler that does nothing (async-signal-safe), no SA_RESTART.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            sa.sa_flags = 0;
+            libc::sigemptyset(&mut sa.sa_mask);
+            assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+        }
+    });
+    each_backend("signal_wait", |fl, p| {
+        let (_l, c, s) = tcp_pair();
+        let slot = p.register(&s).unwrap();
+        p.recv(slot, vec![0; 8], 0..8, 1).unwrap();
+        if let Some(c) = settle(p, 50) {
+            if unsupported("signal_wait", fl, c.result) {
+                return;
+            }
+            panic!("[{}] nothing can complete, got {c:?}", fl.name);
+        }
+        // SAFETY: pthread_self of this thread, which outlives the killer (joined below).
+        let me = unsafe { libc::pthread_self() };
+        let done = Arc::new(AtomicBool::new(false));
+        let killer = {
+            let done = Arc::clone(&done);
+            let mut c = c.try_clone().unwrap();
+            std::thread::spawn(move || {
+                // Repeat until the waiter is back, in case a signal lands before it sleeps.
+                let t0 = Instant::now();
+                while !done.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if done.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if t0.elapsed() > Duration::from_secs(3) {
+                        // The signals did not interrupt the wait: end it with data, so
+                        // that the test fails instead of hanging.
+                        let _ = c.write_all(b"x");
+                    } else {
+                        // SAFETY: `me` is alive: it joins this thread before it ends.
+                        unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
+                    }
+                }
+            })
+        };
+        let t0 = Instant::now();
+        let r = p.wait(1, None);
+        done.store(true, Ordering::SeqCst);
+        killer.join().unwrap();
+        // A signal still pending is delivered during this (restarted) sleep.
+        std::thread::sleep(Duration::from_millis(20));
+        let e = r.expect_err("a signal did not interrupt wait(1, None)");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::Interrupted,
+            "[{}] {e}",
+            fl.name
+        );
+        assert!(t0.elapsed() < Duration::from_secs(5), "[{}]", fl.name);
+        p.close(slot, 2).unwrap();
+        let mut got = vec![one(p).user_data, one(p).user_data];
+        got.sort();
+        assert_eq!(got, vec![1, 2]);
+    });
+}
+
+/// An explicit MSG_DONTWAIT makes a RECV on an empty socket complete with -EAGAIN
+/// instead of waiting; with data there it receives it.
+#[test]
+fn recv_with_msg_dontwait_on_an_empty_socket_is_eagain() {
+    each_backend("dontwait", |fl, p| {
+        let (_l, mut c, s) = tcp_pair();
+        let slot = p.register(&s).unwrap();
+        let lane = slot.index() % p.lanes();
+        let mut buf = vec![0u8; 16];
+        let mut sqe = fastio::uapi::Sqe {
+            opcode: fastio::uapi::OP_RECV,
+            slot: slot.index(),
+            addr: buf.as_mut_ptr() as u64,
+            len: buf.len() as u32,
+            op_flags: fastio::uapi::MSG_DONTWAIT,
+            user_data: 1,
+            ..Default::default()
+        };
+        // SAFETY: `buf` outlives the request: its completion is reaped below.
+        unsafe { p.submit_raw(lane, sqe) }.unwrap();
+        let r = one(p);
+        if unsupported("dontwait", fl, r.result) {
+            return;
+        }
+        assert_eq!((r.user_data, r.result), (1, -libc::EAGAIN), "[{}]", fl.name);
+        c.write_all(b"now").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        sqe.user_data = 2;
+        // SAFETY: as above.
+        unsafe { p.submit_raw(lane, sqe) }.unwrap();
+        let r = one(p);
+        assert_eq!((r.user_data, r.result), (2, 3), "[{}]", fl.name);
+        assert_eq!(&buf[..3], b"now");
+        p.unregister(slot).unwrap();
+    });
+}
+
+/// Raw requests get no slot bookkeeping: a failed raw ACCEPT into a free slot does not
+/// put that slot on the free list a second time (which would hand it out twice).
+#[test]
+fn raw_requests_bypass_slot_bookkeeping() {
+    each_backend("raw_slots", |fl, p| {
+        let sqe = fastio::uapi::Sqe {
+            opcode: fastio::uapi::OP_ACCEPT,
+            slot: 200, // empty: the ACCEPT fails
+            aux: 3,    // a free slot the proactor has not handed out
+            user_data: 7,
+            ..Default::default()
+        };
+        // SAFETY: the request references no memory.
+        unsafe { p.submit_raw(0, sqe) }.unwrap();
+        let c = one(p);
+        assert_eq!(c.user_data, 7);
+        assert!(c.result < 0, "[{}] {c:?}", fl.name);
+        assert!(c.accepted.is_none());
+        let socks: Vec<_> = (0..8).map(|_| tcp_pair()).collect();
+        let mut slots = HashSet::new();
+        for (_, _, s) in &socks {
+            let slot = p
+                .register(s)
+                .unwrap_or_else(|e| panic!("[{}] register: {e}", fl.name));
+            assert!(slots.insert(slot), "[{}] {slot} handed out twice", fl.name);
+        }
+        for s in slots {
+            p.unregister(s).unwrap();
+        }
     });
 }

@@ -126,7 +126,10 @@ pub const ACCEPT_FLAGS: u32 = ACCEPT_NONBLOCK;
 pub const MSG_PEEK: u32 = 0x2;
 /// `MSG_TRUNC`.
 pub const MSG_TRUNC: u32 = 0x20;
-/// `MSG_DONTWAIT` (always implied: requests never block a worker).
+/// `MSG_DONTWAIT`: given explicitly in a RECV or SEND, the request completes with
+/// `-EAGAIN` when the socket is not ready, instead of waiting for readiness (io_uring's
+/// behaviour). Without it a request that would block waits for readiness; either way
+/// the executor itself never blocks (it always tries without blocking first).
 pub const MSG_DONTWAIT: u32 = 0x40;
 /// `MSG_WAITALL`.
 pub const MSG_WAITALL: u32 = 0x100;

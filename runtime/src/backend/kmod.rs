@@ -327,9 +327,11 @@ impl Backend for KmodBackend {
         }
     }
 
-    fn cancel_all(&mut self) -> io::Result<()> {
-        // Nothing to send yet: the module cancels what waits when the context closes.
-        Ok(())
+    fn cancel_all(&mut self) -> io::Result<bool> {
+        // The ABI has no cancel-everything request (the module cancels what waits when
+        // the context closes, after the proactor has stopped waiting): the proactor
+        // CLOSEs the busy slots instead, which cancels what waits on them.
+        Ok(false)
     }
 
     fn lane_asleep(&self, lane: u32) -> Option<bool> {

@@ -43,13 +43,25 @@ pub(crate) trait Backend: Send {
     fn push(&mut self, lane: u32, sqe: &Sqe) -> bool;
     /// Makes staged requests visible to the executors (waking sleeping ones).
     fn submit(&mut self) -> io::Result<()>;
+    /// Whether requests staged before the last `submit` are still not handed to the
+    /// executor (io_uring answered `EBUSY`/`EAGAIN`): the next `submit` must retry.
+    fn has_unsubmitted(&mut self) -> bool {
+        false
+    }
+    /// CQ entries one CLOSE makes the executor post (io_uring: the close and the cancel
+    /// of what waits on the file).
+    fn close_cost(&self) -> u32 {
+        1
+    }
     /// Hands every available completion to `f`; returns how many.
     fn reap(&mut self, f: &mut dyn FnMut(Cqe)) -> usize;
     /// Sleeps until at least `min` completions are available to `reap`, the timeout
     /// passes (Ok) or a signal interrupts (`Interrupted`).
     fn wait(&mut self, min: u32, timeout: Option<Duration>) -> io::Result<()>;
     /// Asks every in-flight request to finish early (shutdown). Completions still come.
-    fn cancel_all(&mut self) -> io::Result<()>;
+    /// Returns false when the backend has no way to do that: the proactor then CLOSEs
+    /// every slot with requests in flight instead.
+    fn cancel_all(&mut self) -> io::Result<bool>;
     /// Whether the executor of `lane` is asleep with NEED_WAKEUP set (None: no such flag).
     fn lane_asleep(&self, lane: u32) -> Option<bool>;
 }
