@@ -10,6 +10,16 @@ if ! insmod kmod/fastio.ko max_workers=8 max_contexts=64; then
   echo "vm-test: insmod kmod/fastio.ko failed"
   exit 1
 fi
+# Unprivileged users may open the device (a test drops to another uid).
+chmod 666 /dev/fastio
+# Many-connection tests keep thousands of descriptors: the guest's init starts with the
+# kernel's default limit (1024, hard 4096); root may raise both.
+ulimit -n 65536 || echo "vm-test: cannot raise RLIMIT_NOFILE (now $(ulimit -n))"
+# The scratch ext4 disk (kmod-tests.sh passes --scratch-ext4) for uncached file I/O.
+if [ -n "${FASTIO_SCRATCH:-}" ] && ! grep -q " $FASTIO_SCRATCH ext4 " /proc/mounts; then
+  echo "vm-test: FASTIO_SCRATCH=$FASTIO_SCRATCH is not a mounted ext4 file system"
+  exit 1
+fi
 while read -r name exe; do
   echo "=== $name"
   if FASTIO_TEST_BACKENDS=kmod timeout 600 "$exe" --test-threads=1 --nocapture; then

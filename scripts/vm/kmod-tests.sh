@@ -4,29 +4,39 @@
 # exits with the guest's status (a kernel WARNING/BUG/Oops in the log fails the run too:
 # scripts/vm/run.sh checks the guest's kernel log).
 #
-# The test programs are the runtime's test binaries that cover the kmod backend; inside
-# the guest they run with FASTIO_TEST_BACKENDS=kmod, so the backend-generic suites test
-# only the module there (the host run covers io_uring and threads).
+# The test programs are the test binaries of the runtime (package fastio) and of the echo
+# servers (package fastio-echo) that cover the kmod backend; inside the guest they run with
+# FASTIO_TEST_BACKENDS=kmod, so the backend-generic suites test only the module there (the
+# host run covers io_uring and threads). The guest gets a fresh 128 MiB ext4 scratch disk
+# at /mnt/scratch (FASTIO_SCRATCH) for tests that need uncached file I/O.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-TESTS=(proactor wakeup_boundary kmod_abi kmod_lifetime)
+TESTS=(proactor wakeup_boundary kmod_abi kmod_lifetime proactor_echo kmod_idle kmod_faults)
+PACKAGES=(-p fastio -p fastio-echo)
 [ -f kmod/fastio.ko ] || { echo "vm-test: kmod/fastio.ko missing: make kmod" >&2; exit 2; }
 
 mkdir -p build
 list=build/vm-tests.list
-cargo test -p fastio --no-run --message-format=json 2>/dev/null |
+# Compile errors are shown (the JSON stream carries them); cargo's own messages go to a log
+# that is shown if the build fails.
+if ! cargo test "${PACKAGES[@]}" --no-run --message-format=json 2>build/vm-tests.build.log |
   python3 -c '
 import json, sys
 want = set(sys.argv[1:])
 for line in sys.stdin:
     m = json.loads(line)
+    if m.get("reason") == "compiler-message" and m["message"].get("level") == "error":
+        sys.stderr.write(m["message"].get("rendered") or m["message"]["message"])
     if m.get("reason") == "compiler-artifact" and m.get("executable") \
             and m["target"]["name"] in want and "test" in m["target"]["kind"]:
         print(m["target"]["name"], m["executable"])
-' "${TESTS[@]}" > "$list"
+' "${TESTS[@]}" > "$list"; then
+  echo "vm-test: building the test programs failed:" >&2; tail -n 40 build/vm-tests.build.log >&2
+  exit 2
+fi
 if [ "$(wc -l < "$list")" -ne "${#TESTS[@]}" ]; then
   echo "vm-test: expected ${#TESTS[@]} test programs, found:" >&2; cat "$list" >&2; exit 2
 fi
-exec scripts/vm/run.sh --timeout "${FASTIO_VM_TEST_TIMEOUT:-1500}" -- \
+exec scripts/vm/run.sh --timeout "${FASTIO_VM_TEST_TIMEOUT:-1500}" --scratch-ext4 128 -- \
   scripts/vm/guest-kmod-tests.sh "$list"
