@@ -1,6 +1,7 @@
 //! An idle threads-backend worker spins for `idle_ms`, then sets NEED_WAKEUP and sleeps
-//! (its CPU time stops growing); a later submission wakes it and completes.
-//! Own test binary: it looks its worker thread up by name in /proc/self/task.
+//! (its CPU time stops growing); a later submission wakes it and completes. An idle
+//! io_uring SQPOLL thread stays asleep while its owner waits with a timeout.
+//! Own test binary: it looks the polling threads up by name in /proc/self/task.
 
 use std::time::{Duration, Instant};
 
@@ -77,4 +78,75 @@ fn idle_worker_sleeps_with_need_wakeup_and_wakes_on_submit() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The name of this process's SQPOLL thread (`iou-sqp-<tid of its creator>`), if any.
+fn sqpoll_thread() -> Option<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .find(|c| c.starts_with("iou-sqp-"))
+}
+
+/// An idle uring+SQPOLL proactor whose owner waits in a loop with a short timeout (as the
+/// echo server does to check for shutdown) leaves the sleeping SQ thread asleep: a wait
+/// with nothing to submit must not wake it, or every wait costs `idle_ms` of spinning.
+#[test]
+fn timed_waits_do_not_wake_an_idle_sqpoll_thread() {
+    let cfg = Config {
+        backend: BackendKind::Uring,
+        sqpoll: true,
+        idle_ms: 50,
+        ..Config::default()
+    };
+    let mut p = Proactor::new(&cfg).unwrap();
+    if !p.backend().sqpoll {
+        println!("SKIP timed_waits_do_not_wake_an_idle_sqpoll_thread: SQPOLL refused here");
+        return;
+    }
+    p.nop(1).unwrap();
+    assert_eq!(p.wait(1, Some(Duration::from_secs(5))).unwrap(), 1);
+    p.completions().for_each(drop);
+    let Some(sqp) = sqpoll_thread() else {
+        println!(
+            "SKIP timed_waits_do_not_wake_an_idle_sqpoll_thread: no iou-sqp thread among \
+             this process's threads (the SQ thread's CPU cannot be measured here)"
+        );
+        return;
+    };
+    std::thread::sleep(Duration::from_millis(200)); // past idle_ms: the thread sleeps
+
+    // A RECV that never completes keeps something in flight, as the echo server's ACCEPT
+    // does, so each wait really waits. 2 s of timed waits (100 ms each) with nothing to
+    // submit: had each woken the thread, it would spin idle_ms (50 ms) per wait, ~100
+    // ticks in all.
+    let (quiet, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let slot = p.register(&quiet).unwrap();
+    p.recv(slot, vec![0; 16], 0..16, 9).unwrap();
+    p.submit().unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // the thread sleeps again
+    let before = thread_cpu_ticks(&sqp);
+    let t0 = Instant::now();
+    let mut waits = 0;
+    while t0.elapsed() < Duration::from_secs(2) {
+        assert_eq!(p.wait(1, Some(Duration::from_millis(100))).unwrap(), 0);
+        waits += 1;
+    }
+    let used = thread_cpu_ticks(&sqp) - before;
+    println!("SQ thread CPU over {waits} timed waits (2 s) while idle: {used} tick(s)");
+    assert!(
+        used <= 5,
+        "timed waits woke the idle SQ thread: {used} ticks in 2 s"
+    );
+
+    // It still wakes for real work.
+    drop(peer);
+    assert_eq!(p.wait(1, Some(Duration::from_secs(5))).unwrap(), 1);
+    assert_eq!(p.next_completion().unwrap().user_data, 9);
+    p.nop(2).unwrap();
+    p.submit().unwrap();
+    assert_eq!(p.wait(1, Some(Duration::from_secs(5))).unwrap(), 1);
+    assert_eq!(p.next_completion().unwrap().user_data, 2);
 }

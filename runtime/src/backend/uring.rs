@@ -38,6 +38,9 @@ use crate::config::Config;
 const INSTALL_TOKEN: u64 = u64::MAX - 1;
 /// user_data of the backend's own cancel requests.
 const CANCEL_TOKEN: u64 = u64::MAX - 2;
+/// `IORING_ENTER_GETEVENTS` and `IORING_ENTER_EXT_ARG` (the crate keeps its own private).
+const ENTER_GETEVENTS: u32 = 1 << 0;
+const ENTER_EXT_ARG: u32 = 1 << 3;
 
 /// io_uring behind the proactor API.
 pub(crate) struct UringBackend {
@@ -333,12 +336,42 @@ impl Backend for UringBackend {
             return Ok(());
         }
         let want = min as usize - self.stash.len();
+        let idle_sqpoll = self.sqpoll && self.ring.submission().is_empty();
         let r = match timeout {
+            // With SQPOLL and nothing to submit, the crate's submit_and_wait and
+            // submit_with_args still pass SQ_WAKEUP whenever the SQ thread sleeps, so
+            // every wait (the echo server's 100 ms shutdown check) woke it for one
+            // sq_thread_idle of spinning. Wait for completions alone instead.
+            None if idle_sqpoll => {
+                // SAFETY: a plain GETEVENTS enter without argument; no SQE is submitted.
+                unsafe {
+                    self.ring.submitter().enter::<libc::sigset_t>(
+                        0,
+                        want as u32,
+                        ENTER_GETEVENTS,
+                        None,
+                    )
+                }
+            }
             None => self.ring.submit_and_wait(want),
             Some(t) => {
                 let ts = types::Timespec::from(t);
                 let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(want, &args)
+                if idle_sqpoll {
+                    // SAFETY: EXT_ARG with the crate's SubmitArgs, which is the kernel's
+                    // io_uring_getevents_arg (the crate's own submit_with_args passes it
+                    // the same way); `ts` outlives the call. No SQE is submitted.
+                    unsafe {
+                        self.ring.submitter().enter(
+                            0,
+                            want as u32,
+                            ENTER_GETEVENTS | ENTER_EXT_ARG,
+                            Some(&args),
+                        )
+                    }
+                } else {
+                    self.ring.submitter().submit_with_args(want, &args)
+                }
             }
         };
         match r {
