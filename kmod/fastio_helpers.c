@@ -50,3 +50,25 @@ __poll_t fastio_vfs_poll(struct file *file, struct poll_table_struct *pt,
 	return vfs_poll(file, pt);
 }
 
+
+/*
+ * A read that only copies what is in the page cache (IOCB_NOWAIT | IOCB_NOIO), for the
+ * polling workers' first attempt at a regular file. RWF_NOWAIT alone still starts
+ * readahead, and submitting its bios may sleep (waiting for a free request when the
+ * device's queue is full): a polling worker must never sleep. What is not cached is
+ * read by a workqueue worker, readahead included. No RWF_* flag asks for IOCB_NOIO,
+ * hence the kiocb built here.
+ */
+ssize_t fastio_read_cached(struct file *file, struct iov_iter *iter, loff_t *pos)
+{
+	struct kiocb kiocb;
+	ssize_t ret;
+
+	init_sync_kiocb(&kiocb, file);
+	kiocb.ki_flags |= IOCB_NOWAIT | IOCB_NOIO;
+	kiocb.ki_pos = *pos;
+	ret = vfs_iocb_iter_read(file, &kiocb, iter);
+	if (ret > 0)
+		*pos = kiocb.ki_pos;
+	return ret;
+}

@@ -11,9 +11,11 @@
 //! - a pollable file (socket, pipe) gets a [`Pending`] armed on its poll wait queues;
 //!   the wake function queues the pending request's work on the module workqueue,
 //!   which re-issues it. No busy retry, no thread per idle connection;
-//! - a regular file whose data is not cached (`RWF_NOWAIT` → `-EAGAIN`), or a file that
+//! - a regular file whose data is not cached (a READ copies only cached pages and starts
+//!   no readahead: `IOCB_NOIO`; a WRITE uses `RWF_NOWAIT`: `-EAGAIN`), or a file that
 //!   cannot do non-blocking I/O at all, gets a [`Pending`] queued straight away: the
-//!   work does the blocking call.
+//!   work does the blocking call. A READ or WRITE of a regular file that was partly
+//!   done without blocking is finished the same way, from where it stopped.
 //!
 //! Both post to the request's lane, whose CQ space was reserved when the SQE was
 //! taken, so no completion is ever dropped.
@@ -56,6 +58,11 @@ extern "C" {
         qproc: bindings::poll_queue_proc,
         events: c_uint,
     ) -> c_uint;
+    fn fastio_read_cached(
+        file: *mut bindings::file,
+        iter: *mut bindings::iov_iter,
+        pos: *mut i64,
+    ) -> isize;
 }
 
 // Constants that are macros with casts in C, so bindgen does not export them.
@@ -68,6 +75,8 @@ const EPOLLHUP: u32 = 0x10;
 const EPOLLRDHUP: u32 = 0x2000;
 const S_IFMT: u16 = 0o170000;
 const S_IFREG: u16 = 0o100000;
+/// UIO_FASTIOV: iovecs import_iovec copies into the caller's array.
+const FAST_IOVECS: usize = 8;
 
 fn neg(code: u32) -> i32 {
     -(code as i32)
@@ -123,6 +132,30 @@ pub(crate) enum Outcome {
     Wait(u32),
     /// A regular (or non-pollable) file: do the blocking call in a workqueue worker.
     Offload,
+    /// A regular file transferred this many bytes (fewer than asked, not at end of file)
+    /// without blocking: a workqueue worker transfers the rest.
+    Partial(u32),
+}
+
+/// `op` with its first `n` bytes done (READ and WRITE; other requests are returned
+/// unchanged). `n` is below the request's length.
+fn advance(mut op: Op, n: u32) -> Op {
+    if let Op::Read { addr, len, off, .. } | Op::Write { addr, len, off, .. } = &mut op {
+        *addr = addr.wrapping_add(n as u64);
+        *len = len.saturating_sub(n);
+        if *off != abi::OFF_CURRENT {
+            *off = off.wrapping_add(n as u64);
+        }
+    }
+    op
+}
+
+/// Whether position `pos` is at or past the end of `file`.
+fn at_eof(file: &File, pos: i64) -> bool {
+    // SAFETY: an open file always has an inode; i_size is read racily, like
+    // i_size_read() does on 64-bit machines: a hint only.
+    let size = unsafe { core::ptr::read_volatile(&(*(*file.as_ptr()).f_inode).i_size) };
+    pos >= size
 }
 
 fn is_regular(file: &File) -> bool {
@@ -260,11 +293,13 @@ fn rw(file: &ARef<File>, dir: u32, addr: u64, len: u32, off: u64, blocking: bool
     }
     let mut done: u32 = 0;
     loop {
-        let mut msg = match user_msg(dir, addr + done as u64, len - done) {
+        // `done` < `len`, and `addr..addr + len` passed access_ok: no overflow here.
+        let mut msg = match user_msg(dir, addr.wrapping_add(done as u64), len - done) {
             Ok(m) => m,
             Err(e) => return Outcome::Done(if done > 0 { done as i32 } else { e }),
         };
-        let mut local = (off + done as u64) as i64;
+        // Only used when `off` is not OFF_CURRENT (u64::MAX, which must not overflow).
+        let mut local = off.wrapping_add(done as u64) as i64;
         // SAFETY: the position lives in the file (racy like any shared file offset,
         // as with io_uring's -1 offset) or in `local`.
         let pos: *mut i64 = if off == abi::OFF_CURRENT {
@@ -276,7 +311,10 @@ fn rw(file: &ARef<File>, dir: u32, addr: u64, len: u32, off: u64, blocking: bool
         // SAFETY: `file` is held, the iterator describes user memory of the owner, whose
         // address space we are in.
         let r = unsafe {
-            if dir == bindings::ITER_DEST {
+            if dir == bindings::ITER_DEST && regular && !blocking {
+                // Only what is cached: never readahead I/O from a polling worker.
+                fastio_read_cached(file.as_ptr(), &mut msg.msg_iter, pos)
+            } else if dir == bindings::ITER_DEST {
                 bindings::vfs_iter_read(file.as_ptr(), &mut msg.msg_iter, pos, rwf)
             } else {
                 bindings::vfs_iter_write(file.as_ptr(), &mut msg.msg_iter, pos, rwf)
@@ -293,6 +331,15 @@ fn rw(file: &ARef<File>, dir: u32, addr: u64, len: u32, off: u64, blocking: bool
                         EPOLLOUT
                     })
                 };
+            }
+            // A short transfer of a regular file that is not at its end: part of the
+            // range is not in the page cache (or the write would block); a workqueue
+            // worker does the rest (a READ of a regular file is short only at EOF).
+            let short = r > 0 && (r as u32) < len;
+            // SAFETY: `pos` points to `local` or to the held file's position.
+            let eof = dir == bindings::ITER_DEST && at_eof(file, unsafe { *pos });
+            if regular && short && !eof {
+                return Outcome::Partial(r as u32);
             }
             return Outcome::Done(r);
         }
@@ -312,17 +359,23 @@ fn writev(file: &ARef<File>, iov: u64, count: u32, off: u64, blocking: bool) -> 
     if sock.is_none() && !blocking && !can_nowait(file) {
         return Outcome::Offload;
     }
-    let mut iovp: *mut bindings::iovec = null_mut();
+    // import_iovec copies up to FAST_IOVECS iovecs here (and a single one always, so
+    // this array is mandatory), more into memory it allocates. The iterator may point
+    // into this array: it lives until the end of the function.
+    // SAFETY: iovec is plain C data; all-zero is valid.
+    let mut fast: [bindings::iovec; FAST_IOVECS] = unsafe { core::mem::zeroed() };
+    let mut iovp: *mut bindings::iovec = fast.as_mut_ptr();
     // SAFETY: msghdr is plain C data; all-zero is empty.
     let mut msg: bindings::msghdr = unsafe { core::mem::zeroed() };
     // SAFETY: import_iovec copies and checks `count` (<= UIO_MAXIOV, validated) iovecs
-    // from the owner's memory; it allocates `iovp`, freed below.
+    // from the owner's memory into `fast` (FAST_IOVECS entries, as it is told) or into
+    // an allocation it returns in `iovp` (freed below); otherwise it sets `iovp` to null.
     let r = unsafe {
         bindings::import_iovec(
             bindings::ITER_SOURCE as c_int,
             iov as usize as *const bindings::iovec,
             count,
-            0,
+            FAST_IOVECS as c_uint,
             &mut iovp,
             &mut msg.msg_iter,
         )
@@ -361,7 +414,8 @@ fn writev(file: &ARef<File>, iov: u64, count: u32, off: u64, blocking: bool) -> 
             }
         }
     };
-    // SAFETY: import_iovec allocated `iovp` (or left it null); kfree(NULL) is a no-op.
+    // SAFETY: import_iovec left `iovp` null or pointing to the array it allocated
+    // (never to `fast`); kfree(NULL) is a no-op.
     unsafe { bindings::kfree(iovp.cast()) };
     out
 }
@@ -388,7 +442,10 @@ const MAX_HEADS: usize = 2;
 #[pin_data]
 pub(crate) struct Pending {
     lane: Arc<Lane>,
+    /// The request (for a [`Outcome::Partial`] start: what is left of it).
     op: Op,
+    /// Bytes transferred before the request was offloaded; added to its result.
+    progress: u32,
     user_data: u64,
     file: ARef<File>,
     /// Poll events that make it worth re-issuing (0: offloaded to a blocking worker).
@@ -436,9 +493,10 @@ impl Pending {
         file: ARef<File>,
         outcome: Outcome,
     ) {
-        let events = match outcome {
-            Outcome::Wait(ev) => ev,
-            Outcome::Offload => 0,
+        let (op, progress, events) = match outcome {
+            Outcome::Wait(ev) => (op, 0, ev),
+            Outcome::Offload => (op, 0, 0),
+            Outcome::Partial(n) => (advance(op, n), n, 0),
             Outcome::Done(res) => return lane.post(user_data, res),
         };
         let shared = lane.shared();
@@ -446,6 +504,7 @@ impl Pending {
             pin_init!(Pending {
                 lane: lane.clone(),
                 op,
+                progress,
                 user_data,
                 file,
                 events,
@@ -479,9 +538,11 @@ impl Pending {
     fn arm(this: Arc<Self>) {
         this.state.store(ARMING, Ordering::SeqCst);
         this.early_wake.store(false, Ordering::SeqCst);
+        // Once the state says ARMED, the armed reference may be taken by the wake
+        // function (and the request completed and freed by its work) or by a canceller
+        // at any moment: this function keeps a reference of its own until it returns.
+        let me: Arc<Self> = this.clone();
         let raw = Arc::into_raw(this);
-        // SAFETY: `raw` stays valid until the armed reference is given back.
-        let me = unsafe { &*raw };
         for (i, w) in me.waits.iter().enumerate() {
             // SAFETY: the entry is ours and on no queue (detached before any re-arm).
             unsafe {
@@ -540,6 +601,13 @@ impl Pending {
     }
 
     fn finish(self: &Arc<Self>, res: i32) {
+        // What was transferred before the request was offloaded counts, also when the
+        // rest failed or was cancelled.
+        let res = match self.progress {
+            0 => res,
+            p if res >= 0 => (p as i32).saturating_add(res),
+            p => p as i32,
+        };
         self.state.store(DONE, Ordering::SeqCst);
         self.lane.post(self.user_data, res);
         self.lane.shared().untrack(self);
@@ -655,6 +723,7 @@ impl WorkItem for Pending {
         match outcome {
             Err(e) => this.finish(e),
             Ok(Outcome::Done(r)) => this.finish(r),
+            Ok(Outcome::Partial(n)) => this.finish(n as i32),
             Ok(Outcome::Wait(_)) if !blocking => {
                 if this.cancelled.load(Ordering::SeqCst) {
                     this.finish(neg(bindings::ECANCELED));

@@ -309,6 +309,13 @@ impl Proactor {
         self.backend.lane_asleep(lane)
     }
 
+    /// The kernel module's counters of this context (`FASTIO_GET_STATS`: requests
+    /// taken, parked for readiness, woken, offloaded to the blocking workqueue, waiting
+    /// now). None on backends other than `kmod`. For diagnostics and tests.
+    pub fn kernel_stats(&self) -> Option<io::Result<fastio_uapi::Stats>> {
+        self.backend.kernel_stats()
+    }
+
     // --------------------------------------------------------------------------------
     // Files
     // --------------------------------------------------------------------------------

@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-TESTS=(proactor wakeup_boundary kmod_abi kmod_lifetime kmod_contexts proactor_echo kmod_idle kmod_faults)
+TESTS=(proactor wakeup_boundary kmod_abi kmod_lifetime kmod_contexts proactor_echo kmod_idle kmod_faults kmod_uncached kmod_creds kmod_fuzz)
 PACKAGES=(-p fastio -p fastio-echo)
 [ -f kmod/fastio.ko ] || { echo "vm-test: kmod/fastio.ko missing: make kmod" >&2; exit 2; }
 

@@ -24,9 +24,9 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use fastio_uapi::{
-    Cqe, EnterArgs, FilesUpdate, SetupParams, SlotArg, Sqe, ABI_VERSION, ENTER_GETEVENTS,
-    ENTER_SQ_WAKEUP, FASTIO_ENTER, FASTIO_INSTALL_FD, FASTIO_REGISTER_FILES, FASTIO_SETUP,
-    FASTIO_UNREGISTER_FILE, INSTALL_CLOEXEC, LANE_ALL, SETUP_AFFINITY, TIMEOUT_NONE,
+    Cqe, EnterArgs, FilesUpdate, SetupParams, SlotArg, Sqe, Stats, ABI_VERSION, ENTER_GETEVENTS,
+    ENTER_SQ_WAKEUP, FASTIO_ENTER, FASTIO_GET_STATS, FASTIO_INSTALL_FD, FASTIO_REGISTER_FILES,
+    FASTIO_SETUP, FASTIO_UNREGISTER_FILE, INSTALL_CLOEXEC, LANE_ALL, SETUP_AFFINITY, TIMEOUT_NONE,
 };
 use memmap2::MmapOptions;
 
@@ -336,6 +336,14 @@ impl Backend for KmodBackend {
 
     fn lane_asleep(&self, lane: u32) -> Option<bool> {
         self.rings.lane_asleep(lane)
+    }
+
+    fn kernel_stats(&self) -> Option<io::Result<Stats>> {
+        let mut stats = Stats::default();
+        // SAFETY: FASTIO_GET_STATS is _IOR(Stats); `stats` is a live Stats the kernel
+        // overwrites; it holds no user addresses.
+        let r = unsafe { ioctl(&self.dev, FASTIO_GET_STATS, &mut stats) };
+        Some(r.map(|_| stats))
     }
 }
 

@@ -64,6 +64,11 @@ pub(crate) trait Backend: Send {
     fn cancel_all(&mut self) -> io::Result<bool>;
     /// Whether the executor of `lane` is asleep with NEED_WAKEUP set (None: no such flag).
     fn lane_asleep(&self, lane: u32) -> Option<bool>;
+    /// The kernel module's counters of this context (`FASTIO_GET_STATS`); None on
+    /// backends other than `kmod`.
+    fn kernel_stats(&self) -> Option<io::Result<fastio_uapi::Stats>> {
+        None
+    }
 }
 
 /// The backend a proactor ended up with, and why.

@@ -90,3 +90,89 @@ pub fn flavors(base: Config) -> Vec<Flavor> {
         },
     ]
 }
+
+/// Whether a kernel-module test runs here: `FASTIO_TEST_BACKENDS` (when set) names kmod
+/// and `/dev/fastio` exists. Prints the SKIP line (with the reason) when not.
+pub fn have_module(test: &str) -> bool {
+    if let Ok(list) = std::env::var("FASTIO_TEST_BACKENDS") {
+        if !list.split(',').any(|b| b.trim() == "kmod") {
+            println!("SKIP {test} [kmod]: not in FASTIO_TEST_BACKENDS={list}");
+            return false;
+        }
+    }
+    let dev = fastio::backend::DEVICE_PATH;
+    let ok = std::path::Path::new(dev).exists();
+    if !ok {
+        println!("SKIP {test} [kmod]: {dev} not present (the module runs in the VM: make vm-test)");
+    }
+    ok
+}
+
+/// Whether this process runs as root (some kernel tests drop privileges or write
+/// /proc/sys); prints the SKIP line when not.
+pub fn have_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let ok = unsafe { libc::geteuid() } == 0;
+    if !ok {
+        println!("SKIP {test}: needs root (it runs as root inside the VM: make vm-test)");
+    }
+    ok
+}
+
+/// A field of /proc/meminfo, in KiB.
+pub fn meminfo_kib(key: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("/proc/meminfo has no {key}"))
+}
+
+/// Writes dirty data back and drops the page cache, dentries and inodes (root only).
+pub fn drop_caches() {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3")
+        .unwrap_or_else(|e| panic!("echo 3 > /proc/sys/vm/drop_caches: {e}"));
+}
+
+/// This test binary again, running only the test `name` (a helper that acts on
+/// `var=value` and returns at once when `var` is unset).
+pub fn rerun(name: &str, var: &str, value: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(var, value);
+    cmd
+}
+
+/// Percentile `q` (0..=1) of sorted `v` (zero when empty).
+pub fn percentile(v: &[std::time::Duration], q: f64) -> std::time::Duration {
+    if v.is_empty() {
+        return std::time::Duration::ZERO;
+    }
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Waits (at most `limit`) until process `pid` has no kernel worker left.
+pub fn wait_workers_gone(pid: u32, limit: std::time::Duration) {
+    let t0 = std::time::Instant::now();
+    while !workers_of(pid).is_empty() {
+        assert!(
+            t0.elapsed() < limit,
+            "workers of {pid} still there after {limit:?}: {:?}",
+            workers_of(pid)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Creates (or truncates) `path` for reading and writing.
+pub fn rw_file(path: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
+}
