@@ -3,13 +3,19 @@
 #   make                      build everything (release)
 #   make config TARGET=echo   record the target and the absolute path of fastio.conf
 #                             that the binaries read (FastIO's `make config`), rebuild
-#   make run                  proactor_echo_server on port 12345, auto backend
+#   make run                  proactor_echo_server on port 12345, auto backend; after
+#                             `make config TARGET=redis`: redis-server with the shim
+#                             (LD_PRELOAD) on port 6379 (or PORT=...)
 #   make kmod                 build kmod/fastio.ko (against the cached VM kernel, which
 #                             is built first if needed, or against KDIR=...)
 #   sudo make reload          rmmod + insmod kmod/fastio.ko on a kernel with Rust support
 #   make vm                   boot the VM kernel (QEMU, TCG) with this repository
 #                             inside: make config TARGET=echo && make reload && ...
 #   make vm-test              boot, load the module, run the kernel test suite
+#   make bench [QUICK=1]      benchmarks (VM with the module, then host): BENCHMARKS.md,
+#                             BENCHMARKS.json, bench/plots/ (full ~40 min, QUICK=1 ~6 min)
+#   make bench-compare        compare BENCHMARKS.json with the committed one (BASE=file,
+#                             THRESHOLD=percent, default 10)
 #   make test                 format check, clippy, host tests, then vm-test
 #                             (the README's test command; .ci/run)
 #   make clean
@@ -29,7 +35,7 @@ ifdef FASTIO_CONF_PATH
 export FASTIO_CONF_PATH
 endif
 
-.PHONY: all build config run test lint unit-tests kernel kmod reload vm vm-test clean help
+.PHONY: all build config run test lint redis-deps unit-tests kernel kmod reload vm vm-test bench bench-compare clean help
 
 KERNEL_BUILD := scripts/kernel/build.sh
 # Module parameters for `make reload` (e.g. KMOD_PARAMS="max_workers=8").
@@ -57,10 +63,13 @@ config:
 	fi
 	@echo "make config: done; edit fastio.conf (e.g. max_ker_worker) at any time, no rebuild needed"
 
+# TARGET=redis: Debian's redis-server with the shim preloaded, on REDIS_PORT (6379 unless
+# PORT is given on the command line or in the environment).
+REDIS_PORT ?= $(if $(filter file,$(origin PORT)),6379,$(PORT))
+
 run: build
 ifeq ($(TARGET),redis)
-	@echo "make run: TARGET=redis: the Redis adaptor (redis-shim) is not part of this version yet;" \
-	      "run 'make config TARGET=echo' for the echo server" >&2; exit 2
+	scripts/redis/run.sh $(REDIS_PORT)
 else
 	./target/release/proactor_echo_server $(PORT) --backend $(BACKEND)
 endif
@@ -70,7 +79,11 @@ lint:
 	rustfmt --edition 2021 --check kmod/fastio_main.rs
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit-tests:
+# Debian's redis-server and redis-tools, for the Redis adaptor's tests and `make run`.
+redis-deps:
+	scripts/redis/deps.sh
+
+unit-tests: redis-deps
 	$(CARGO) test --workspace
 
 test: lint unit-tests vm-test
@@ -103,12 +116,22 @@ vm: kmod
 	$(CARGO) build --release --workspace
 	scripts/vm/run.sh
 
-vm-test: kmod
+vm-test: kmod redis-deps
 	scripts/vm/kmod-tests.sh
+
+# The harness builds what it needs; `make kmod` and the redis-shim build run inside (a
+# failure there marks their cells "not run", it does not stop the run); QUICK=1 (any
+# value but 0) selects the quick mode.
+bench:
+	python3 scripts/bench/bench.py run $(if $(filter-out 0,$(QUICK)),--quick)
+
+bench-compare:
+	python3 scripts/bench/bench.py compare $(if $(BASE),--base $(BASE)) \
+	  $(if $(THRESHOLD),--threshold $(THRESHOLD))
 
 clean:
 	$(CARGO) clean
 	rm -rf build
 
 help:
-	@sed -n '2,10p' Makefile
+	@awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' Makefile

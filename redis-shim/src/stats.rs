@@ -1,0 +1,74 @@
+//! Counters that show what the shim did, written to `FASTIO_SHIM_STATS` at exit.
+
+use std::fmt;
+
+/// What the shim did since the process started.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Backend the proactor runs on.
+    pub backend: String,
+    /// Sockets registered into slots.
+    pub registered: u64,
+    /// Sockets the proactor could not register (left to the C library).
+    pub register_failed: u64,
+    /// Write calls (write, writev, send, sendto, sendmsg) answered from the queue.
+    pub writes: u64,
+    /// Bytes accepted into the queue.
+    pub bytes_queued: u64,
+    /// Bytes the executors reported sent.
+    pub bytes_sent: u64,
+    /// SEND/WRITEV requests issued.
+    pub requests: u64,
+    /// Requests that sent less than asked (the rest was requeued).
+    pub short_sends: u64,
+    /// Writes accepted only in part because the cap was reached.
+    pub partial_writes: u64,
+    /// Writes that waited for queued bytes to drain (backpressure).
+    pub backpressure_waits: u64,
+    /// Writes refused with EAGAIN after the socket made no progress under the cap.
+    pub eagain: u64,
+    /// Failed queued writes.
+    pub send_errors: u64,
+    /// Errors reported to the program on a later call.
+    pub errors_reported: u64,
+    /// Slots released (CLOSE completed).
+    pub closed: u64,
+    /// Calls of the event-loop waits (epoll_wait, epoll_pwait, poll) that flushed.
+    pub flushes: u64,
+    /// Largest number of bytes held at once.
+    pub peak_queued: u64,
+    /// Sockets still registered when the counters were written.
+    pub open_slots: u64,
+    /// Bytes still queued when the counters were written.
+    pub queued_now: u64,
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "pid {}", std::process::id())?;
+        writeln!(f, "backend {}", self.backend)?;
+        let rows = [
+            ("registered", self.registered),
+            ("register_failed", self.register_failed),
+            ("writes", self.writes),
+            ("bytes_queued", self.bytes_queued),
+            ("bytes_sent", self.bytes_sent),
+            ("requests", self.requests),
+            ("short_sends", self.short_sends),
+            ("partial_writes", self.partial_writes),
+            ("backpressure_waits", self.backpressure_waits),
+            ("eagain", self.eagain),
+            ("send_errors", self.send_errors),
+            ("errors_reported", self.errors_reported),
+            ("closed", self.closed),
+            ("flushes", self.flushes),
+            ("peak_queued", self.peak_queued),
+            ("open_slots", self.open_slots),
+            ("queued_now", self.queued_now),
+        ];
+        for (k, v) in rows {
+            writeln!(f, "{k} {v}")?;
+        }
+        Ok(())
+    }
+}

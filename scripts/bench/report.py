@@ -1,0 +1,361 @@
+"""BENCHMARKS.md and bench/plots/*.svg from a results object (see bench.py run)."""
+
+import os
+
+import plan
+import svg
+
+# A 1-minute load average above this before the run means other work shared the CPUs.
+BUSY_LOAD = 0.5
+ENV_TITLE = {"vm": "VM (QEMU TCG, kernel module loaded)", "host": "host (no kernel module)"}
+BACKEND_TITLE = {"uring": "uring", "uring-sqpoll": "uring+SQPOLL", "threads": "threads",
+                 "kmod": "kmod"}
+
+
+def title(server):
+    """epoll_echo_server, or `proactor BACKEND` (with `(N workers)` for -wN names)."""
+    if server == "epoll":
+        return "epoll_echo_server"
+    base, _, workers = server.partition("-w")
+    if not workers.isdigit():
+        base, workers = server, ""
+    text = f"proactor {BACKEND_TITLE.get(base, base)}"
+    if workers:
+        text += f" ({workers} worker{'s' if workers != '1' else ''})"
+    return text
+
+
+class Results:
+    """Lookup of cells by environment and id, and the not-run/failed notes."""
+
+    def __init__(self, results):
+        self.raw = results
+        self.cells = {(c["env"], c["id"]): c for c in results["cells"]}
+        self.envs = [e for e in ("vm", "host") if any(c["env"] == e for c in results["cells"])]
+
+    def cell(self, env, cell_id):
+        return self.cells.get((env, cell_id))
+
+    def med(self, env, cell_id, metric):
+        c = self.cell(env, cell_id)
+        s = (c or {}).get("summary", {}).get(metric) if c and c["status"] == "ok" else None
+        return s["median"] if isinstance(s, dict) else None
+
+    def stat(self, env, cell_id, metric, fmt=".0f"):
+        """`median (min–max)` or `median` of one run, or the cell's status."""
+        c = self.cell(env, cell_id)
+        if c is None:
+            return "—"
+        if c["status"] != "ok":
+            return c["status"]
+        s = c["summary"].get(metric)
+        if not isinstance(s, dict):
+            return "—"
+        text = format(s["median"], fmt)
+        if len(c["runs"]) > 1:
+            text += f" ({format(s['min'], fmt)}–{format(s['max'], fmt)})"
+        return text
+
+    def problems(self, env, prefix):
+        """Markdown lines for the cells under prefix that did not (fully) run."""
+        lines = []
+        for (e, cid), c in sorted(self.cells.items()):
+            if e == env and cid.startswith(prefix) and (c["status"] != "ok" or c.get("errors")):
+                lines.append(f"- `{cid}`: {c['status']}: {c.get('reason') or 'unknown'}")
+        return lines
+
+
+def ratio(a, b):
+    """a/b as `1.23x` (three decimals below 0.1), or a dash if either is missing."""
+    if a is None or not b:
+        return "—"
+    return f"{a / b:.3f}x" if a / b < 0.1 else f"{a / b:.2f}x"
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
+    return out
+
+
+def metric_rows(r, env, servers, cell_id, cols):
+    """One row per server: its title, then r.stat of each (header, metric, format)."""
+    return [[title(s)] + [r.stat(env, cell_id(s), m, f) for _, m, f in cols] for s in servers]
+
+
+def with_problems(lines, r, env, prefix):
+    probs = r.problems(env, prefix)
+    if probs:
+        lines += ["", "Not run or failed (never omitted):", ""] + probs
+    return lines + [""]
+
+
+def env_section(r):
+    lines = ["## Environment", ""]
+    for env in r.envs:
+        info = r.raw["envs"].get(env) or {}
+        lines.append(f"- **{ENV_TITLE[env]}**: {info.get('cpu', '?')}, {info.get('cpus', '?')} "
+                     f"CPUs, {info.get('mem_mib', '?')} MiB, Linux {info.get('kernel', '?')}, "
+                     f"clocksource {info.get('clocksource', '?')}"
+                     + (f"; {info['vm']}" if info.get("vm") else ""))
+        if info.get("cmdline"):
+            lines.append(f"  - guest kernel command line: `{info['cmdline']}`")
+    meta = r.raw["meta"]
+    lines += ["", f"Run: `{meta['command']}` ({meta['mode']} mode), started {meta['started']}, "
+              f"took {meta['duration_s'] // 60} min {meta['duration_s'] % 60} s; "
+              f"VM part status {meta.get('vm_status')}; host load average (1 min) "
+              f"{meta.get('load_start', '?')} at the start, {meta.get('load_end', '?')} at the end"
+              " (other work on the machine makes every figure noisier).", ""]
+    if isinstance(meta.get("load_start"), (int, float)) and meta["load_start"] > BUSY_LOAD:
+        lines += [f"**Warning: the machine was busy before this run started (load average "
+                  f"{meta['load_start']}): other work competed for the CPUs, and polling "
+                  "designs (kmod, SQPOLL, threads) suffer most from that, so these figures are "
+                  "not representative. Rerun `make bench` on a quiet machine.**", ""]
+    return lines
+
+
+def headline(r):
+    h, ln = plan.HEAD_CONNS, plan.HEAD_LEN
+    cid = lambda s: f"echo/{s}/c{h}/l{ln}"  # noqa: E731
+    lines = [f"## Headline (VM, echo_bench -c {h} -l {ln}; Redis -c 50 -P 16)", ""]
+    rows = []
+    for k in ("kmod-w1", "kmod-w2"):
+        kv = r.med("vm", cid(k), "rps")
+        rows.append([f"{title(k)} vs epoll_echo_server", ratio(kv, r.med("vm", cid("epoll"), "rps"))])
+        rows.append([f"{title(k)} vs proactor uring+SQPOLL",
+                     ratio(kv, r.med("vm", cid("uring-sqpoll"), "rps"))])
+    for v in ("kmod-w1", "uring-sqpoll"):
+        for op in ("set_rps", "get_rps"):
+            shim = r.cell("vm", f"redis/{v}/P16")
+            val = ratio(r.med("vm", f"redis/{v}/P16", op), r.med("vm", "redis/plain/P16", op))
+            if shim and shim["status"] != "ok":
+                val = f"{shim['status']}: {shim.get('reason')}"
+            rows.append([f"Redis shim on {v} vs plain redis-server, {op[:3].upper()} -P 16", val])
+    for d in (1, 32):
+        kv = r.med("vm", f"nop/kmod/d{d}", "ops_per_sec")
+        for base in ("uring-sqpoll", "threads"):
+            rows.append([f"NOP depth {d}: kmod vs {base} (NOPs/s)",
+                         ratio(kv, r.med("vm", f"nop/{base}/d{d}", "ops_per_sec"))])
+    return lines + table(["ratio of medians (requests/s, NOPs/s)", "value"], rows) + [""]
+
+
+def nop_section(r, env):
+    lines = [f"### NOP round trips — {ENV_TITLE[env]}", "",
+             "`nop_bench --config C -d DEPTH -t SECS`: one lane; depth 1 = submit one NOP, "
+             "wait for its completion; depth 32 = 32 in flight (batched).", ""]
+    rows = []
+    for b in plan.nop_backends(env):
+        for d in sorted({c["params"]["depth"] for (e, i), c in r.cells.items()
+                         if e == env and c["kind"] == "nop"}):
+            cid = f"nop/{b}/d{d}"
+            rows.append([b, d, r.stat(env, cid, "ops_per_sec"), r.stat(env, cid, "p50_us", ".2f"),
+                         r.stat(env, cid, "p99_us", ".2f"),
+                         ratio(r.med(env, cid, "ops_per_sec"),
+                               r.med(env, f"nop/uring-sqpoll/d{d}", "ops_per_sec"))])
+    lines += table(["backend", "depth", "NOPs/s median (min–max)", "p50 µs", "p99 µs",
+                    "vs uring+SQPOLL"], rows)
+    return with_problems(lines, r, env, "nop/")
+
+
+def echo_section(r, env):
+    cfg = r.raw["meta"]
+    conns = sorted({c["params"]["conns"] for (e, i), c in r.cells.items()
+                    if e == env and i.startswith("echo/")})
+    lens = sorted({c["params"]["length"] for (e, i), c in r.cells.items()
+                   if e == env and i.startswith("echo/")})
+    lines = [f"### Echo — {ENV_TITLE[env]}", "",
+             "`echo_bench -a 127.0.0.1:PORT -c CONNS -t SECS -l LEN -q` against a fresh server "
+             f"per run ({cfg['mode']} mode). Requests/s median (min–max), then the ratios of the "
+             "medians to epoll_echo_server and to proactor uring+SQPOLL.", ""]
+    for ln in lens:
+        rows = []
+        for s in plan.echo_servers(env):
+            row = [title(s)]
+            for c in conns:
+                cid = f"echo/{s}/c{c}/l{ln}"
+                v = r.med(env, cid, "rps")
+                row.append(f"{r.stat(env, cid, 'rps')}<br>"
+                           f"{ratio(v, r.med(env, f'echo/epoll/c{c}/l{ln}', 'rps'))} epoll, "
+                           f"{ratio(v, r.med(env, f'echo/uring-sqpoll/c{c}/l{ln}', 'rps'))} SQPOLL")
+            rows.append(row)
+        lines += [f"**{ln} B messages**", ""]
+        lines += table(["server"] + [f"{c} conn" for c in conns], rows) + [""]
+    lines += ["Latency (µs, median of runs) p50 / p99 / p99.9:", ""]
+    rows = []
+    for ln in lens:
+        for s in plan.echo_servers(env):
+            row = [title(s), ln]
+            for c in conns:
+                cid = f"echo/{s}/c{c}/l{ln}"
+                vals = [r.med(env, cid, m) for m in ("p50_us", "p99_us", "p999_us")]
+                row.append(" / ".join(f"{v:.0f}" for v in vals) if None not in vals
+                           else r.stat(env, cid, "p50_us"))
+            rows.append(row)
+    lines += table(["server", "bytes"] + [f"{c} conn" for c in conns], rows)
+    return with_problems(lines, r, env, "echo/")
+
+
+def cost_section(r, env):
+    h, ln = plan.HEAD_CONNS, plan.HEAD_LEN
+    lines = [f"### Cost per request — {ENV_TITLE[env]} (echo -c {h} -l {ln})", "",
+             "Syscalls: `strace -c -U calls,name -p TID` attached to the serving thread only "
+             "(no -f) for one echo_bench run, divided by the responses of that run. CPU and "
+             "context switches: deltas of /proc/PID/task/*/stat and status of the server, plus "
+             "the kernel module's workers (fastio-PID-LANE) and all kworkers, over the untraced "
+             "runs of the echo table.", ""]
+    rows = []
+    for s in plan.echo_servers(env):
+        sc, ec = f"syscalls/{s}/c{h}/l{ln}", f"echo/{s}/c{h}/l{ln}"
+        top = (r.cell(env, sc) or {}).get("summary", {}).get("top", "")
+        rows.append([title(s), r.stat(env, sc, "syscalls_per_req", ".3f"), top,
+                     r.stat(env, ec, "cpu_s_per_100k", ".2f"),
+                     r.stat(env, ec, "server_cpu_s_per_100k", ".2f"),
+                     r.stat(env, ec, "workers_cpu_s_per_100k", ".2f"),
+                     r.stat(env, ec, "kworkers_cpu_s_per_100k", ".2f"),
+                     r.stat(env, ec, "ctxsw_per_req", ".3f")])
+    lines += table(["server", "syscalls/req (serving thread)", "top syscalls per req",
+                    "CPU s/100k req (total)", "process", "kmod workers", "kworkers",
+                    "ctx switches/req"], rows)
+    return with_problems(lines, r, env, "syscalls/")
+
+
+def scaling_section(r, env):
+    h, ln = plan.HEAD_CONNS, plan.HEAD_LEN
+    lines = [f"### Worker scaling — {ENV_TITLE[env]} (echo -c {h} -l {ln})", "",
+             f"`max_ker_worker` 1..4 with one serving thread. The machine has "
+             f"{(r.raw['envs'].get(env) or {}).get('cpus', '?')} CPUs for the client, the "
+             "serving thread and every worker together: beyond one worker, workers compete "
+             "with the client and the server for the same cores, so this shows the cost of "
+             "extra workers on a small machine, not their benefit on a big one.", ""]
+    cols = [("requests/s", "rps", ".0f"), ("CPU s/100k req", "cpu_s_per_100k", ".2f")]
+    rows = metric_rows(r, env, plan.scaling_servers(env), lambda s: f"scaling/{s}/c{h}/l{ln}",
+                       cols)
+    lines += table(["server"] + [c[0] for c in cols], rows)
+    return with_problems(lines, r, env, "scaling/")
+
+
+def idle_section(r, env):
+    secs = next((c["params"]["idle_secs"] for (e, i), c in r.cells.items()
+                 if e == env and c["kind"] == "idle"), "?")
+    lines = [f"### Idle cost and wakeup — {ENV_TITLE[env]}", "",
+             "After 1 s of echo load (-c 25 -l 512): CPU of the server process and its "
+             f"workers over the {secs} s idle window that follows (it includes the "
+             "idle_ms = 20 ms spin before workers sleep), the steady rate after the first "
+             "second, then `wake_probe --idle 1 --count 3`: the round trip of the first request "
+             "after 1 s of idleness vs the median of 100 back-to-back ones.", ""]
+    cols = [("CPU ms in the idle window", "idle_cpu_ms", ".0f"),
+            ("steady CPU ms/s", "steady_cpu_ms_per_s", ".1f"),
+            ("first request after idle µs", "first_us", ".0f"), ("hot request µs", "hot_us", ".0f")]
+    rows = metric_rows(r, env, plan.idle_servers(env), lambda s: f"idle/{s}", cols)
+    lines += table(["server"] + [c[0] for c in cols], rows)
+    return with_problems(lines, r, env, "idle/")
+
+
+def redis_section(r, env):
+    lines = [f"### Redis — {ENV_TITLE[env]}", "",
+             "`redis-benchmark -h 127.0.0.1 -p PORT -c 50 -P {1,16} -t set,get -n N --csv` "
+             "against Debian's redis-server, plain or with the redis-shim LD_PRELOADed "
+             "(FASTIO_CONF selects the backend).", ""]
+    rows = []
+    for p in plan.REDIS_PIPELINES:
+        for v in plan.redis_variants(env):
+            cid = f"redis/{v}/P{p}"
+            rows.append([v, p, r.stat(env, cid, "set_rps"), r.stat(env, cid, "get_rps"),
+                         ratio(r.med(env, cid, "set_rps"), r.med(env, f"redis/plain/P{p}", "set_rps")),
+                         ratio(r.med(env, cid, "get_rps"), r.med(env, f"redis/plain/P{p}", "get_rps"))])
+    lines += table(["redis-server", "-P", "SET/s", "GET/s", "SET vs plain", "GET vs plain"], rows)
+    return with_problems(lines, r, env, "redis/")
+
+
+def plots(r, repo):
+    """Writes the SVG plots; returns markdown image lines."""
+    d = os.path.join(repo, "bench", "plots")
+    os.makedirs(d, exist_ok=True)
+    out = []
+    for env in r.envs:
+        conns = sorted({c["params"]["conns"] for (e, i), c in r.cells.items()
+                        if e == env and i.startswith("echo/")})
+        ln = plan.HEAD_LEN
+        series = [(title(s), [r.med(env, f"echo/{s}/c{c}/l{ln}", "rps") for c in conns])
+                  for s in plan.echo_servers(env)]
+        name = f"echo-rps-{env}.svg"
+        with open(os.path.join(d, name), "w", encoding="utf-8") as f:
+            f.write(svg.line_chart(f"Echo requests/s vs connections, {ln} B — {env}",
+                                   "requests/s", "connections", conns, series))
+        out.append(f"![echo requests/s vs connections, {env}](bench/plots/{name})")
+        servers = plan.echo_servers(env)
+        cid = lambda s: f"echo/{s}/c{plan.HEAD_CONNS}/l{ln}"  # noqa: E731
+        parts = [(label, [r.med(env, cid(s), m) for s in servers]) for label, m in
+                 (("process", "server_cpu_s_per_100k"), ("kmod workers", "workers_cpu_s_per_100k"),
+                  ("kworkers", "kworkers_cpu_s_per_100k"))]
+        name = f"cpu-per-100k-{env}.svg"
+        with open(os.path.join(d, name), "w", encoding="utf-8") as f:
+            f.write(svg.stacked_bars(f"CPU seconds per 100k requests, -c {plan.HEAD_CONNS} -l {ln}"
+                                     f" — {env}", "CPU s / 100k requests", "server", servers, parts))
+        out.append(f"![CPU per 100k requests, {env}](bench/plots/{name})")
+    return out
+
+
+def losses(r, env):
+    """Cells where the kmod server is slower than epoll or uring+SQPOLL."""
+    found = []
+    for (e, cid), c in sorted(r.cells.items()):
+        if e != env or not cid.startswith("echo/kmod-") or c["status"] != "ok":
+            continue
+        _, server, cc, ll = cid.split("/")
+        for base in ("epoll", "uring-sqpoll"):
+            b = r.med(env, f"echo/{base}/{cc}/{ll}", "rps")
+            v = r.med(env, cid, "rps")
+            if b and v is not None and v < b:
+                found.append(f"{server} {cc} {ll}: {v / b:.2f}x {base}")
+    return found
+
+
+def reading(r):
+    lines = ["## Reading", ""]
+    if "vm" in r.envs:
+        lost = losses(r, "vm")
+        lines.append("- Where fastio (kmod) loses in the VM: "
+                     + ("; ".join(lost) if lost else "no echo cell (kmod ≥ epoll and ≥ SQPOLL in "
+                                                     "every measured cell)") + ".")
+    lines += [
+        "- VM figures come from QEMU TCG: user code runs about 10x slower than on the host and "
+        "the two vCPUs are two host threads, so only ratios within the VM table mean anything; "
+        "host and VM figures are never combined in one ratio.",
+        "- Every environment has 2 CPUs shared by the load client, the serving thread and the "
+        "polling workers; a polling worker (kmod, SQPOLL, threads) takes CPU from the client. "
+        "On bigger machines the polling designs gain relative to epoll.",
+        "- Syscall counts come from strace, which stops the traced thread at every syscall: the "
+        "traced run is much slower, so a server that batches (epoll_wait returning many events) "
+        "batches less under strace; the count per request is an upper bound for epoll and "
+        "exact for a serving thread that makes (almost) no syscalls.",
+        "- In the VM, `clock_gettime` may be a real syscall (the TCG guest's clocksource "
+        "often has no vDSO support; see the environment line), so it shows up in the "
+        "syscall counts of servers that read the clock; the top-syscalls column says how much.",
+        "- kworkers: only those visible in /proc are counted (none inside a container).",
+        "- Figures of the quick mode are single runs; the full mode takes the median of 3.", ""]
+    return lines
+
+
+def write(results, repo):
+    """Writes BENCHMARKS.md and the plots."""
+    if not results:
+        raise SystemExit("report: no results")
+    r = Results(results)
+    lines = ["# fastio-rs benchmarks", "",
+             "Generated by `make bench` (scripts/bench/bench.py) — do not edit by hand; "
+             "machine-readable results: [BENCHMARKS.json](BENCHMARKS.json); compare a new run "
+             "with the committed one: `make bench-compare`. Quick mode: `make bench QUICK=1`.",
+             ""]
+    lines += env_section(r)
+    if "vm" in r.envs:
+        lines += headline(r)
+    lines += ["## Plots", ""] + plots(r, repo) + [""]
+    lines += reading(r)
+    for env in r.envs:
+        lines += [f"## {ENV_TITLE[env]}", ""]
+        for section in (nop_section, echo_section, cost_section, scaling_section,
+                        idle_section, redis_section):
+            lines += section(r, env)
+    with open(os.path.join(repo, "BENCHMARKS.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines).rstrip() + "\n")
