@@ -584,15 +584,24 @@ impl Proactor {
         self.submit()?;
         self.reap();
         let target = min.min(self.ready.len() + self.in_flight());
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // The clock is read only when the call really waits (a clock_gettime can be a
+        // real system call, e.g. in a VM without a vDSO clock source).
+        let mut deadline: Option<Instant> = None;
         while self.ready.len() < target {
-            let left = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
+            let left = match (timeout, deadline) {
+                (None, _) => None,
+                (Some(t), None) => {
+                    deadline = Some(Instant::now() + t);
+                    Some(t)
+                }
+                (Some(_), Some(d)) => match d.checked_duration_since(Instant::now()) {
                     Some(left) if !left.is_zero() => Some(left),
                     _ => break,
                 },
-                None => None,
             };
+            if left.is_some_and(|l| l.is_zero()) {
+                break;
+            }
             // Held CLOSE completions become ready without a CQE of their own, when the
             // last other request on their slot completes: wait for no more CQEs than
             // can come (`pending` is at least 1 here, since a held CLOSE implies one).
