@@ -5,20 +5,24 @@
 //! - Every call first reads the lock-free [`fdtable`]: a descriptor that is not a queued
 //!   socket goes straight to the C library, from any thread.
 //! - Only the *owner* thread, the first that writes to a non-blocking stream socket or
-//!   waits in `epoll_wait`/`epoll_pwait`/`poll` (Redis's event loop), classifies
-//!   descriptors, registers sockets and flushes in the waits. Other threads (Redis's bio
+//!   waits in `epoll_wait`/`epoll_pwait` (Redis's event loop), classifies descriptors,
+//!   registers sockets and flushes in the waits (`poll` flushes too, but only on the
+//!   owner: it never makes a thread the owner). Other threads (Redis's bio
 //!   threads, the `threads` backend's own workers) never classify anything and never
 //!   block on the shim's lock for descriptors that are not queued sockets, so the
 //!   runtime's workers, which call `send`/`epoll_wait` on their own duplicates of the
 //!   sockets, are never interposed.
 //! - While a thread runs inside the shim (holding its lock), every call it makes
-//!   (the runtime's syscalls, `eprintln!`) goes to the C library: a thread-local flag.
+//!   (the runtime's syscalls, `eprintln!`), and every call of a signal handler that
+//!   interrupts it, goes to the C library: a thread-local flag, set before the lock is
+//!   taken and cleared after it is released. `exit` from such a handler skips the exit
+//!   drain rather than wait for the lock its own thread holds.
 //! - After `fork` in a process whose shim is running, the child never touches the
 //!   parent's rings: every call goes to the C library (`pthread_atfork`).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::{Mutex, MutexGuard, Once, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use libc::{c_int, c_void, epoll_event, iovec, msghdr, nfds_t, pollfd, sigset_t, size_t};
@@ -27,7 +31,7 @@ use libc::{sockaddr, socklen_t, ssize_t};
 use crate::fdtable::{self, Kind};
 use crate::real;
 use crate::settings::{self, Settings};
-use crate::shim::Shim;
+use crate::shim::{Shim, WriteError};
 
 /// Nothing done yet.
 const UNINIT: u8 = 0;
@@ -45,6 +49,8 @@ static HOOKS: Once = Once::new();
 
 /// How long the process's exit waits for queued writes.
 const EXIT_DRAIN: Duration = Duration::from_secs(5);
+/// How long the process's exit waits for the shim's lock (held by another thread).
+const EXIT_LOCK: Duration = Duration::from_secs(1);
 /// How long `shutdown` (or an unqueued send) waits for the socket's queued writes.
 const DRAIN: Duration = Duration::from_secs(5);
 /// Longest single wait for completions in an event-loop wait.
@@ -67,24 +73,55 @@ fn in_shim() -> bool {
 
 /// Holds the shim's lock and marks the thread as inside the shim.
 struct Inside {
-    guard: MutexGuard<'static, Option<Shim>>,
+    /// The lock; `None` only while dropping.
+    guard: Option<MutexGuard<'static, Option<Shim>>>,
 }
 
 impl Inside {
     fn enter() -> Inside {
         IN_SHIM.with(|f| f.set(true));
         Inside {
-            guard: STATE.lock().unwrap_or_else(|e| e.into_inner()),
+            guard: Some(STATE.lock().unwrap_or_else(PoisonError::into_inner)),
+        }
+    }
+
+    /// Like [`Inside::enter`], but gives up (None) when the lock stays taken for `limit`.
+    fn try_enter(limit: Duration) -> Option<Inside> {
+        IN_SHIM.with(|f| f.set(true));
+        let deadline = Instant::now() + limit;
+        loop {
+            let guard = match STATE.try_lock() {
+                Ok(g) => g,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                Err(TryLockError::WouldBlock) => {
+                    IN_SHIM.with(|f| f.set(false));
+                    return None;
+                }
+            };
+            return Some(Inside { guard: Some(guard) });
         }
     }
 
     fn shim(&mut self) -> Option<&mut Shim> {
-        self.guard.as_mut()
+        self.guard.as_mut().and_then(|g| g.as_mut())
+    }
+
+    fn install(&mut self, shim: Shim) {
+        if let Some(g) = self.guard.as_mut() {
+            **g = Some(shim);
+        }
     }
 }
 
 impl Drop for Inside {
     fn drop(&mut self) {
+        // The lock first: a signal handler that runs before the flag is cleared still
+        // sees the thread inside, and does not wait for a lock its thread holds.
+        drop(self.guard.take());
         IN_SHIM.with(|f| f.set(false));
     }
 }
@@ -110,7 +147,7 @@ fn start() -> bool {
     } else {
         match open() {
             Ok(shim) => {
-                *inside.guard = Some(shim);
+                inside.install(shim);
                 true
             }
             Err(e) => {
@@ -146,10 +183,15 @@ extern "C" fn after_fork_in_child() {
 }
 
 extern "C" fn at_exit() {
-    if PHASE.load(Ordering::Acquire) != ACTIVE {
+    // `exit` from a signal handler that interrupted this thread inside the shim: the
+    // lock is this thread's, so there is no drain (the kernel still sends what the
+    // executors were given).
+    if PHASE.load(Ordering::Acquire) != ACTIVE || in_shim() {
         return;
     }
-    let mut inside = Inside::enter();
+    let Some(mut inside) = Inside::try_enter(EXIT_LOCK) else {
+        return;
+    };
     let Some(shim) = inside.shim() else { return };
     shim.drain_all(EXIT_DRAIN);
     if let Some(path) = shim.settings().stats_path.clone() {
@@ -199,6 +241,12 @@ fn set_errno(e: c_int) {
     unsafe { *libc::__errno_location() = e };
 }
 
+/// Fails a call with errno `e`.
+fn fail_call(e: c_int) -> ssize_t {
+    set_errno(e);
+    -1
+}
+
 /// Reports errno `e` for a write-family call, raising SIGPIPE for EPIPE as the kernel
 /// would unless the call asked for `MSG_NOSIGNAL`.
 fn write_error(e: c_int, flags: c_int) -> ssize_t {
@@ -206,12 +254,12 @@ fn write_error(e: c_int, flags: c_int) -> ssize_t {
         // SAFETY: raise has no preconditions.
         unsafe { libc::raise(libc::SIGPIPE) };
     }
-    set_errno(e);
-    -1
+    fail_call(e)
 }
 
-/// Queues `parts` for `fd`, or falls back to `real_call` when the socket is not ours
-/// after all (closed by another thread in the meantime).
+/// Queues `parts` (at most `isize::MAX` bytes in all) for `fd`, or falls back to
+/// `real_call` when the socket is not ours after all (closed by another thread in the
+/// meantime).
 fn queue_write(
     fd: c_int,
     parts: &[&[u8]],
@@ -220,17 +268,17 @@ fn queue_write(
 ) -> ssize_t {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let mut inside = Inside::enter();
-    let Some(shim) = inside.shim() else {
-        drop(inside);
-        return real_call();
+    let r = match inside.shim() {
+        Some(shim) => shim.write(fd, parts, len),
+        None => Err(WriteError::NotOurs),
     };
-    match shim.write(fd, parts, len) {
-        Ok(n) => n as ssize_t,
-        Err(libc::EBADF) => {
-            drop(inside);
-            real_call()
-        }
-        Err(e) => write_error(e, flags),
+    // Leave the shim before calling the C library or raising SIGPIPE, whose handler
+    // may write.
+    drop(inside);
+    match r {
+        Ok(n) => ssize_t::try_from(n).unwrap_or(ssize_t::MAX),
+        Err(WriteError::NotOurs) => real_call(),
+        Err(WriteError::Errno(e)) => write_error(e, flags),
     }
 }
 
@@ -239,9 +287,10 @@ fn queue_write(
 fn read_call(fd: c_int, real_call: impl FnOnce() -> ssize_t) -> ssize_t {
     if failed(fd) {
         let mut inside = Inside::enter();
-        if let Some(e) = inside.shim().and_then(|s| s.take_error(fd)) {
-            set_errno(e);
-            return -1;
+        let e = inside.shim().and_then(|s| s.take_error(fd));
+        drop(inside);
+        if let Some(e) = e {
+            return fail_call(e);
         }
     }
     real_call()
@@ -259,8 +308,8 @@ fn after_queued(fd: c_int, real_call: impl FnOnce() -> ssize_t) -> ssize_t {
     real_call()
 }
 
-/// Forgets what `fd` was before it is closed or replaced (or after a new descriptor got
-/// the number).
+/// Forgets what `fd` was when it is closed or replaced (or after a new descriptor got
+/// the number): a queued socket's bytes still go out, from its slot.
 fn forget(fd: c_int) {
     let k = fdtable::kind(fd);
     if k.is_managed() && PHASE.load(Ordering::Acquire) == ACTIVE && !in_shim() {
@@ -274,31 +323,46 @@ fn forget(fd: c_int) {
     }
 }
 
-/// Builds byte slices from an iovec array.
+/// Most iovecs one call takes (`IOV_MAX`, the kernel's `UIO_MAXIOV`).
+const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
+
+/// Builds byte slices from an iovec array, or the errno the kernel would fail the call
+/// with: `too_many` for more than [`IOV_MAX`] iovecs (`EINVAL` for `writev`, `EMSGSIZE`
+/// for `sendmsg`), `EINVAL` for a total length past `isize::MAX`, `EFAULT` for a null
+/// array or buffer.
 ///
 /// # Safety
 ///
 /// `iov` must point to `cnt` valid iovecs, each naming readable memory.
-unsafe fn iov_parts<'a>(iov: *const iovec, cnt: c_int) -> Option<Vec<&'a [u8]>> {
-    let cnt = usize::try_from(cnt)
-        .ok()
-        .filter(|&c| c <= libc::UIO_MAXIOV as usize)?;
+unsafe fn iov_parts<'a>(
+    iov: *const iovec,
+    cnt: usize,
+    too_many: c_int,
+) -> Result<Vec<&'a [u8]>, c_int> {
+    if cnt > IOV_MAX {
+        return Err(too_many);
+    }
     if cnt > 0 && iov.is_null() {
-        return None;
+        return Err(libc::EFAULT);
     }
     let mut parts = Vec::with_capacity(cnt);
+    let mut total: usize = 0;
     for i in 0..cnt {
         // SAFETY: the caller guarantees `cnt` valid iovecs.
         let v = unsafe { &*iov.add(i) };
+        total = total
+            .checked_add(v.iov_len)
+            .filter(|&t| isize::try_from(t).is_ok())
+            .ok_or(libc::EINVAL)?;
         if v.iov_len > 0 {
             if v.iov_base.is_null() {
-                return None;
+                return Err(libc::EFAULT);
             }
             // SAFETY: the caller guarantees the iovec names readable memory.
             parts.push(unsafe { std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len) });
         }
     }
-    Some(parts)
+    Ok(parts)
 }
 
 /// Builds a byte slice from a buffer argument.
@@ -352,10 +416,13 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> 
     if !manages_write(fd) {
         return real_call();
     }
+    let Ok(cnt) = usize::try_from(iovcnt) else {
+        return fail_call(libc::EINVAL);
+    };
     // SAFETY: the caller passes `iovcnt` valid iovecs.
-    match unsafe { iov_parts(iov, iovcnt) } {
-        Some(parts) => queue_write(fd, &parts, 0, real_call),
-        None => after_queued(fd, real_call),
+    match unsafe { iov_parts(iov, cnt, libc::EINVAL) } {
+        Ok(parts) => queue_write(fd, &parts, 0, real_call),
+        Err(e) => fail_call(e),
     }
 }
 
@@ -421,11 +488,15 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
     // SAFETY: the caller passes a valid msghdr.
     let m = unsafe { &*msg };
     let plain = m.msg_name.is_null() && m.msg_controllen == 0 && flags & !QUEUEABLE_FLAGS == 0;
+    if !plain {
+        return after_queued(fd, real_call);
+    }
+    // `msg_iovlen` is a size_t with glibc: the whole count, never truncated.
+    let cnt: usize = m.msg_iovlen;
     // SAFETY: the msghdr names `msg_iovlen` valid iovecs.
-    let parts = unsafe { iov_parts(m.msg_iov, m.msg_iovlen as c_int) };
-    match parts {
-        Some(parts) if plain => queue_write(fd, &parts, flags, real_call),
-        _ => after_queued(fd, real_call),
+    match unsafe { iov_parts(m.msg_iov, cnt, libc::EMSGSIZE) } {
+        Ok(parts) => queue_write(fd, &parts, flags, real_call),
+        Err(e) => fail_call(e),
     }
 }
 
@@ -475,32 +546,37 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
     after_queued(fd, || unsafe { real::shutdown(fd, how) } as ssize_t) as c_int
 }
 
-/// `dup2(2)`: `new` is closed by the call, so it is forgotten first.
+/// `dup2(2)`: when it succeeds, what `new` was is closed by the kernel, so it is
+/// forgotten as by `close` (a queued socket's bytes still go out from its slot). The
+/// copy of a queued socket (`dup`, `dup2`, `F_DUPFD`) is a descriptor of its own: its
+/// writes get a queue of their own, in no set order with the original's.
 ///
 /// # Safety
 ///
 /// The C function's contract.
 #[no_mangle]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
-    if old != new {
+    // SAFETY: forwarding the caller's arguments.
+    let r = unsafe { real::dup2(old, new) };
+    if r >= 0 && old != new {
         forget(new);
     }
-    // SAFETY: forwarding the caller's arguments.
-    unsafe { real::dup2(old, new) }
+    r
 }
 
-/// `dup3(2)`: `new` is closed by the call, so it is forgotten first.
+/// `dup3(2)`: as [`dup2`].
 ///
 /// # Safety
 ///
 /// The C function's contract.
 #[no_mangle]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
-    if old != new {
+    // SAFETY: forwarding the caller's arguments.
+    let r = unsafe { real::dup3(old, new, flags) };
+    if r >= 0 && old != new {
         forget(new);
     }
-    // SAFETY: forwarding the caller's arguments.
-    unsafe { real::dup3(old, new, flags) }
+    r
 }
 
 /// `accept(2)`: the returned number is a new socket, whatever it was before.

@@ -1,35 +1,59 @@
 //! The bytes queued for one socket: copied on write, sent one request at a time.
 //!
-//! Writes are appended to a list of chunks (small writes are packed into chunks of
-//! [`CHUNK`] bytes). At most one request is in flight per socket, so a short send can be
-//! finished before anything after it goes out and bytes keep their order whatever the
-//! executor does: the unsent rest of a request goes back to the front of the queue.
+//! Writes are appended to a list of chunks: small writes are packed into one chunk of up
+//! to [`CHUNK`] bytes, whose buffer starts at the size of the write (at least [`SMALL`])
+//! and grows by powers of two, so a socket holds little more memory than the bytes it
+//! has queued (the cap counts bytes). At most one request is in flight per socket, so a
+//! short send can be finished before anything after it goes out and bytes keep their
+//! order whatever the executor does: the unsent rest of a request goes back to the front
+//! of the queue.
 
 use std::collections::VecDeque;
 use std::ops::Range;
 
-/// Size of the chunks small writes are packed into.
+/// Largest chunk small writes are packed into (a larger write is a chunk of its own).
 pub const CHUNK: usize = 64 * 1024;
+
+/// Smallest chunk buffer.
+pub const SMALL: usize = 512;
 
 /// Most buffers one WRITEV request carries.
 const MAX_IOVECS: usize = 64;
 
-/// Chunk buffers kept for reuse (per shim, not per socket).
-const POOL_MAX: usize = 64;
+/// Buffer sizes the pool keeps: the powers of two from [`SMALL`] to [`CHUNK`].
+const CLASSES: usize = (CHUNK / SMALL).trailing_zeros() as usize + 1;
 
-/// Empty chunk buffers of capacity [`CHUNK`], kept to avoid an allocation per write.
+/// Buffers of one size kept for reuse (per shim, not per socket).
+const POOL_PER_CLASS: usize = 32;
+
+/// The pool's size class of a buffer of capacity `cap`, if it keeps such buffers.
+fn class_of(cap: usize) -> Option<usize> {
+    (cap.is_power_of_two() && (SMALL..=CHUNK).contains(&cap))
+        .then(|| (cap / SMALL).trailing_zeros() as usize)
+}
+
+/// Empty chunk buffers (capacities: powers of two from [`SMALL`] to [`CHUNK`]), kept to
+/// avoid an allocation per write.
 #[derive(Default)]
-pub struct Pool(Vec<Vec<u8>>);
+pub struct Pool([Vec<Vec<u8>>; CLASSES]);
 
 impl Pool {
-    fn take(&mut self) -> Vec<u8> {
-        self.0.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK))
+    /// An empty buffer with room for `want` bytes (at least [`SMALL`], at most
+    /// [`CHUNK`]), its capacity rounded up to a power of two.
+    fn take(&mut self, want: usize) -> Vec<u8> {
+        let size = want.clamp(SMALL, CHUNK).next_power_of_two();
+        class_of(size)
+            .and_then(|k| self.0.get_mut(k))
+            .and_then(Vec::pop)
+            .unwrap_or_else(|| Vec::with_capacity(size))
     }
 
     fn give(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() == CHUNK && self.0.len() < POOL_MAX {
-            buf.clear();
-            self.0.push(buf);
+        if let Some(list) = class_of(buf.capacity()).and_then(|k| self.0.get_mut(k)) {
+            if list.len() < POOL_PER_CLASS {
+                buf.clear();
+                list.push(buf);
+            }
         }
     }
 }
@@ -81,30 +105,42 @@ impl WriteQueue {
     }
 
     /// Copies the first `n` bytes of `parts` (in order) to the end of the queue.
-    pub fn push(&mut self, parts: &[&[u8]], mut n: usize, pool: &mut Pool) {
+    pub fn push(&mut self, parts: &[&[u8]], n: usize, pool: &mut Pool) {
         self.queued += n;
+        // Bytes of this write not copied yet.
+        let mut left = n;
         for part in parts {
-            if n == 0 {
+            if left == 0 {
                 break;
             }
-            let mut data = &part[..part.len().min(n)];
-            n -= data.len();
+            let mut data = &part[..part.len().min(left)];
             while !data.is_empty() {
                 match self.waiting.back_mut() {
-                    Some(c) if c.buf.capacity() == CHUNK && c.buf.len() < CHUNK => {
+                    // The last chunk is never in flight: pack into it, up to CHUNK.
+                    Some(c) if c.buf.len() < CHUNK => {
                         let k = (CHUNK - c.buf.len()).min(data.len());
+                        if c.buf.capacity() - c.buf.len() < k {
+                            // Grow to fit the rest of this write (a power of two, at
+                            // most CHUNK), dropping what was sent of the chunk.
+                            let mut bigger = pool.take((c.len() + left).min(CHUNK));
+                            bigger.extend_from_slice(&c.buf[c.start..]);
+                            c.start = 0;
+                            pool.give(std::mem::replace(&mut c.buf, bigger));
+                        }
                         c.buf.extend_from_slice(&data[..k]);
                         data = &data[k..];
+                        left -= k;
                     }
                     _ if data.len() >= CHUNK => {
                         self.waiting.push_back(Chunk {
                             buf: data.to_vec(),
                             start: 0,
                         });
+                        left -= data.len();
                         data = &[];
                     }
                     _ => self.waiting.push_back(Chunk {
-                        buf: pool.take(),
+                        buf: pool.take(left),
                         start: 0,
                     }),
                 }
@@ -176,6 +212,23 @@ impl WriteQueue {
         for c in rest.into_iter().rev() {
             self.waiting.push_front(c);
         }
+    }
+
+    /// Drops the bytes waiting to be issued, not the request in flight; returns how many
+    /// were dropped.
+    pub fn discard_waiting(&mut self, pool: &mut Pool) -> usize {
+        let mut dropped = 0;
+        for c in self.waiting.drain(..) {
+            dropped += c.len();
+            pool.give(c.buf);
+        }
+        self.queued = self.queued.saturating_sub(dropped);
+        dropped
+    }
+
+    /// Bytes of memory the queue's chunks hold.
+    pub fn allocated(&self) -> usize {
+        self.waiting.iter().map(|c| c.buf.capacity()).sum()
     }
 
     /// Drops every queued byte (the socket failed); returns how many were dropped.
@@ -278,14 +331,81 @@ mod tests {
     }
 
     #[test]
-    fn clear_drops_everything() {
+    fn small_writes_hold_little_memory_and_are_packed() {
+        let mut pool = Pool::default();
+        // Many sockets with a small write each: a small buffer each, not a CHUNK.
+        let mut queues: Vec<WriteQueue> = (0..1000).map(|_| WriteQueue::default()).collect();
+        for q in &mut queues {
+            q.push(&[&[7u8; 100]], 100, &mut pool);
+            assert_eq!(q.allocated(), SMALL);
+        }
+        // One socket with many small writes: packed into few chunks, at most about
+        // twice the bytes queued.
+        let mut q = WriteQueue::default();
+        let mut expect = Vec::new();
+        for i in 0..2000 {
+            let d = pattern(100 + i % 7, i as u8);
+            q.push(&[&d], d.len(), &mut pool);
+            expect.extend_from_slice(&d);
+        }
+        assert!(
+            q.waiting.len() <= expect.len() / CHUNK + 1,
+            "{} chunks",
+            q.waiting.len()
+        );
+        assert!(
+            q.allocated() <= 2 * expect.len() + SMALL,
+            "{} bytes held",
+            q.allocated()
+        );
+        assert_eq!(drain(&mut q, &mut pool, 3000), expect);
+    }
+
+    #[test]
+    fn a_partly_sent_chunk_grows_without_its_sent_bytes() {
         let mut pool = Pool::default();
         let mut q = WriteQueue::default();
-        q.push(&[&[1u8; 100]], 100, &mut pool);
+        let a = pattern(300, 1);
+        q.push(&[&a], a.len(), &mut pool);
         let Some(Op::Send(b, _)) = q.take_op() else {
             panic!("expected a SEND")
         };
-        q.push(&[&[2u8; 50]], 50, &mut pool);
+        q.complete(200, Some(b), Vec::new(), &mut pool);
+        let c = pattern(5000, 2);
+        q.push(&[&c], c.len(), &mut pool);
+        let mut expect = a[200..].to_vec();
+        expect.extend_from_slice(&c);
+        assert_eq!(q.queued(), expect.len());
+        assert_eq!(drain(&mut q, &mut pool, usize::MAX), expect);
+    }
+
+    /// A queue with 100 bytes in flight (the SEND's buffer is returned) and 50 waiting.
+    fn in_flight_and_waiting(pool: &mut Pool) -> (WriteQueue, Vec<u8>) {
+        let mut q = WriteQueue::default();
+        q.push(&[&[1u8; 100]], 100, pool);
+        let Some(Op::Send(b, _)) = q.take_op() else {
+            panic!("expected a SEND")
+        };
+        q.push(&[&[2u8; 50]], 50, pool);
+        (q, b)
+    }
+
+    #[test]
+    fn discard_waiting_keeps_the_request_in_flight() {
+        let mut pool = Pool::default();
+        let (mut q, b) = in_flight_and_waiting(&mut pool);
+        assert_eq!(q.discard_waiting(&mut pool), 50);
+        assert_eq!(q.queued(), 100);
+        assert!(!q.is_idle());
+        q.complete(100, Some(b), Vec::new(), &mut pool);
+        assert!(q.is_idle());
+        assert_eq!(q.queued(), 0);
+    }
+
+    #[test]
+    fn clear_drops_everything() {
+        let mut pool = Pool::default();
+        let (mut q, b) = in_flight_and_waiting(&mut pool);
         assert_eq!(q.clear(Some(b), Vec::new(), &mut pool), 150);
         assert!(q.is_idle());
     }

@@ -2,15 +2,19 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `FASTIO_SHIM_MAX_QUEUED` | `64M` | Bytes the shim may hold for queued writes, all sockets together (suffixes `K`, `M`, `G`; at least 64K). One socket may hold a quarter of it. Beyond that a write waits for queued writes to finish; if its socket makes no progress for 10 ms it fails with `EAGAIN`, as a full socket would. |
+//! | `FASTIO_SHIM_MAX_QUEUED` | `64M` | Bytes the shim may hold for queued writes, all open sockets together (suffixes `K`, `M`, `G`; at least 64K). One socket may hold a quarter of it. Beyond that a write waits for queued writes to finish; if its socket makes no progress for 10 ms it fails with `EAGAIN`, as a full socket would. The bytes still queued for sockets the program has closed are not counted against it; they have a bound of their own, the same size (a socket closed beyond it is aborted at once). |
+//! | `FASTIO_SHIM_CLOSE_LINGER_MS` | `10000` | How long a socket the program has closed may go without sending any of its queued bytes (a peer that does not read) before the shim aborts it: the rest is dropped and the slot released, as the kernel eventually aborts an orphaned socket. |
 //! | `FASTIO_SHIM_STATS` | unset | A file the shim writes its counters to when the process exits. |
 //! | `FASTIO_SHIM_DISABLE` | unset | `1`: load, but pass every call to the C library. |
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Environment variable: the cap on queued bytes.
 pub const MAX_QUEUED_VAR: &str = "FASTIO_SHIM_MAX_QUEUED";
+/// Environment variable: how long a closed socket may make no progress, in milliseconds.
+pub const CLOSE_LINGER_VAR: &str = "FASTIO_SHIM_CLOSE_LINGER_MS";
 /// Environment variable: where to write the counters at exit.
 pub const STATS_VAR: &str = "FASTIO_SHIM_STATS";
 /// Environment variable: `1` turns the shim off.
@@ -18,6 +22,8 @@ pub const DISABLE_VAR: &str = "FASTIO_SHIM_DISABLE";
 
 /// Default cap on queued bytes (64 MiB).
 pub const DEFAULT_MAX_QUEUED: usize = 64 << 20;
+/// Default linger of a closed socket that makes no progress.
+pub const DEFAULT_CLOSE_LINGER: Duration = Duration::from_secs(10);
 /// Smallest accepted cap.
 const MIN_MAX_QUEUED: usize = 64 << 10;
 
@@ -28,6 +34,8 @@ pub struct Settings {
     pub max_queued: usize,
     /// Cap for one socket (a quarter of `max_queued`).
     pub max_queued_per_socket: usize,
+    /// How long a socket the program has closed may send nothing before it is aborted.
+    pub close_linger: Duration,
     /// Where to write the counters at exit.
     pub stats_path: Option<PathBuf>,
 }
@@ -38,6 +46,7 @@ impl Settings {
         Settings {
             max_queued,
             max_queued_per_socket: (max_queued / 4).max(MIN_MAX_QUEUED / 4),
+            close_linger: DEFAULT_CLOSE_LINGER,
             stats_path: None,
         }
     }
@@ -51,6 +60,14 @@ impl Settings {
             _ => DEFAULT_MAX_QUEUED,
         };
         let mut s = Settings::with_cap(cap);
+        if let Ok(v) = std::env::var(CLOSE_LINGER_VAR) {
+            if !v.trim().is_empty() {
+                let ms: u64 = v.trim().parse().map_err(|_| {
+                    format!("{CLOSE_LINGER_VAR}={v:?}: expected milliseconds, such as 10000")
+                })?;
+                s.close_linger = Duration::from_millis(ms);
+            }
+        }
         s.stats_path = std::env::var_os(STATS_VAR)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
@@ -62,8 +79,10 @@ impl fmt::Display for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "queued writes capped at {} bytes ({} per socket)",
-            self.max_queued, self.max_queued_per_socket
+            "queued writes capped at {} bytes ({} per socket); closed sockets linger {} ms",
+            self.max_queued,
+            self.max_queued_per_socket,
+            self.close_linger.as_millis()
         )
     }
 }

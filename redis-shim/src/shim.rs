@@ -5,6 +5,12 @@
 //! request per socket that has bytes waiting and none in flight, and submits;
 //! [`Shim::pump`] reaps completions (finishing short sends, recording errors, releasing
 //! the slots of closed sockets) and flushes again.
+//!
+//! A socket the program closes (an *orphan*) keeps its slot until its queued bytes are
+//! sent. Its bytes do not count against the cap of the open sockets, but against a bound
+//! of their own (the same size), and if none of them goes out for the linger time (a
+//! peer that does not read), the shim aborts it: the rest is dropped and a CLOSE through
+//! the proactor cancels the send waiting on it and releases the slot.
 
 use std::collections::HashMap;
 use std::io;
@@ -43,8 +49,19 @@ struct Conn {
     dirty: bool,
     /// A CLOSE is queued or in flight.
     closing: bool,
-    /// A queued write failed: nothing more is sent.
+    /// A queued write failed, or the orphan was aborted: nothing more is sent.
     failed: bool,
+    /// For an orphan with bytes queued: when it is aborted unless a byte goes out first.
+    linger_until: Option<Instant>,
+}
+
+/// Why a write was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteError {
+    /// The descriptor is not a queued socket (any more): the call goes to the C library.
+    NotOurs,
+    /// The call fails with this errno.
+    Errno(i32),
 }
 
 /// What the program's descriptor number maps to.
@@ -65,7 +82,12 @@ pub struct Shim {
     fds: Vec<FdEntry>,
     dirty: Vec<u32>,
     closes: Vec<u32>,
+    /// Orphans with a linger deadline (checked in [`Shim::pump`] and the waits).
+    lingering: Vec<u32>,
+    /// Bytes queued, all sockets.
     queued: usize,
+    /// Of those, the bytes of orphans.
+    orphaned: usize,
     pool: Pool,
     stats: Stats,
 }
@@ -85,7 +107,9 @@ impl Shim {
             fds: Vec::new(),
             dirty: Vec::new(),
             closes: Vec::new(),
+            lingering: Vec::new(),
             queued: 0,
+            orphaned: 0,
             pool: Pool::default(),
             stats,
         })
@@ -136,6 +160,7 @@ impl Shim {
                         dirty: false,
                         closing: false,
                         failed: false,
+                        linger_until: None,
                     },
                 );
                 self.set_entry(fd, FdEntry::Slot(slot.index()));
@@ -166,28 +191,37 @@ impl Shim {
     }
 
     /// Queues the first bytes of `parts` (`len` in all) for `fd`: returns how many were
-    /// accepted (all of them unless the cap is reached), or the errno to report.
-    pub fn write(&mut self, fd: i32, parts: &[&[u8]], len: usize) -> Result<usize, i32> {
+    /// accepted (all of them unless the cap is reached). Under the cap the write waits
+    /// while its socket makes progress, and fails with `EAGAIN` after [`STALL`] without.
+    pub fn write(&mut self, fd: i32, parts: &[&[u8]], len: usize) -> Result<usize, WriteError> {
         let mut deadline: Option<Instant> = None;
         loop {
             let slot = match self.entry(fd) {
                 FdEntry::Slot(s) => s,
-                FdEntry::Failed(_) => return Err(self.take_error(fd).unwrap_or(libc::EPIPE)),
-                FdEntry::None => return Err(libc::EBADF),
+                FdEntry::Failed(_) => {
+                    return Err(WriteError::Errno(
+                        self.take_error(fd).unwrap_or(libc::EPIPE),
+                    ))
+                }
+                FdEntry::None => return Err(WriteError::NotOurs),
             };
             if len == 0 {
                 return Ok(0);
             }
-            let conn_queued = self.conns.get(&slot).map_or(0, |c| c.queue.queued());
+            // A descriptor mapped to a slot the shim no longer has: an internal failure.
+            let Some(conn_queued) = self.conns.get(&slot).map(|c| c.queue.queued()) else {
+                return Err(WriteError::Errno(libc::EIO));
+            };
+            let live = self.queued.saturating_sub(self.orphaned);
             let room = (self
                 .settings
                 .max_queued_per_socket
                 .saturating_sub(conn_queued))
-            .min(self.settings.max_queued.saturating_sub(self.queued));
+            .min(self.settings.max_queued.saturating_sub(live));
             if room > 0 {
                 let n = room.min(len);
                 let Some(conn) = self.conns.get_mut(&slot) else {
-                    return Err(libc::EBADF);
+                    return Err(WriteError::Errno(libc::EIO));
                 };
                 conn.queue.push(parts, n, &mut self.pool);
                 if !conn.dirty {
@@ -203,31 +237,29 @@ impl Shim {
                 }
                 return Ok(n);
             }
-            // Backpressure: wait for queued bytes to go out, as long as they do.
+            // Backpressure: wait for this socket's queued bytes to go out, as long as they
+            // do (another socket's progress makes room only under the global cap, and
+            // then the next round takes it).
             let now = Instant::now();
             let until = *deadline.get_or_insert(now + STALL);
             if now >= until {
                 self.stats.eagain += 1;
-                return Err(libc::EAGAIN);
+                return Err(WriteError::Errno(libc::EAGAIN));
             }
             self.stats.backpressure_waits += 1;
-            let before = self.queued;
             self.flush();
             self.wait_completions((until - now).min(SLICE));
-            if self.queued < before {
+            if self.conns.get(&slot).map_or(0, |c| c.queue.queued()) < conn_queued {
                 deadline = None;
             }
         }
     }
 
     /// The program closes `fd` (or replaces it): its queued bytes still go out, then the
-    /// slot is released.
+    /// slot is released (see the module's notes on orphans).
     pub fn detach(&mut self, fd: i32) {
         if let FdEntry::Slot(s) = self.entry(fd) {
-            if let Some(conn) = self.conns.get_mut(&s) {
-                conn.fd = None;
-            }
-            self.close_if_done(s);
+            self.orphan(s);
         }
         self.set_entry(fd, FdEntry::None);
     }
@@ -285,7 +317,9 @@ impl Shim {
                         conn.dirty = true;
                         self.dirty.push(s);
                     } else {
-                        self.fail(s, libc::EBADF);
+                        // The proactor refused the slot or the buffers: an internal
+                        // failure, reported as an I/O error.
+                        self.fail(s, libc::EIO);
                     }
                 }
             }
@@ -298,8 +332,8 @@ impl Shim {
                 if rej.reason == RejectReason::Busy {
                     self.closes.push(s);
                 } else {
-                    // Not registered any more: nothing left to release.
-                    self.conns.remove(&s);
+                    // Not registered any more: nothing left to close.
+                    self.release(s);
                 }
             }
         }
@@ -309,6 +343,7 @@ impl Shim {
     /// Reaps completions, handles them, and flushes what they made ready.
     pub fn pump(&mut self) {
         self.stats.flushes += 1;
+        self.expire_lingering();
         self.flush();
         self.proactor.reap();
         if self.handle_completions() {
@@ -319,6 +354,9 @@ impl Shim {
     /// Waits up to `timeout` for at least one completion and handles what came; true
     /// when something completed (or a signal interrupted the wait).
     pub fn wait_completions(&mut self, timeout: Duration) -> bool {
+        if self.expire_lingering() {
+            self.flush();
+        }
         let got = match self.proactor.wait(1, Some(timeout)) {
             Ok(n) => n > 0,
             Err(e) => e.kind() == io::ErrorKind::Interrupted,
@@ -367,10 +405,7 @@ impl Shim {
             let slot = (c.user_data & 0xffff_ffff) as u32;
             match c.user_data & !0xffff_ffff {
                 TAG_SEND => self.sent(slot, c),
-                TAG_CLOSE => {
-                    self.conns.remove(&slot);
-                    self.stats.closed += 1;
-                }
+                TAG_CLOSE => self.release(slot),
                 _ => {}
             }
         }
@@ -379,32 +414,52 @@ impl Shim {
 
     /// A SEND or WRITEV of `slot` completed.
     fn sent(&mut self, slot: u32, c: Completion) {
+        let linger = self.settings.close_linger;
         let Some(conn) = self.conns.get_mut(&slot) else {
             return;
         };
+        let orphan = conn.fd.is_none();
         let res = c.result;
-        if res >= 0 || res == -libc::EAGAIN || res == -libc::EINTR {
-            let n = res.max(0) as usize;
+        if conn.failed {
+            // An aborted orphan: whatever the request did, the rest is dropped.
+            let sent = usize::try_from(res).unwrap_or(0);
+            conn.queue.complete(sent, c.buf, c.bufs, &mut self.pool);
+            let dropped = conn.queue.clear(None, Vec::new(), &mut self.pool);
+            self.unqueue(sent, orphan);
+            self.stats.bytes_sent += sent as u64;
+            self.discard(dropped);
+        } else if res >= 0 || res == -libc::EAGAIN || res == -libc::EINTR {
+            let n = usize::try_from(res).unwrap_or(0);
             let asked =
                 c.buf.as_ref().map_or(0, Vec::len) + c.bufs.iter().map(Vec::len).sum::<usize>();
             if n > 0 && n < asked {
                 self.stats.short_sends += 1;
             }
             conn.queue.complete(n, c.buf, c.bufs, &mut self.pool);
-            self.queued -= n;
+            if orphan && n > 0 && conn.linger_until.is_some() {
+                conn.linger_until = Instant::now().checked_add(linger);
+            }
+            let ready = conn.queue.ready();
+            if ready && !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(slot);
+            }
+            self.unqueue(n, orphan);
             self.stats.bytes_sent += n as u64;
-            if conn.queue.ready() {
-                if !conn.dirty {
-                    conn.dirty = true;
-                    self.dirty.push(slot);
-                }
-            } else {
+            if !ready {
                 self.close_if_done(slot);
             }
         } else {
             let dropped = conn.queue.clear(c.buf, c.bufs, &mut self.pool);
-            self.queued -= dropped;
-            self.fail(slot, -res);
+            if orphan {
+                self.discard(dropped);
+            } else {
+                self.unqueue(dropped, false);
+            }
+            // EBADF would tell the program its descriptor is not open: the executor
+            // lost the slot's file, an internal failure.
+            let errno = if -res == libc::EBADF { libc::EIO } else { -res };
+            self.fail(slot, errno);
         }
     }
 
@@ -417,11 +472,120 @@ impl Shim {
         self.stats.send_errors += 1;
         conn.failed = true;
         let dropped = conn.queue.clear(None, Vec::new(), &mut self.pool);
-        self.queued -= dropped;
-        if let Some(fd) = conn.fd.take() {
-            self.set_entry(fd, FdEntry::Failed(errno));
+        match conn.fd.take() {
+            Some(fd) => {
+                self.unqueue(dropped, false);
+                self.set_entry(fd, FdEntry::Failed(errno));
+            }
+            None => self.discard(dropped),
         }
         self.close_if_done(slot);
+    }
+
+    /// The program no longer has a descriptor for `slot`'s socket: its bytes move from
+    /// the open sockets' count to the orphans'; with bytes queued it lingers, and beyond
+    /// the orphans' bound it is aborted at once.
+    fn orphan(&mut self, slot: u32) {
+        let linger = self.settings.close_linger;
+        let Some(conn) = self.conns.get_mut(&slot) else {
+            return;
+        };
+        if conn.fd.take().is_none() {
+            return;
+        }
+        self.orphaned += conn.queue.queued();
+        if !conn.queue.is_idle() {
+            // A linger too long to represent never expires.
+            conn.linger_until = Instant::now().checked_add(linger);
+            if conn.linger_until.is_some() {
+                self.lingering.push(slot);
+            }
+            if self.orphaned > self.settings.max_queued {
+                // Completions not reaped yet may have sent this socket's bytes, or
+                // other orphans': only what is still queued then counts.
+                self.proactor.reap();
+                self.handle_completions();
+                if self.orphaned > self.settings.max_queued {
+                    self.abort(slot);
+                    return;
+                }
+            }
+        }
+        self.close_if_done(slot);
+    }
+
+    /// Aborts the orphans whose linger time passed without progress; true when any was.
+    fn expire_lingering(&mut self) -> bool {
+        if self.lingering.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let conns = &self.conns;
+        let mut expired = Vec::new();
+        self.lingering.retain(|s| match conns.get(s) {
+            Some(c) if !c.closing => match c.linger_until {
+                Some(t) if t <= now => {
+                    expired.push(*s);
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            },
+            _ => false,
+        });
+        let any = !expired.is_empty();
+        for s in expired {
+            self.abort(s);
+        }
+        any
+    }
+
+    /// Gives up on the orphan `slot`: drops the bytes waiting to be issued and queues a
+    /// CLOSE, which cancels the request in flight (its bytes are dropped when it
+    /// completes) and releases the slot.
+    fn abort(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get_mut(&slot) else {
+            return;
+        };
+        if conn.closing {
+            return;
+        }
+        conn.failed = true;
+        conn.closing = true;
+        conn.linger_until = None;
+        let dropped = conn.queue.discard_waiting(&mut self.pool);
+        self.closes.push(slot);
+        self.stats.aborted += 1;
+        self.discard(dropped);
+    }
+
+    /// The CLOSE of `slot` completed (or the slot was gone already): forget it, and drop
+    /// anything still queued.
+    fn release(&mut self, slot: u32) {
+        let Some(mut conn) = self.conns.remove(&slot) else {
+            return;
+        };
+        let rest = conn.queue.clear(None, Vec::new(), &mut self.pool);
+        if conn.fd.is_some() {
+            self.unqueue(rest, false);
+        } else {
+            self.discard(rest);
+        }
+        self.stats.closed += 1;
+    }
+
+    /// `n` queued bytes left a queue (sent or dropped); `orphan`: an orphan's.
+    fn unqueue(&mut self, n: usize, orphan: bool) {
+        self.queued = self.queued.saturating_sub(n);
+        if orphan {
+            self.orphaned = self.orphaned.saturating_sub(n);
+        }
+    }
+
+    /// `n` queued bytes of an orphan were dropped.
+    fn discard(&mut self, n: usize) {
+        self.unqueue(n, true);
+        self.stats.discarded_bytes += n as u64;
     }
 
     /// Queues the CLOSE of `slot` once the program closed it (or it failed) and nothing

@@ -33,6 +33,12 @@ pub struct Stats {
     pub errors_reported: u64,
     /// Slots released (CLOSE completed).
     pub closed: u64,
+    /// Sockets the program had closed that the shim aborted: no progress for the linger
+    /// time, or beyond the bound on the bytes of closed sockets.
+    pub aborted: u64,
+    /// Bytes queued for sockets the program had closed that were dropped (aborted, or
+    /// their send failed).
+    pub discarded_bytes: u64,
     /// Calls of the event-loop waits (epoll_wait, epoll_pwait, poll) that flushed.
     pub flushes: u64,
     /// Largest number of bytes held at once.
@@ -61,6 +67,8 @@ impl fmt::Display for Stats {
             ("send_errors", self.send_errors),
             ("errors_reported", self.errors_reported),
             ("closed", self.closed),
+            ("aborted", self.aborted),
+            ("discarded_bytes", self.discarded_bytes),
             ("flushes", self.flushes),
             ("peak_queued", self.peak_queued),
             ("open_slots", self.open_slots),
