@@ -55,7 +55,11 @@ config:
 	@mkdir -p build
 	@printf 'TARGET := %s\nFASTIO_CONF_PATH := %s\n' "$(TARGET)" "$(CURDIR)/fastio.conf" > $(CONFIG_MK).new
 	@echo "make config: TARGET=$(TARGET), binaries will read $(CURDIR)/fastio.conf"
-	@if cmp -s $(CONFIG_MK).new $(CONFIG_MK) && [ -x target/release/proactor_echo_server ]; then \
+	@# Skip the rebuild only if the binaries really carry the path (a plain `cargo build`
+	@# since the last `make config` leaves them without it).
+	@if cmp -s $(CONFIG_MK).new $(CONFIG_MK) && \
+	  grep -qF "$(CURDIR)/fastio.conf" target/release/proactor_echo_server 2>/dev/null && \
+	  grep -qF "$(CURDIR)/fastio.conf" target/release/libfastio_redis_shim.so 2>/dev/null; then \
 	  rm $(CONFIG_MK).new; echo "make config: unchanged, the binaries already read it"; \
 	else \
 	  mv $(CONFIG_MK).new $(CONFIG_MK) && \
