@@ -12,6 +12,7 @@
 #   make vm                   boot the VM kernel (QEMU, TCG) with this repository
 #                             inside: make config TARGET=echo && make reload && ...
 #   make vm-test              boot, load the module, run the kernel test suite
+#   make vm-flow              boot and check the README's flow (config, reload, server)
 #   make bench [QUICK=1]      benchmarks (VM with the module, then host): BENCHMARKS.md,
 #                             BENCHMARKS.json, bench/plots/ (full ~40 min, QUICK=1 ~6 min)
 #   make bench-compare        compare BENCHMARKS.json with the committed one (BASE=file,
@@ -35,7 +36,7 @@ ifdef FASTIO_CONF_PATH
 export FASTIO_CONF_PATH
 endif
 
-.PHONY: all build config run test lint redis-deps unit-tests kernel kmod reload vm vm-test bench bench-compare clean help
+.PHONY: all build config run test lint redis-deps unit-tests kernel kmod reload vm vm-test vm-flow bench bench-compare clean help
 
 KERNEL_BUILD := scripts/kernel/build.sh
 # Module parameters for `make reload` (e.g. KMOD_PARAMS="max_workers=8").
@@ -122,6 +123,12 @@ vm: kmod
 
 vm-test: kmod redis-deps
 	scripts/vm/kmod-tests.sh
+
+# The README's flow inside the VM, checked: make config TARGET=echo, make reload,
+# max_ker_worker in fastio.conf, proactor_echo_server 12345, echo_bench against it.
+vm-flow: kmod
+	$(MAKE) --no-print-directory config TARGET=echo
+	scripts/vm/run.sh --timeout 300 -- scripts/vm/guest-user-flow.sh
 
 # The harness builds what it needs; `make kmod` and the redis-shim build run inside (a
 # failure there marks their cells "not run", it does not stop the run); QUICK=1 (any
