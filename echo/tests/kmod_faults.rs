@@ -11,7 +11,6 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -23,45 +22,12 @@ use fastio_echo::check;
 #[path = "../../runtime/tests/common/mod.rs"]
 mod common;
 
-const DEVICE_PATH: &str = "/dev/fastio";
 const SERVER: &str = env!("CARGO_BIN_EXE_proactor_echo_server");
 const LANES: u32 = 2;
 const CONNS: usize = 200;
 const LOAD_THREADS: usize = 8;
 const MESSAGE: usize = 16 * 1024;
 const LOAD_TIME: Duration = Duration::from_secs(1);
-
-/// Whether the kmod test `test` runs here: `FASTIO_TEST_BACKENDS` (when set) names kmod and
-/// the device exists. Prints the SKIP line if not.
-fn have_module(test: &str) -> bool {
-    if let Ok(list) = std::env::var("FASTIO_TEST_BACKENDS") {
-        if !list.split(',').any(|b| b.trim() == "kmod") {
-            println!("SKIP {test} [kmod]: not in FASTIO_TEST_BACKENDS={list}");
-            return false;
-        }
-    }
-    let ok = Path::new(DEVICE_PATH).exists();
-    if !ok {
-        println!(
-            "SKIP {test} [kmod]: {DEVICE_PATH} not present (the module runs in the VM: \
-             make vm-test)"
-        );
-    }
-    ok
-}
-
-/// Waits until `cond` holds, at most `limit`; returns how long it took.
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(
-            t0.elapsed() < limit,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
-    t0.elapsed()
-}
 
 /// A port that was free a moment ago (bound to port 0, then released).
 fn free_port() -> u16 {
@@ -110,7 +76,7 @@ impl ServerProcess {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(()) => {
                     let pid = child.id();
-                    wait_until(
+                    common::wait_until(
                         "the server's kernel workers to appear",
                         Duration::from_secs(30),
                         || common::workers_of(pid).len() == LANES as usize,
@@ -214,7 +180,7 @@ fn load(
 #[test]
 fn sigkill_during_echo_load_frees_the_context() {
     let test = "sigkill_during_echo_load_frees_the_context";
-    if !have_module(test) {
+    if !common::have_module(test) {
         return;
     }
     check::raise_fd_limit(CONNS as u64 + 200).expect("raising RLIMIT_NOFILE");
@@ -279,7 +245,7 @@ fn sigkill_during_echo_load_frees_the_context() {
         "the load echoed only {total} messages before the kill: the server was not serving"
     );
 
-    let took = wait_until(
+    let took = common::wait_until(
         "the killed server's kernel workers to go away",
         Duration::from_secs(10),
         || common::workers_of(pid).is_empty(),
@@ -324,7 +290,7 @@ fn sigkill_during_echo_load_frees_the_context() {
     let mut fresh = fresh;
     let status = fresh.child.wait().unwrap();
     assert!(status.success(), "fresh server: {status}");
-    wait_until(
+    common::wait_until(
         "the fresh server's workers to go away",
         Duration::from_secs(10),
         || common::workers_of(fresh_pid).is_empty(),

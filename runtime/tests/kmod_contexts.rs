@@ -12,7 +12,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,16 +26,6 @@ mod common;
 
 /// Set (to the role) when this binary is re-run as a helper child.
 const ROLE_VAR: &str = "FASTIO_CONTEXTS_CHILD";
-
-fn have_module(test: &str) -> bool {
-    let ok = Path::new(DEVICE_PATH).exists();
-    if !ok {
-        println!(
-            "SKIP {test}: {DEVICE_PATH} not present (the module runs in the VM: make vm-test)"
-        );
-    }
-    ok
-}
 
 fn open_device() -> File {
     OpenOptions::new()
@@ -81,34 +70,17 @@ fn map_rings(file: &File, len: usize) -> Result<memmap2::MmapRaw, i32> {
         .map_err(|e| e.raw_os_error().unwrap_or(0))
 }
 
-/// A field of /proc/meminfo, in KiB.
-fn meminfo_kib(key: &str) -> u64 {
-    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("/proc/meminfo has no {key}"))
-}
-
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < limit, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// 1,000 contexts, each set up (one worker thread), mapped and released, alternating the
 /// order of munmap and close (the mapping holds the file: the context must end at
 /// whichever comes last). With `max_contexts=64` a leaked context would make SETUP fail
 /// with EMFILE; at the end no worker of this process remains and vmalloc usage is back.
 #[test]
 fn thousand_contexts_open_and_close() {
-    if !have_module("thousand_contexts_open_and_close") {
+    if !common::have_module("thousand_contexts_open_and_close") {
         return;
     }
     let me = std::process::id();
-    let vmalloc_before = meminfo_kib("VmallocUsed");
+    let vmalloc_before = common::meminfo_kib("VmallocUsed");
     let t0 = Instant::now();
     for i in 0..1000 {
         let f = open_device();
@@ -123,12 +95,12 @@ fn thousand_contexts_open_and_close() {
         }
     }
     let elapsed = t0.elapsed();
-    wait_until(
+    common::wait_until(
         "all workers of this process gone",
         Duration::from_secs(10),
         || common::workers_of(me).is_empty(),
     );
-    let vmalloc_after = meminfo_kib("VmallocUsed");
+    let vmalloc_after = common::meminfo_kib("VmallocUsed");
     println!(
         "1000 contexts set up, mapped and released in {:.2} s ({:.2} ms each); \
          VmallocUsed {vmalloc_before} KiB -> {vmalloc_after} KiB",
@@ -252,7 +224,7 @@ fn child_receiver() {
 /// context keeps working.
 #[test]
 fn a_context_passed_by_scm_rights_is_refused() {
-    if !have_module("a_context_passed_by_scm_rights_is_refused") {
+    if !common::have_module("a_context_passed_by_scm_rights_is_refused") {
         return;
     }
     let f = open_device();
@@ -330,7 +302,7 @@ fn child_flooder() {
 /// busy): its workers are gone shortly after, and the module still serves new contexts.
 #[test]
 fn sigkill_mid_flood_frees_the_context() {
-    if !have_module("sigkill_mid_flood_frees_the_context") {
+    if !common::have_module("sigkill_mid_flood_frees_the_context") {
         return;
     }
     let mut child = Command::new(std::env::current_exe().unwrap())
@@ -356,7 +328,7 @@ fn sigkill_mid_flood_frees_the_context() {
     child.kill().unwrap();
     child.wait().unwrap();
     let t0 = Instant::now();
-    wait_until(
+    common::wait_until(
         "the killed flooder's workers gone",
         Duration::from_secs(10),
         || common::workers_of(pid).is_empty(),

@@ -3,28 +3,11 @@
 //! workers spin, or closes the device. Runs where /dev/fastio exists (inside the VM:
 //! `make vm-test`); elsewhere each test prints SKIP and returns.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fastio::{BackendKind, Config, Proactor};
 
 mod common;
-
-fn have_module(test: &str) -> bool {
-    let ok = Path::new("/dev/fastio").exists();
-    if !ok {
-        println!("SKIP {test}: /dev/fastio not present (the module runs in the VM: make vm-test)");
-    }
-    ok
-}
-
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < limit, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn kmod_config(lanes: u32, idle_ms: u32) -> Config {
     Config {
@@ -87,7 +70,7 @@ fn spawn_child(mode: &str) -> std::process::Child {
 
 #[test]
 fn workers_are_named_and_stop_on_close() {
-    if !have_module("workers_are_named_and_stop_on_close") {
+    if !common::have_module("workers_are_named_and_stop_on_close") {
         return;
     }
     let me = std::process::id() as i32;
@@ -97,14 +80,14 @@ fn workers_are_named_and_stop_on_close() {
         vec![format!("fastio-{me}-0"), format!("fastio-{me}-1")]
     );
     drop(p);
-    wait_until("workers gone after close", Duration::from_secs(5), || {
+    common::wait_until("workers gone after close", Duration::from_secs(5), || {
         common::workers_of(me as u32).is_empty()
     });
 }
 
 #[test]
 fn sigkill_while_workers_spin_frees_the_context() {
-    if !have_module("sigkill_while_workers_spin") {
+    if !common::have_module("sigkill_while_workers_spin") {
         return;
     }
     let mut child = spawn_child("sleep");
@@ -117,7 +100,7 @@ fn sigkill_while_workers_spin_frees_the_context() {
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert!(!status.success());
-    wait_until(
+    common::wait_until(
         "workers of a killed process gone",
         Duration::from_secs(5),
         || common::workers_of(pid as u32).is_empty(),
@@ -126,14 +109,14 @@ fn sigkill_while_workers_spin_frees_the_context() {
 
 #[test]
 fn exit_without_close_frees_the_context() {
-    if !have_module("exit_without_close") {
+    if !common::have_module("exit_without_close") {
         return;
     }
     // The child leaks its proactor (mapping and descriptor stay) and exits.
     let mut child = spawn_child("exit");
     let pid = child.id() as i32;
     assert!(child.wait().unwrap().success());
-    wait_until(
+    common::wait_until(
         "workers of an exited process gone",
         Duration::from_secs(5),
         || common::workers_of(pid as u32).is_empty(),

@@ -153,17 +153,29 @@ pub fn percentile(v: &[std::time::Duration], q: f64) -> std::time::Duration {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
-/// Waits (at most `limit`) until process `pid` has no kernel worker left.
-pub fn wait_workers_gone(pid: u32, limit: std::time::Duration) {
+/// Waits until `cond` holds, at most `limit` (else fails naming `what`); returns how long
+/// it took.
+pub fn wait_until(
+    what: &str,
+    limit: std::time::Duration,
+    mut cond: impl FnMut() -> bool,
+) -> std::time::Duration {
     let t0 = std::time::Instant::now();
-    while !workers_of(pid).is_empty() {
+    while !cond() {
         assert!(
             t0.elapsed() < limit,
-            "workers of {pid} still there after {limit:?}: {:?}",
-            workers_of(pid)
+            "timed out after {limit:?} waiting for: {what}"
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    t0.elapsed()
+}
+
+/// Waits (at most `limit`) until process `pid` has no kernel worker left.
+pub fn wait_workers_gone(pid: u32, limit: std::time::Duration) {
+    wait_until(&format!("the workers of {pid} gone"), limit, || {
+        workers_of(pid).is_empty()
+    });
 }
 
 /// Creates (or truncates) `path` for reading and writing.
