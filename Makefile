@@ -139,6 +139,7 @@ vm-flow: kmod
 # failure there marks their cells "not run", it does not stop the run); QUICK=1 (any
 # value but 0) selects the quick mode.
 bench:
+	scripts/bench/deps.sh
 	python3 scripts/bench/bench.py run $(if $(filter-out 0,$(QUICK)),--quick)
 
 bench-compare:
