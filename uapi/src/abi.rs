@@ -20,13 +20,26 @@
 //! the worker. Producers publish with a release store of the tail; consumers read the
 //! tail with an acquire load, copy the entry, then release-store the head.
 //!
+//! # Workers are threads of the process (ABI 2)
+//!
+//! The module starts no thread of its own. After `FASTIO_SETUP` and `mmap`, the process
+//! starts one thread per lane that calls [`FASTIO_RUN_LANE`] and stays in the kernel as
+//! that lane's polling worker, and up to `helpers` threads that call
+//! [`FASTIO_RUN_HELPER`] and do the context's blocking work (uncached file I/O, files
+//! without non-blocking support such as FIFOs and ttys). Both return 0 after
+//! [`FASTIO_SHUTDOWN`] (or with the error of a signal: restart them after a non-fatal
+//! one); a fatal signal ends them like any thread. So every request runs as the process
+//! itself: its address space, credentials, rlimits, cgroups and signals.
+//!
 //! # Wakeup protocol
 //!
-//! A worker that found its SQ empty for `idle_ms` sets [`SQ_NEED_WAKEUP`] in the SQ
-//! flags, issues a full fence, re-reads the SQ tail, and sleeps only if it is still
-//! unchanged. Userspace publishes its tail, issues a full fence, and calls `ENTER` with
+//! A worker that found its SQ empty (or could not make progress because its CQ is full)
+//! for `idle_ms` sets [`SQ_NEED_WAKEUP`] in the SQ flags, issues a full fence, re-reads
+//! the SQ tail, and sleeps only if it is still unchanged. Userspace publishes its tail, issues a full fence, and calls `ENTER` with
 //! [`ENTER_SQ_WAKEUP`] when it sees the flag. Either the worker sees the new tail or
-//! userspace sees the flag: no wakeup is lost.
+//! userspace sees the flag: no wakeup is lost. `ENTER(GETEVENTS)` also wakes every sleeping
+//! worker whose SQ holds entries (a worker that stopped on a full CQ resumes once the
+//! process reaps and waits).
 //!
 //! # Trust
 //!
@@ -37,7 +50,7 @@
 use core::sync::atomic::AtomicU32;
 
 /// Version of this ABI. `SetupParams::abi_version` must carry it.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Cache line size assumed by the layout.
 pub const CACHE_LINE: usize = 64;
@@ -50,6 +63,9 @@ pub const MAX_ENTRIES: u32 = 32768;
 
 /// Largest number of lanes (workers) in one context.
 pub const MAX_WORKERS: u32 = 64;
+
+/// Largest number of helper threads (blocking work) in one context.
+pub const MAX_HELPERS: u32 = 64;
 
 /// Largest number of registered file slots in one context.
 pub const MAX_FILES: u32 = 1 << 20;
@@ -112,7 +128,9 @@ pub const LANE_ALL: u32 = u32::MAX;
 /// `EnterArgs::timeout_ns` value that means "no timeout".
 pub const TIMEOUT_NONE: u64 = u64::MAX;
 
-/// `SetupParams::flags`: pin worker `i` to CPU `affinity_offset + i`.
+/// `SetupParams::flags`: the process pins lane thread `i` to CPU
+/// `(affinity_offset + i) % CPUs`; the module only checks that `affinity_offset` is a
+/// possible CPU number (the process's own `sched_setaffinity` respects its cpuset).
 pub const SETUP_AFFINITY: u32 = 1 << 0;
 /// Every valid setup flag.
 pub const SETUP_FLAGS: u32 = SETUP_AFFINITY;
@@ -578,12 +596,11 @@ pub struct SetupParams {
     pub affinity_offset: u32,
     /// In: number of registered file slots, `1..=MAX_FILES`.
     pub max_files: u32,
-    /// In: concurrency of the blocking-I/O workqueue (0 = module default).
-    pub wq_max_active: u32,
-    /// In: how long an idle workqueue worker lingers, in ms (0 = module default).
-    pub wq_idle_ms: u32,
+    /// In: how many helper threads may attach with [`FASTIO_RUN_HELPER`],
+    /// `1..=MAX_HELPERS` and at most the module's `max_helpers` (0 = the module default).
+    pub helpers: u32,
     /// Reserved (must be 0).
-    pub resv_in: [u32; 6],
+    pub resv_in: [u32; 7],
     /// Out: bytes per lane (lane `i` starts at `i * lane_size`).
     pub lane_size: u64,
     /// Out: total bytes to map at offset 0 (`workers * lane_size`).
@@ -631,6 +648,16 @@ pub struct FilesUpdate {
     pub resv: u32,
 }
 
+/// Argument of [`FASTIO_RUN_LANE`] and [`FASTIO_RUN_HELPER`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadArg {
+    /// The lane (`0..workers`) or helper (`0..helpers`) index the calling thread serves.
+    pub index: u32,
+    /// Reserved (must be 0).
+    pub flags: u32,
+}
+
 /// Argument of `FASTIO_UNREGISTER_FILE` and `FASTIO_INSTALL_FD`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -649,9 +676,9 @@ pub struct Stats {
     pub ops: u64,
     /// Requests that would have blocked on a pollable file and waited for readiness.
     pub parked: u64,
-    /// Readiness wakeups that re-issued a parked request.
+    /// Readiness wakeups that handed a parked request back to its lane's worker.
     pub wakeups: u64,
-    /// Requests handed to a workqueue worker for blocking I/O (uncached or
+    /// Requests handed to a helper thread for blocking I/O (uncached or
     /// non-`FMODE_NOWAIT` files).
     pub offloaded: u64,
     /// Requests waiting right now (parked or offloaded, not yet completed).
@@ -693,6 +720,16 @@ pub const FASTIO_UNREGISTER_FILE: u32 = ioc(IOC_WRITE, 4, core::mem::size_of::<S
 pub const FASTIO_INSTALL_FD: u32 = ioc(IOC_WRITE, 5, core::mem::size_of::<SlotArg>());
 /// `_IOR(0xFA, 6, Stats)`: read the context's counters.
 pub const FASTIO_GET_STATS: u32 = ioc(IOC_READ, 6, core::mem::size_of::<Stats>());
+/// `_IOW(0xFA, 7, ThreadArg)`: the calling thread becomes the polling worker of a lane
+/// and stays in the kernel until [`FASTIO_SHUTDOWN`] (returns 0) or a signal (returns
+/// `-EINTR`, or restarts with `SA_RESTART`; call again). `-EBUSY`: the lane has a worker.
+pub const FASTIO_RUN_LANE: u32 = ioc(IOC_WRITE, 7, core::mem::size_of::<ThreadArg>());
+/// `_IOW(0xFA, 8, ThreadArg)`: the calling thread becomes a helper that does the
+/// context's blocking work, until [`FASTIO_SHUTDOWN`] or a signal (as `RUN_LANE`).
+pub const FASTIO_RUN_HELPER: u32 = ioc(IOC_WRITE, 8, core::mem::size_of::<ThreadArg>());
+/// `_IO(0xFA, 9)`: every lane and helper thread of the context returns 0, waiting
+/// requests complete with `-ECANCELED`; later `RUN_*` calls fail with `-ESHUTDOWN`.
+pub const FASTIO_SHUTDOWN: u32 = ioc(0, 9, 0);
 
 // ---------------------------------------------------------------------------------------
 // Compile-time layout checks
@@ -718,7 +755,7 @@ assert_layout!(RingInfo, size 64, align 64, { entries @ 0, mask @ 4, lane @ 8, r
 assert_layout!(RingHeader, size 256, align 64, { head @ 0, tail @ 64, flags @ 128, info @ 192 });
 assert_layout!(SetupParams, size 128, align 8, {
     abi_version @ 0, workers @ 4, sq_entries @ 8, cq_entries @ 12, idle_ms @ 16, flags @ 20,
-    affinity_offset @ 24, max_files @ 28, wq_max_active @ 32, wq_idle_ms @ 36, resv_in @ 40,
+    affinity_offset @ 24, max_files @ 28, helpers @ 32, resv_in @ 36,
     lane_size @ 64, mmap_size @ 72, sq_off @ 80, sqes_off @ 84, cq_off @ 88, cqes_off @ 92,
     resv_out @ 96,
 });
@@ -727,6 +764,7 @@ assert_layout!(EnterArgs, size 24, align 8, {
 });
 assert_layout!(FilesUpdate, size 24, align 8, { fds @ 0, slots @ 8, count @ 16, resv @ 20 });
 assert_layout!(SlotArg, size 8, align 4, { slot @ 0, flags @ 4 });
+assert_layout!(ThreadArg, size 8, align 4, { index @ 0, flags @ 4 });
 assert_layout!(IoVec, size 16, align 8, { base @ 0, len @ 8 });
 assert_layout!(Stats, size 64, align 8, {
     ops @ 0, parked @ 8, wakeups @ 16, offloaded @ 24, pending @ 32, resv @ 40,
@@ -751,5 +789,8 @@ const _: () = {
     assert!(FASTIO_UNREGISTER_FILE == 0x4008_FA04);
     assert!(FASTIO_INSTALL_FD == 0x4008_FA05);
     assert!(FASTIO_GET_STATS == 0x8040_FA06);
+    assert!(FASTIO_RUN_LANE == 0x4008_FA07);
+    assert!(FASTIO_RUN_HELPER == 0x4008_FA08);
+    assert!(FASTIO_SHUTDOWN == 0x0000_FA09);
     assert!(MAX_RW_LEN == 0x7FFF_F000);
 };
