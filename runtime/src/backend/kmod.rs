@@ -77,8 +77,9 @@ fn setup_params(config: &Config) -> SetupParams {
         },
         affinity_offset: config.affinity_offset.unwrap_or(0),
         max_files: config.max_files,
-        wq_max_active: config.wq_max_active,
-        wq_idle_ms: config.wq_idle_ms,
+        // `default_wq_worker_idle_time` is not sent: v2 helpers are parked threads of the
+        // process, with no idle time to bound.
+        helpers: config.wq_max_active,
         ..SetupParams::default()
     }
 }
@@ -105,36 +106,65 @@ fn open_error(e: io::Error) -> io::Error {
     io::Error::new(e.kind(), msg)
 }
 
-/// Explains a failed `FASTIO_SETUP` of `p`.
+/// Bytes of ring memory a SETUP of `p` asks for (what RLIMIT_MEMLOCK is charged), or
+/// `None` for sizes the module refuses anyway.
+fn ring_bytes(p: &SetupParams) -> Option<u64> {
+    (fastio_uapi::valid_entries(p.sq_entries) && fastio_uapi::valid_entries(p.cq_entries))
+        .then(|| fastio_uapi::lane_layout(p.sq_entries, p.cq_entries).lane_size)
+        .and_then(|lane| lane.checked_mul(u64::from(p.workers)))
+}
+
+/// Explains a failed `FASTIO_SETUP` of `p`, naming the config keys and module
+/// parameters that can cause `e`.
 fn setup_error(e: io::Error, p: &SetupParams) -> io::Error {
     let params = format!(
-        "workers={} sq_entries={} cq_entries={} max_files={} idle_ms={} flags={:#x}",
-        p.workers, p.sq_entries, p.cq_entries, p.max_files, p.idle_ms, p.flags
+        "workers={} helpers={} sq_entries={} cq_entries={} max_files={} idle_ms={} \
+         flags={:#x} affinity_offset={}",
+        p.workers,
+        p.helpers,
+        p.sq_entries,
+        p.cq_entries,
+        p.max_files,
+        p.idle_ms,
+        p.flags,
+        p.affinity_offset
     );
     let msg = match e.raw_os_error() {
         Some(libc::ENOTTY) | Some(libc::EINVAL) => format!(
             "fastio.ko rejected SETUP (ABI version {ABI_VERSION}?): {e}: the loaded module \
-             speaks another ABI version or refused a parameter ({params}); the kernel log \
-             (dmesg) says which"
+             speaks another ABI version or refused a parameter ({params}), e.g. \
+             default_main_worker_idle_time above the module parameter max_idle_ms \
+             (default 1000) or affinity_offset not below the number of possible CPUs; the \
+             kernel log (dmesg) says which"
         ),
         Some(libc::EMFILE) | Some(libc::ENFILE) => format!(
-            "fastio.ko: too many contexts (module parameter max_contexts): {e}; close other \
-             fastio programs or reload the module with a larger max_contexts"
+            "fastio.ko: too many contexts: {e}: the module parameter max_user_contexts \
+             (contexts per user) or max_contexts (system-wide) is reached; close other \
+             fastio programs of this user or reload the module with larger limits"
         ),
         Some(libc::E2BIG) | Some(libc::ENOSPC) => format!(
-            "fastio.ko: too many workers: max_ker_worker = {} exceeds the module parameter \
-             max_workers ({e}); lower max_ker_worker or reload the module with a larger \
-             max_workers",
-            p.workers
+            "fastio.ko: too many threads ({e}): max_ker_worker = {} exceeds the module \
+             parameter max_workers, or wq_max_active = {} (helper threads) exceeds the \
+             module parameter max_helpers; lower them or reload the module with larger \
+             limits",
+            p.workers, p.helpers
         ),
         Some(libc::EBUSY) => format!(
             "fastio.ko: SETUP refused as busy ({e}): the context is already set up, or a \
              module limit (max_contexts, max_workers) is reached"
         ),
-        Some(libc::ENOMEM) => format!(
-            "fastio.ko: out of memory setting up the rings ({params}): {e}; lower \
-             sq_entries, cq_entries, max_files or max_ker_worker"
-        ),
+        Some(libc::ENOMEM) => {
+            let size = ring_bytes(p).map_or_else(String::new, |b| {
+                format!(" the rings take {} KiB;", b.div_ceil(1024))
+            });
+            format!(
+                "fastio.ko: cannot allocate the rings ({params}): {e}:{size} ring memory is \
+                 locked memory, counted against RLIMIT_MEMLOCK (ulimit -l) unless the \
+                 process has CAP_IPC_LOCK; raise ulimit -l (limits.conf memlock, systemd \
+                 LimitMEMLOCK=), or lower sq_entries, cq_entries, max_files or \
+                 max_ker_worker"
+            )
+        }
         _ => format!("fastio.ko: SETUP failed ({params}): {e}"),
     };
     io::Error::new(e.kind(), msg)
@@ -368,6 +398,7 @@ mod tests {
             wq_max_active: 9,
             wq_idle_ms: 1234,
             affinity_offset: Some(2),
+            wq_affinity_offset: Some(5),
             ..Config::default()
         };
         let p = setup_params(&cfg);
@@ -382,9 +413,16 @@ mod tests {
             ),
             (3, 64, 256, 7, 100)
         );
-        assert_eq!((p.wq_max_active, p.wq_idle_ms), (9, 1234));
+        // FastIO's workqueue idle time reaches nowhere; the helper count does.
+        assert_eq!(p.helpers, 9);
+        // Helper pinning is the process's business: only lane affinity reaches SETUP.
         assert_eq!((p.flags, p.affinity_offset), (SETUP_AFFINITY, 2));
-        assert_eq!(p.resv_in, [0; 6]);
+        assert_eq!(p.resv_in, [0; 7]);
+        let p2 = setup_params(&Config {
+            wq_idle_ms: 1,
+            ..cfg.clone()
+        });
+        assert_eq!(p2, p);
         let p = setup_params(&Config {
             affinity_offset: None,
             ..cfg
@@ -431,6 +469,7 @@ mod tests {
     fn errors_name_the_cause() {
         let p = setup_params(&Config {
             max_ker_worker: 40,
+            wq_max_active: 33,
             ..Config::default()
         });
         let cases = [
@@ -441,24 +480,35 @@ mod tests {
             (open_error(err(libc::EACCES)), "permission denied"),
             (
                 setup_error(err(libc::EINVAL), &p),
-                "rejected SETUP (ABI version 1?)",
+                "rejected SETUP (ABI version 2?)",
             ),
+            (setup_error(err(libc::EINVAL), &p), "max_idle_ms (default 1000)"),
+            (setup_error(err(libc::EINVAL), &p), "helpers=33"),
             (
                 setup_error(err(libc::ENOTTY), &p),
-                "rejected SETUP (ABI version 1?)",
+                "rejected SETUP (ABI version 2?)",
             ),
+            (setup_error(err(libc::EMFILE), &p), "max_user_contexts"),
             (
                 setup_error(err(libc::EMFILE), &p),
-                "module parameter max_contexts",
+                "max_contexts (system-wide)",
             ),
             (
                 setup_error(err(libc::E2BIG), &p),
                 "max_ker_worker = 40 exceeds",
             ),
             (
+                setup_error(err(libc::E2BIG), &p),
+                "wq_max_active = 33 (helper threads) exceeds the module parameter max_helpers",
+            ),
+            (
                 setup_error(err(libc::ENOSPC), &p),
                 "module parameter max_workers",
             ),
+            (setup_error(err(libc::ENOMEM), &p), "ulimit -l"),
+            (setup_error(err(libc::ENOMEM), &p), "CAP_IPC_LOCK"),
+            // 40 lanes of 256 SQEs (16 KiB + header) and 8192 CQEs (128 KiB + header).
+            (setup_error(err(libc::ENOMEM), &p), "the rings take 5920 KiB;"),
         ];
         for (e, want) in cases {
             assert!(e.to_string().contains(want), "{e} should say {want:?}");
