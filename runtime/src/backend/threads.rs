@@ -1,5 +1,5 @@
 //! The `threads` backend: polling worker threads in this process execute the rings
-//! with ordinary syscalls, exactly as the kernel workers of `fastio.ko` do.
+//! with ordinary syscalls, exactly as the lane threads of `fastio.ko` do in the kernel.
 //!
 //! Each lane has one worker thread (`fastio-thr-<lane>`), which
 //! - drains its SQ, reading each SQE once into a private copy and validating it with
@@ -24,7 +24,7 @@
 //!   `-ECANCELED`.
 //!
 //! Regular files are read and written inline by the worker (the kernel module hands
-//! uncached ones to a workqueue instead).
+//! uncached ones to its helper threads instead).
 //!
 //! Differences from the other backends, all due to running on ordinary syscalls:
 //! - registered sockets, pipes and other pollable files are switched to `O_NONBLOCK`,
