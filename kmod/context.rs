@@ -122,8 +122,7 @@ impl Context {
 
     pub(crate) fn setup(&self, mut reader: UserSliceReader, mut writer: UserSliceWriter) -> Result {
         let mut p: abi::SetupParams = reader.read()?;
-        let mut state = self.state.lock();
-        if state.is_some() {
+        if self.state.lock().is_some() {
             return Err(EBUSY);
         }
         let layout = validate_setup(&mut p)?;
@@ -135,8 +134,15 @@ impl Context {
         p.cq_off = layout.cq_off;
         p.cqes_off = layout.cqes_off;
         p.resv_out = [0; 4];
-        // On a failed copy-out the new setup is dropped here: memory and charges go.
+        // The copy-out may fault, taking mmap_lock, which mmap() holds while it takes
+        // `state`: so `state` is never held here. On a failed copy the new setup is
+        // dropped: memory and charges go.
         writer.write(&p)?;
+        let mut state = self.state.lock();
+        if state.is_some() {
+            // A concurrent SETUP won.
+            return Err(EBUSY);
+        }
         *state = Some(setup);
         Ok(())
     }
@@ -250,9 +256,11 @@ impl Context {
         }
         let setup = self.setup_ref()?;
         let old = setup.shared.files.lock().take(a.slot).ok_or(EBADF)?;
-        // What waits on the file completes -ECANCELED; the reference is dropped
-        // outside the lock.
-        setup.shared.cancel_file(Some(&old));
+        // As with io_uring's fixed files, requests in flight keep their own reference
+        // and complete normally (or -ECANCELED at SHUTDOWN); a later CLOSE of whatever
+        // the slot holds then cancels only that file's requests. The reference is
+        // dropped outside the lock.
+        drop(old);
         Ok(0)
     }
 
