@@ -6,6 +6,14 @@
 //! [`CqConsumer`]; the worker side (the in-process workers, or the kernel module in C of
 //! the same protocol) through [`SqConsumer`] and [`CqProducer`].
 //!
+//! Each of the four ends assumes it is the only one of its kind on its lane: two SQ
+//! producers would both write the SQE slot at their shared tail and publish over each
+//! other. Safe code therefore cannot make them: [`RingMemory::lane`] and the four
+//! constructors on [`LaneRing`] are `unsafe fn`s whose contract is "one end of each kind
+//! per lane at a time", a [`LaneRing`] can neither be cloned nor shared between threads
+//! by reference (it is `Send`, not `Sync`), and the in-process anonymous mapping is
+//! crate-private. The backends take every end exactly once when they start.
+//!
 //! Indices are free-running `u32`s that wrap; every comparison is done with
 //! `wrapping_sub`, so wrapping past `u32::MAX` is ordinary operation (and tested).
 //! The worker side treats indices written by the other side as untrusted: a head that
@@ -76,15 +84,17 @@ pub struct RingMemory {
 
 impl RingMemory {
     /// Anonymous zeroed memory for an in-process backend; writes each ring's
-    /// [`fastio_uapi::RingInfo`] the way the kernel does.
-    pub fn anonymous(geometry: Geometry) -> io::Result<Arc<Self>> {
+    /// [`fastio_uapi::RingInfo`] the way the kernel does. Crate-private: only the
+    /// `threads` backend (and the tests) make rings of their own.
+    pub(crate) fn anonymous(geometry: Geometry) -> io::Result<Arc<Self>> {
         let map = MmapOptions::new().len(geometry.mmap_size()).map_anon()?;
         let mem = Arc::new(RingMemory {
             map: MmapRaw::from(map),
             geometry,
         });
         for lane in 0..geometry.lanes {
-            let ring = mem.lane(lane);
+            // SAFETY: the view is only used to find the headers below; no end is made.
+            let ring = unsafe { mem.lane(lane) };
             for (hdr, entries) in [
                 (ring.sq.as_ptr(), geometry.sq_entries),
                 (ring.cq.as_ptr(), geometry.cq_entries),
@@ -126,7 +136,13 @@ impl RingMemory {
     }
 
     /// A view of lane `lane` (panics if out of range: lanes are chosen internally).
-    pub fn lane(self: &Arc<Self>, lane: u32) -> LaneRing {
+    ///
+    /// # Safety
+    ///
+    /// The view gives access to the lane's four ends ([`LaneRing::sq_producer`] and its
+    /// siblings). The caller must make sure that, over every view of this lane, at most
+    /// one end of each kind exists at a time (see the `unsafe fn`s on [`LaneRing`]).
+    pub unsafe fn lane(self: &Arc<Self>, lane: u32) -> LaneRing {
         assert!(lane < self.geometry.lanes, "lane {lane} out of range");
         let g = self.geometry;
         let base = self.map.as_mut_ptr() as usize + lane as usize * g.layout.lane_size as usize;
@@ -148,7 +164,9 @@ impl RingMemory {
 }
 
 /// A raw view of one lane. Keeps its [`RingMemory`] alive.
-#[derive(Clone)]
+///
+/// Neither `Clone` nor `Sync`: the ends made from it share it, and making an end is an
+/// `unsafe fn` whose caller guarantees a single end of each kind per lane.
 pub struct LaneRing {
     sq: NonNull<RingHeader>,
     sqes: NonNull<Sqe>,
@@ -161,12 +179,26 @@ pub struct LaneRing {
 
 // SAFETY: the view only points into memory kept alive by `_mem`; all shared fields are
 // accessed through atomics, and each entry slot is written by exactly one side at a time
-// (the protocol hands slots over with release/acquire on head and tail).
+// (the protocol hands slots over with release/acquire on head and tail). Not `Sync`:
+// the ends are made through `&LaneRing`, and one thread making them is what keeps
+// "one end of each kind" checkable by their `unsafe` callers.
 unsafe impl Send for LaneRing {}
-// SAFETY: as above; `&LaneRing` only allows atomic access to the headers.
-unsafe impl Sync for LaneRing {}
 
 impl LaneRing {
+    /// Another view of the same lane, for an end to hold (not public: two views would
+    /// let safe code make two ends of one kind).
+    fn view(&self) -> LaneRing {
+        LaneRing {
+            sq: self.sq,
+            sqes: self.sqes,
+            cq: self.cq,
+            cqes: self.cqes,
+            sq_entries: self.sq_entries,
+            cq_entries: self.cq_entries,
+            _mem: Arc::clone(&self._mem),
+        }
+    }
+
     fn sq(&self) -> &RingHeader {
         // SAFETY: the header lies in live memory; shared access is atomic-only.
         unsafe { self.sq.as_ref() }
@@ -215,36 +247,60 @@ impl LaneRing {
         self.sq_tail().load(Ordering::Acquire) != self.sq_head().load(Ordering::Acquire)
     }
 
-    /// Userspace end of the SQ. Only one may exist per lane.
-    pub fn sq_producer(&self) -> SqProducer {
+    /// Userspace end of the SQ.
+    ///
+    /// # Safety
+    ///
+    /// At most one SQ producer may exist per lane at a time, over every view of the lane
+    /// (and, for a mapping shared with the kernel, the kernel is the only worker side).
+    /// Two would write the same entries and indices without synchronisation.
+    pub unsafe fn sq_producer(&self) -> SqProducer {
         let tail = self.sq_tail().load(Ordering::Acquire);
         SqProducer {
-            ring: self.clone(),
+            ring: self.view(),
             local_tail: tail,
             published: tail,
         }
     }
 
-    /// Userspace end of the CQ. Only one may exist per lane.
-    pub fn cq_consumer(&self) -> CqConsumer {
+    /// Userspace end of the CQ.
+    ///
+    /// # Safety
+    ///
+    /// At most one CQ consumer may exist per lane at a time, over every view of the lane
+    /// (and, for a mapping shared with the kernel, the kernel is the only worker side).
+    /// Two would write the same entries and indices without synchronisation.
+    pub unsafe fn cq_consumer(&self) -> CqConsumer {
         CqConsumer {
-            ring: self.clone(),
+            ring: self.view(),
             local_head: self.cq_head().load(Ordering::Acquire),
         }
     }
 
-    /// Worker end of the SQ. Only one may exist per lane.
-    pub fn sq_consumer(&self) -> SqConsumer {
+    /// Worker end of the SQ.
+    ///
+    /// # Safety
+    ///
+    /// At most one SQ consumer may exist per lane at a time, over every view of the lane
+    /// (and, for a mapping shared with the kernel, the kernel is the only worker side).
+    /// Two would write the same entries and indices without synchronisation.
+    pub unsafe fn sq_consumer(&self) -> SqConsumer {
         SqConsumer {
-            ring: self.clone(),
+            ring: self.view(),
             local_head: self.sq_head().load(Ordering::Acquire),
         }
     }
 
-    /// Worker end of the CQ. Only one may exist per lane.
-    pub fn cq_producer(&self) -> CqProducer {
+    /// Worker end of the CQ.
+    ///
+    /// # Safety
+    ///
+    /// At most one CQ producer may exist per lane at a time, over every view of the lane
+    /// (and, for a mapping shared with the kernel, the kernel is the only worker side).
+    /// Two would write the same entries and indices without synchronisation.
+    pub unsafe fn cq_producer(&self) -> CqProducer {
         CqProducer {
-            ring: self.clone(),
+            ring: self.view(),
             local_tail: self.cq_tail().load(Ordering::Acquire),
         }
     }
@@ -428,15 +484,16 @@ mod tests {
     #[test]
     fn full_sq_refuses_and_keeps_order() {
         let mem = RingMemory::anonymous(Geometry::new(1, 4, 8).unwrap()).unwrap();
-        let ring = mem.lane(0);
-        let mut p = ring.sq_producer();
+        // SAFETY (every ring test): each lane gets at most one end of each kind at a time.
+        let ring = unsafe { mem.lane(0) };
+        let mut p = unsafe { ring.sq_producer() };
         for i in 0..4 {
             assert!(p.push(&sqe(i)));
         }
         assert!(!p.push(&sqe(99)), "a full SQ must refuse");
         assert_eq!(p.staged(), 4);
         p.publish();
-        let mut c = ring.sq_consumer();
+        let mut c = unsafe { ring.sq_consumer() };
         assert_eq!(c.pop().unwrap().user_data, 0);
         assert!(p.push(&sqe(4)), "one slot freed");
         assert!(!p.push(&sqe(5)));
@@ -450,12 +507,13 @@ mod tests {
     #[test]
     fn wraps_past_u32_max() {
         let mem = RingMemory::anonymous(Geometry::new(1, 8, 8).unwrap()).unwrap();
-        let ring = mem.lane(0);
+        // SAFETY (every ring test): each lane gets at most one end of each kind at a time.
+        let ring = unsafe { mem.lane(0) };
         set_indices(&ring, u32::MAX - 20);
-        let mut p = ring.sq_producer();
-        let mut sc = ring.sq_consumer();
-        let mut cp = ring.cq_producer();
-        let mut cc = ring.cq_consumer();
+        let mut p = unsafe { ring.sq_producer() };
+        let mut sc = unsafe { ring.sq_consumer() };
+        let mut cp = unsafe { ring.cq_producer() };
+        let mut cc = unsafe { ring.cq_consumer() };
         let mut next = 0u64;
         let mut seen = 0u64;
         // 100 rounds of 5 entries crosses the wrap point with full and partial batches.
@@ -485,10 +543,11 @@ mod tests {
     #[test]
     fn full_cq_refuses_without_dropping() {
         let mem = RingMemory::anonymous(Geometry::new(1, 8, 2).unwrap()).unwrap();
-        let ring = mem.lane(0);
+        // SAFETY (every ring test): each lane gets at most one end of each kind at a time.
+        let ring = unsafe { mem.lane(0) };
         set_indices(&ring, u32::MAX);
-        let mut cp = ring.cq_producer();
-        let mut cc = ring.cq_consumer();
+        let mut cp = unsafe { ring.cq_producer() };
+        let mut cc = unsafe { ring.cq_consumer() };
         let c = |ud| Cqe {
             user_data: ud,
             res: 0,
@@ -507,11 +566,12 @@ mod tests {
     #[test]
     fn hostile_head_reads_as_full_not_out_of_bounds() {
         let mem = RingMemory::anonymous(Geometry::new(1, 4, 4).unwrap()).unwrap();
-        let ring = mem.lane(0);
+        // SAFETY (every ring test): each lane gets at most one end of each kind at a time.
+        let ring = unsafe { mem.lane(0) };
         // A consumer head far ahead of the tail: the producer must not treat the wrapped
         // difference as free space.
         ring.cq_head().store(1000, Ordering::SeqCst);
-        let mut cp = ring.cq_producer();
+        let mut cp = unsafe { ring.cq_producer() };
         assert!(!cp.push(Cqe::default()));
         assert_eq!(ring.cq_ready(), 4, "clamped to the ring size");
     }
@@ -521,9 +581,10 @@ mod tests {
     #[test]
     fn bogus_cq_tail_is_capped_at_the_ring_size() {
         let mem = RingMemory::anonymous(Geometry::new(1, 4, 4).unwrap()).unwrap();
-        let ring = mem.lane(0);
-        let mut cp = ring.cq_producer();
-        let mut cc = ring.cq_consumer();
+        // SAFETY (every ring test): each lane gets at most one end of each kind at a time.
+        let ring = unsafe { mem.lane(0) };
+        let mut cp = unsafe { ring.cq_producer() };
+        let mut cc = unsafe { ring.cq_consumer() };
         for ud in 0..2 {
             assert!(cp.push(Cqe {
                 user_data: ud,
@@ -541,16 +602,18 @@ mod tests {
     #[test]
     fn need_wakeup_handshake() {
         let mem = RingMemory::anonymous(Geometry::new(2, 4, 4).unwrap()).unwrap();
-        let ring = mem.lane(1);
-        let mut p = ring.sq_producer();
-        let c = ring.sq_consumer();
+        // SAFETY (every ring test): each lane gets at most one end of each kind at a time.
+        let ring = unsafe { mem.lane(1) };
+        let mut p = unsafe { ring.sq_producer() };
+        let c = unsafe { ring.sq_consumer() };
         assert!(c.prepare_sleep(), "empty SQ: may sleep");
         assert!(p.push(&sqe(1)));
         assert!(p.publish(), "worker asleep with work pending: must wake it");
         c.finish_sleep();
+        drop(c);
         assert!(!p.publish());
         // Work that arrives before the flag is set prevents the sleep.
-        let c2 = ring.sq_consumer();
+        let c2 = unsafe { ring.sq_consumer() };
         assert!(!c2.prepare_sleep(), "pending entry: must not sleep");
         assert_eq!(ring.sq_flags().load(Ordering::SeqCst) & SQ_NEED_WAKEUP, 0);
     }

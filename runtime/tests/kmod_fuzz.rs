@@ -125,8 +125,12 @@ impl RawContext {
         let mem = unsafe { RingMemory::from_map(map, g) }.unwrap();
         let lanes = (0..LANES)
             .map(|l| {
-                let r = mem.lane(l);
-                (r.sq_producer(), r.cq_consumer())
+                // SAFETY: the only userspace ends of each lane of this fresh mapping; the
+                // kernel is its only worker side.
+                unsafe {
+                    let r = mem.lane(l);
+                    (r.sq_producer(), r.cq_consumer())
+                }
             })
             .collect();
         RawContext {

@@ -55,13 +55,21 @@ impl LaneSet {
 }
 
 impl RingSide {
-    /// Takes the userspace ends of every lane of `mem`. Only one `RingSide` may exist per
-    /// ring memory (each end is single-owner).
-    pub(crate) fn new(mem: &Arc<RingMemory>) -> Self {
-        let lanes: Vec<LaneRing> = (0..mem.geometry().lanes).map(|l| mem.lane(l)).collect();
+    /// Takes the userspace ends of every lane of `mem`.
+    ///
+    /// # Safety
+    ///
+    /// No other SQ producer or CQ consumer of `mem` may exist, now or while the
+    /// returned value lives (so only one `RingSide` per ring memory).
+    pub(crate) unsafe fn new(mem: &Arc<RingMemory>) -> Self {
+        // SAFETY: the caller guarantees these are the only userspace ends of `mem`.
+        let lanes: Vec<LaneRing> = (0..mem.geometry().lanes)
+            .map(|l| unsafe { mem.lane(l) })
+            .collect();
         RingSide {
-            sq: lanes.iter().map(LaneRing::sq_producer).collect(),
-            cq: lanes.iter().map(LaneRing::cq_consumer).collect(),
+            // SAFETY: as above: one producer and one consumer per lane.
+            sq: lanes.iter().map(|l| unsafe { l.sq_producer() }).collect(),
+            cq: lanes.iter().map(|l| unsafe { l.cq_consumer() }).collect(),
             lanes,
         }
     }
@@ -135,9 +143,13 @@ mod tests {
     #[test]
     fn publish_reports_sleeping_lanes_with_work() {
         let mem = RingMemory::anonymous(Geometry::new(3, 4, 8).unwrap()).unwrap();
-        let mut side = RingSide::new(&mem);
+        // SAFETY (this test): one RingSide, and one worker-side end of each kind per
+        // lane, made below.
+        let mut side = unsafe { RingSide::new(&mem) };
         assert_eq!((side.lanes(), side.lane_capacity()), (3, 8));
-        let workers: Vec<_> = (0..3).map(|l| mem.lane(l).sq_consumer()).collect();
+        let workers: Vec<_> = (0..3)
+            .map(|l| unsafe { mem.lane(l).sq_consumer() })
+            .collect();
         for w in &workers {
             assert!(w.prepare_sleep());
         }
@@ -150,7 +162,9 @@ mod tests {
         // Nothing newly staged: nobody to wake.
         assert_eq!(side.publish(), LaneSet::default());
 
-        let mut cqs: Vec<_> = (0..3).map(|l| mem.lane(l).cq_producer()).collect();
+        let mut cqs: Vec<_> = (0..3)
+            .map(|l| unsafe { mem.lane(l).cq_producer() })
+            .collect();
         for (l, cq) in cqs.iter_mut().enumerate() {
             assert!(cq.push(Cqe {
                 user_data: l as u64,

@@ -288,7 +288,8 @@ impl KmodBackend {
         // as `geometry` says (checked against the kernel's answer above); the kernel keeps
         // its pages for as long as they are mapped, and `RingMemory` owns the mapping.
         let mem = unsafe { RingMemory::from_map(map, geometry) }?;
-        let rings = RingSide::new(&mem);
+        // SAFETY: `mem` is the mapping made just above; this is its only userspace side.
+        let rings = unsafe { RingSide::new(&mem) };
         drop(mem); // `rings` now holds the only references to the mapping.
                    // On error the threads already started are shut down and joined (inside), then
                    // `rings` and `dev` go.

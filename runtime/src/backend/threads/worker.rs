@@ -1,0 +1,482 @@
+//! A lane's worker thread: drains the SQ, issues each request without blocking, parks
+//! what would block on the lane's epoll instance, and posts completions.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use fastio_uapi::{decode, Cqe, Direction, IoVec, Op, Sqe, MSG_DONTWAIT, OFF_CURRENT};
+
+use super::sys::{block_sigpipe, drain_eventfd, epoll_ctl, pin_to_cpu};
+use super::Shared;
+use crate::backend::files::FileRef;
+use crate::ring::{CqProducer, SqConsumer};
+
+/// A request waiting for readiness.
+struct Parked {
+    op: Op,
+    user_data: u64,
+}
+
+/// The requests parked on one file, per direction, in submission order, and the file's
+/// epoll registration.
+struct FileWait {
+    /// The file: its reference keeps the descriptor number registered in epoll ours
+    /// until the registration is deleted.
+    file: Arc<FileRef>,
+    read: VecDeque<Parked>,
+    write: VecDeque<Parked>,
+    /// Whether `file` is registered in the worker's epoll instance.
+    registered: bool,
+}
+
+impl FileWait {
+    fn new(file: Arc<FileRef>) -> Self {
+        FileWait {
+            file,
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+            registered: false,
+        }
+    }
+    fn queue(&mut self, dir: Direction) -> &mut VecDeque<Parked> {
+        match dir {
+            Direction::Out => &mut self.write,
+            _ => &mut self.read,
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.read.is_empty() && self.write.is_empty()
+    }
+    fn events(&self) -> u32 {
+        let mut ev = libc::EPOLLONESHOT as u32;
+        if !self.read.is_empty() {
+            ev |= (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+        }
+        if !self.write.is_empty() {
+            ev |= libc::EPOLLOUT as u32;
+        }
+        ev
+    }
+}
+
+/// The identity of a registered file: the address of its `FileRef`, unique while any
+/// reference to it lives. Used as the key of the wait table and as the epoll token
+/// (never [`WAKE_TOKEN`]: the address of a live allocation is not `u64::MAX`).
+fn file_key(file: &Arc<FileRef>) -> u64 {
+    Arc::as_ptr(file) as usize as u64
+}
+
+/// Marks the eventfd in epoll events.
+pub(super) const WAKE_TOKEN: u64 = u64::MAX;
+
+/// Whether a request asked not to wait for readiness (`MSG_DONTWAIT` in RECV or SEND).
+fn dont_wait(op: &Op) -> bool {
+    match *op {
+        Op::Recv { flags, .. } | Op::Send { flags, .. } => flags & MSG_DONTWAIT != 0,
+        _ => false,
+    }
+}
+
+pub(super) struct Worker {
+    shared: Arc<Shared>,
+    lane: usize,
+    // Declared (so dropped) before `waits`: closing the epoll instance removes every
+    // registration before the files behind them are released.
+    epfd: OwnedFd,
+    cq: CqProducer,
+    backlog: VecDeque<Cqe>,
+    /// File identity ([`file_key`]) -> what waits on that file.
+    waits: HashMap<u64, FileWait>,
+    /// The last `cancel_epoch` acted on.
+    cancel_seen: u32,
+    posted: bool,
+}
+
+fn last_errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Converts a syscall's return value to a CQE result.
+fn res(r: isize) -> i32 {
+    if r < 0 {
+        -last_errno()
+    } else {
+        r as i32
+    }
+}
+
+impl Worker {
+    pub(super) fn run(shared: Arc<Shared>, lane: u32, epfd: OwnedFd, cpu: Option<usize>) {
+        block_sigpipe();
+        if let Some(cpu) = cpu {
+            pin_to_cpu(cpu);
+        }
+        // SAFETY: this worker is the only worker side of its lane: `open` starts one
+        // worker per lane, and the proactor side holds only the userspace ends.
+        let ring = unsafe { shared.mem.lane(lane) };
+        let mut worker = Worker {
+            lane: lane as usize,
+            // SAFETY: as above.
+            cq: unsafe { ring.cq_producer() },
+            backlog: VecDeque::new(),
+            waits: HashMap::new(),
+            cancel_seen: shared.cancel_epoch.load(Ordering::Acquire),
+            posted: false,
+            epfd,
+            shared,
+        };
+        // SAFETY: as above.
+        worker.main_loop(unsafe { ring.sq_consumer() });
+    }
+
+    fn main_loop(&mut self, mut sq: SqConsumer) {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
+        let mut last_work = Instant::now();
+        while !self.shared.stop.load(Ordering::Acquire) {
+            let mut progress = false;
+            // Read before draining the SQ: every request submitted before a `cancel_all`
+            // that we see here is popped below, so it is cancelled too if it parks.
+            let epoch = self.shared.cancel_epoch.load(Ordering::Acquire);
+            while let Some(sqe) = sq.pop() {
+                self.execute(&sqe);
+                progress = true;
+            }
+            if epoch != self.cancel_seen {
+                self.cancel_seen = epoch;
+                self.cancel_parked();
+                progress = true;
+            }
+            if !self.waits.is_empty() && self.poll_events(&mut events, 0) > 0 {
+                progress = true;
+            }
+            if !self.backlog.is_empty() {
+                self.flush_backlog();
+            }
+            if self.posted {
+                self.posted = false;
+                self.shared.notify_completions();
+            }
+            if progress {
+                last_work = Instant::now();
+                continue;
+            }
+            if last_work.elapsed() < self.shared.idle {
+                // Give the CPU to any runnable task (on a 2-core box it is often the
+                // very thread we serve), then look again.
+                std::thread::yield_now();
+                continue;
+            }
+            if !sq.prepare_sleep() {
+                continue;
+            }
+            self.shared.stats[self.lane]
+                .sleeps
+                .fetch_add(1, Ordering::Relaxed);
+            // With a backlog, poll the CQ every millisecond until userspace makes room.
+            let timeout = if self.backlog.is_empty() { -1 } else { 1 };
+            self.poll_events(&mut events, timeout);
+            sq.finish_sleep();
+            last_work = Instant::now();
+        }
+    }
+
+    /// Waits up to `timeout_ms` for readiness or a wakeup and handles it. Returns the
+    /// number of parked-file events handled.
+    fn poll_events(&mut self, events: &mut [libc::epoll_event], timeout_ms: i32) -> usize {
+        // SAFETY: events is a valid writable array of its length.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epfd.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                timeout_ms,
+            )
+        };
+        if n <= 0 {
+            return 0;
+        }
+        let mut handled = 0;
+        for ev in &events[..n as usize] {
+            let token = ev.u64;
+            if token == WAKE_TOKEN {
+                drain_eventfd(&self.shared.wake[self.lane]);
+            } else {
+                self.on_ready(token);
+                handled += 1;
+            }
+        }
+        handled
+    }
+
+    fn execute(&mut self, sqe: &Sqe) {
+        let user_data = sqe.user_data;
+        let op = match decode(sqe, self.shared.max_files) {
+            Ok(op) => op,
+            Err(e) => return self.complete(user_data, -e.errno()),
+        };
+        match op {
+            Op::Nop => self.complete(user_data, 0),
+            Op::Close { slot } => {
+                let r = self.close_slot(slot);
+                self.complete(user_data, r)
+            }
+            _ => {
+                let slot = op.slot().unwrap_or(0);
+                let Some(file) = self.shared.files.get(slot) else {
+                    return self.complete(user_data, -libc::EBADF);
+                };
+                let dir = op.direction();
+                let dont_wait = dont_wait(&op);
+                let queued_behind = self
+                    .waits
+                    .get_mut(&file_key(&file))
+                    .is_some_and(|w| !w.queue(dir).is_empty());
+                if queued_behind {
+                    // Older requests of this direction wait for readiness, so this one
+                    // would block too; issuing it now would reorder the stream.
+                    if dont_wait {
+                        return self.complete(user_data, -libc::EAGAIN);
+                    }
+                    return self.park(file, Parked { op, user_data });
+                }
+                match self.issue(&op, &file) {
+                    r if r == -libc::EAGAIN && file.pollable && !dont_wait => {
+                        self.park(file, Parked { op, user_data })
+                    }
+                    r => self.complete(user_data, r),
+                }
+            }
+        }
+    }
+    /// Issues `op` once, without blocking.
+    fn issue(&self, op: &Op, file: &FileRef) -> i32 {
+        let fd = file.raw();
+        // SAFETY (all calls below): the buffers and iovecs are user memory that the
+        // submitter promised (through the proactor's ownership rules or an unsafe raw
+        // submission) to keep valid until the completion; the kernel checks the access
+        // and reports EFAULT for bad addresses.
+        match *op {
+            Op::Accept { dest, .. } => {
+                let r = unsafe {
+                    libc::accept4(
+                        fd,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                    )
+                };
+                if r < 0 {
+                    return -last_errno();
+                }
+                // SAFETY: r is a fresh descriptor nobody else owns.
+                let new = unsafe { OwnedFd::from_raw_fd(r) };
+                match FileRef::adopt(new).and_then(|f| self.shared.files.insert(dest, f)) {
+                    Ok(()) => dest as i32,
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                }
+            }
+            Op::Recv {
+                addr, len, flags, ..
+            } => res(unsafe {
+                libc::recv(
+                    fd,
+                    addr as *mut libc::c_void,
+                    len as usize,
+                    flags as i32 | libc::MSG_DONTWAIT,
+                )
+            }),
+            Op::Send {
+                addr, len, flags, ..
+            } => res(unsafe {
+                libc::send(
+                    fd,
+                    addr as *const libc::c_void,
+                    len as usize,
+                    flags as i32 | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            }),
+            Op::Read { addr, len, off, .. } => res(unsafe {
+                if off == OFF_CURRENT {
+                    libc::read(fd, addr as *mut libc::c_void, len as usize)
+                } else {
+                    libc::pread(fd, addr as *mut libc::c_void, len as usize, off as i64)
+                }
+            }),
+            Op::Write { addr, len, off, .. } => res(unsafe {
+                if off == OFF_CURRENT {
+                    libc::write(fd, addr as *const libc::c_void, len as usize)
+                } else {
+                    libc::pwrite(fd, addr as *const libc::c_void, len as usize, off as i64)
+                }
+            }),
+            Op::Writev {
+                iov, count, off, ..
+            } => {
+                let iov = iov as *const libc::iovec;
+                const _: () =
+                    assert!(std::mem::size_of::<IoVec>() == std::mem::size_of::<libc::iovec>());
+                res(unsafe {
+                    if off == OFF_CURRENT {
+                        libc::writev(fd, iov, count as i32)
+                    } else {
+                        libc::pwritev(fd, iov, count as i32, off as i64)
+                    }
+                })
+            }
+            Op::Nop | Op::Close { .. } => 0,
+        }
+    }
+
+    fn park(&mut self, file: Arc<FileRef>, parked: Parked) {
+        self.shared.stats[self.lane]
+            .parked
+            .fetch_add(1, Ordering::Relaxed);
+        let dir = parked.op.direction();
+        let key = file_key(&file);
+        self.waits
+            .entry(key)
+            .or_insert_with(|| FileWait::new(file))
+            .queue(dir)
+            .push_back(parked);
+        self.arm(key);
+    }
+
+    /// (Re-)arms the one-shot epoll registration of the file `key` for what its queues
+    /// need.
+    fn arm(&mut self, key: u64) {
+        let Some(wait) = self.waits.get(&key) else {
+            return;
+        };
+        let (fd, events) = (wait.file.raw(), wait.events());
+        // The wait holds the file, so `fd` is that file's descriptor for as long as it is
+        // registered: a registration is only ever for the file that holds it.
+        let result = if wait.registered {
+            match self.epoll_ctl(libc::EPOLL_CTL_MOD, fd, events, key) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    self.epoll_ctl(libc::EPOLL_CTL_ADD, fd, events, key)
+                }
+                r => r,
+            }
+        } else {
+            match self.epoll_ctl(libc::EPOLL_CTL_ADD, fd, events, key) {
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    self.epoll_ctl(libc::EPOLL_CTL_MOD, fd, events, key)
+                }
+                r => r,
+            }
+        };
+        match result {
+            Ok(()) => {
+                if let Some(w) = self.waits.get_mut(&key) {
+                    w.registered = true;
+                }
+            }
+            Err(e) => {
+                // The file cannot be polled after all: fail its waiting requests.
+                let err = -e.raw_os_error().unwrap_or(libc::EIO);
+                if let Some(w) = self.waits.remove(&key) {
+                    self.finish_wait(w, err);
+                }
+            }
+        }
+    }
+
+    /// Re-issues the parked requests of the file `key`, oldest first, per direction,
+    /// until one would still block.
+    fn on_ready(&mut self, key: u64) {
+        let Some(mut wait) = self.waits.remove(&key) else {
+            return;
+        };
+        let file = Arc::clone(&wait.file);
+        for dir in [Direction::In, Direction::Out] {
+            while let Some(p) = wait.queue(dir).front() {
+                let r = self.issue(&p.op, &file);
+                if r == -libc::EAGAIN {
+                    break;
+                }
+                let p = wait.queue(dir).pop_front().expect("front exists");
+                self.complete(p.user_data, r);
+            }
+        }
+        if wait.is_empty() {
+            // Nothing waits on the file any more: drop its registration (before the
+            // wait's file reference, maybe the last one, goes).
+            self.unregister_wait(&wait);
+        } else {
+            self.waits.insert(key, wait);
+            self.arm(key);
+        }
+    }
+
+    /// Deletes the epoll registration of `wait`'s file, if any. Must run before the
+    /// wait's file reference is dropped.
+    fn unregister_wait(&self, wait: &FileWait) {
+        if wait.registered {
+            let _ = self.epoll_ctl(libc::EPOLL_CTL_DEL, wait.file.raw(), 0, 0);
+        }
+    }
+
+    /// Completes every request parked in `wait` with `res` and releases the wait
+    /// (registration first, then its file reference).
+    fn finish_wait(&mut self, wait: FileWait, res: i32) {
+        self.unregister_wait(&wait);
+        let FileWait {
+            file, read, write, ..
+        } = wait;
+        for p in read.into_iter().chain(write) {
+            self.complete(p.user_data, res);
+        }
+        drop(file);
+    }
+
+    /// CLOSE: cancels the requests parked on the file in `slot`, then releases the slot.
+    fn close_slot(&mut self, slot: u32) -> i32 {
+        let Some(file) = self.shared.files.remove(slot) else {
+            return -libc::EBADF;
+        };
+        if let Some(w) = self.waits.remove(&file_key(&file)) {
+            self.finish_wait(w, -libc::ECANCELED);
+        }
+        drop(file);
+        0
+    }
+
+    /// `cancel_all`: completes every parked request with `-ECANCELED`.
+    fn cancel_parked(&mut self) {
+        for (_, w) in std::mem::take(&mut self.waits) {
+            self.finish_wait(w, -libc::ECANCELED);
+        }
+    }
+
+    fn complete(&mut self, user_data: u64, res: i32) {
+        let cqe = Cqe {
+            user_data,
+            res,
+            flags: 0,
+        };
+        if !self.backlog.is_empty() || !self.cq.push(cqe) {
+            self.backlog.push_back(cqe);
+        }
+        self.posted = true;
+    }
+
+    fn flush_backlog(&mut self) {
+        while let Some(&cqe) = self.backlog.front() {
+            if !self.cq.push(cqe) {
+                break;
+            }
+            self.backlog.pop_front();
+            self.posted = true;
+        }
+    }
+
+    fn epoll_ctl(&self, op: i32, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        epoll_ctl(&self.epfd, op, fd, events, token)
+    }
+}
