@@ -33,8 +33,8 @@ use fastio::uapi::{
     decode, EnterArgs, FilesUpdate, IoVec, Op, SetupParams, SlotArg, Sqe, Stats, ABI_VERSION,
     ACCEPT_NONBLOCK, ENTER_GETEVENTS, ENTER_SQ_WAKEUP, FASTIO_ENTER, FASTIO_GET_STATS,
     FASTIO_INSTALL_FD, FASTIO_REGISTER_FILES, FASTIO_SETUP, FASTIO_UNREGISTER_FILE, MAX_RW_LEN,
-    OFF_CURRENT, OP_ACCEPT, OP_CLOSE, OP_NOP, OP_READ, OP_RECV, OP_SEND, OP_WRITE, OP_WRITEV,
-    RECV_FLAGS, SEND_FLAGS,
+    OFF_CURRENT, OP_ACCEPT, OP_ASYNC_CANCEL, OP_CLOSE, OP_NOP, OP_READ, OP_RECV, OP_SEND, OP_WRITE,
+    OP_WRITEV, RECV_FLAGS, SEND_FLAGS,
 };
 
 mod common;
@@ -469,6 +469,7 @@ fn op_name(opcode: u8) -> String {
         OP_WRITE => "WRITE".into(),
         OP_WRITEV => "WRITEV".into(),
         OP_CLOSE => "CLOSE".into(),
+        OP_ASYNC_CANCEL => "ASYNC_CANCEL".into(),
         _ => "bad-opcode".into(),
     }
 }
@@ -481,6 +482,7 @@ fn check_result(sqe: &Sqe, res: i32) {
         Err(e) => assert_eq!(res, -e.errno(), "{}: refused SQE", ctx()),
         Ok(Op::Nop) => assert_eq!(res, 0, "{}", ctx()),
         Ok(Op::Close { .. }) => assert!(res == 0 || res == -libc::EBADF, "{}", ctx()),
+        Ok(Op::AsyncCancel { .. }) => assert!(res == 0 || res == -libc::ENOENT, "{}", ctx()),
         Ok(Op::Accept { dest, .. }) => {
             assert!(res < 0 || res == dest as i32, "{}", ctx())
         }
@@ -585,6 +587,8 @@ impl Gen {
     fn sqe(&mut self, user_data: u64) -> Sqe {
         let opcode = if self.rng.pct(12) {
             self.rng.next() as u8
+        } else if self.rng.pct(5) {
+            OP_ASYNC_CANCEL
         } else {
             self.rng.pick(&[
                 OP_NOP, OP_NOP, OP_ACCEPT, OP_ACCEPT, OP_RECV, OP_RECV, OP_RECV, OP_RECV, OP_SEND,
@@ -648,6 +652,14 @@ impl Gen {
                 s.off = self.off();
             }
             OP_CLOSE => s.slot = self.rng.below(MAX_FILES as u64) as u32,
+            // A recent request (maybe still parked), or garbage.
+            OP_ASYNC_CANCEL => {
+                s.addr = if self.rng.pct(80) {
+                    user_data.saturating_sub(self.rng.below(32))
+                } else {
+                    self.rng.next()
+                }
+            }
             _ => {
                 s.slot = self.slot();
                 s.addr = self.addr();

@@ -105,8 +105,16 @@ pub const OP_WRITEV: u8 = 6;
 /// Releases `slot` after every request queued before it on the same lane; requests
 /// still waiting for readiness on that slot complete with `-ECANCELED`.
 pub const OP_CLOSE: u8 = 7;
+/// Cancels the request(s) of the same context whose `user_data` equals `addr` (the
+/// target); uses no slot (`slot`, `off`, `len`, `op_flags` and `aux` must be 0).
+/// Completes with 0 when a target was found: the target then completes with
+/// `-ECANCELED`, or with its own result if it had already finished its transfer.
+/// Completes with `-ENOENT` when no request with that `user_data` is waiting. A target
+/// queued before the cancel on the same lane is always seen by it (userspace queues a
+/// cancel on its target's lane).
+pub const OP_ASYNC_CANCEL: u8 = 8;
 /// One past the last valid opcode.
-pub const OP_LAST: u8 = 8;
+pub const OP_LAST: u8 = 9;
 
 // ---------------------------------------------------------------------------------------
 // Flags
@@ -420,6 +428,11 @@ pub enum Op {
         /// Slot to release.
         slot: u32,
     },
+    /// [`OP_ASYNC_CANCEL`].
+    AsyncCancel {
+        /// The `user_data` of the request(s) to cancel (from the SQE's `addr`).
+        target: u64,
+    },
 }
 
 /// Which readiness a request waits for when it would block.
@@ -429,7 +442,7 @@ pub enum Direction {
     In,
     /// Needs the file writable (SEND, WRITE, WRITEV).
     Out,
-    /// Never waits (NOP, CLOSE).
+    /// Never waits (NOP, CLOSE, ASYNC_CANCEL).
     None,
 }
 
@@ -437,7 +450,7 @@ impl Op {
     /// The slot the request operates on, if any.
     pub const fn slot(&self) -> Option<u32> {
         match *self {
-            Op::Nop => None,
+            Op::Nop | Op::AsyncCancel { .. } => None,
             Op::Accept { slot, .. }
             | Op::Recv { slot, .. }
             | Op::Send { slot, .. }
@@ -453,7 +466,7 @@ impl Op {
         match self {
             Op::Accept { .. } | Op::Recv { .. } | Op::Read { .. } => Direction::In,
             Op::Send { .. } | Op::Write { .. } | Op::Writev { .. } => Direction::Out,
-            Op::Nop | Op::Close { .. } => Direction::None,
+            Op::Nop | Op::Close { .. } | Op::AsyncCancel { .. } => Direction::None,
         }
     }
 }
@@ -477,7 +490,7 @@ pub const fn decode(sqe: &Sqe, max_files: u32) -> Result<Op, SqeError> {
         return Err(SqeError::Invalid);
     }
     let slot = sqe.slot;
-    let uses_slot = sqe.opcode != OP_NOP && sqe.opcode < OP_LAST;
+    let uses_slot = sqe.opcode != OP_NOP && sqe.opcode != OP_ASYNC_CANCEL && sqe.opcode < OP_LAST;
     if uses_slot && slot >= max_files {
         return Err(SqeError::BadSlot);
     }
@@ -566,6 +579,12 @@ pub const fn decode(sqe: &Sqe, max_files: u32) -> Result<Op, SqeError> {
                 return Err(SqeError::Invalid);
             }
             Op::Close { slot }
+        }
+        OP_ASYNC_CANCEL => {
+            if sqe.slot != 0 || sqe.off != 0 || sqe.len != 0 || sqe.op_flags != 0 || sqe.aux != 0 {
+                return Err(SqeError::Invalid);
+            }
+            Op::AsyncCancel { target: sqe.addr }
         }
         _ => return Err(SqeError::Invalid),
     };
@@ -793,4 +812,18 @@ const _: () = {
     assert!(FASTIO_RUN_HELPER == 0x4008_FA08);
     assert!(FASTIO_SHUTDOWN == 0x0000_FA09);
     assert!(MAX_RW_LEN == 0x7FFF_F000);
+    // Opcodes are dense: OP_LAST is one past ASYNC_CANCEL, the last one.
+    assert!(OP_ASYNC_CANCEL == 8 && OP_LAST == OP_ASYNC_CANCEL + 1);
+    // ASYNC_CANCEL takes its target from `addr` and uses no slot.
+    let cancel = Sqe {
+        opcode: OP_ASYNC_CANCEL,
+        addr: 7,
+        ..Sqe::ZERO
+    };
+    assert!(matches!(
+        decode(&cancel, 1),
+        Ok(Op::AsyncCancel { target: 7 })
+    ));
+    let with_slot = Sqe { slot: 1, ..cancel };
+    assert!(matches!(decode(&with_slot, 1), Err(SqeError::Invalid)));
 };

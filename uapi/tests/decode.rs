@@ -259,7 +259,7 @@ fn random_entries_never_escape_bounds() {
                 Op::Recv { len, .. } | Op::Send { len, .. } => assert!(len <= MAX_RW_LEN),
                 Op::Read { len, .. } | Op::Write { len, .. } => assert!(len <= MAX_RW_LEN),
                 Op::Writev { count, .. } => assert!((1..=MAX_IOVECS).contains(&count)),
-                Op::Nop | Op::Close { .. } => {}
+                Op::Nop | Op::Close { .. } | Op::AsyncCancel { .. } => {}
             }
         }
     }
@@ -267,4 +267,51 @@ fn random_entries_never_escape_bounds() {
         accepted > 100,
         "the fuzz never reached valid requests ({accepted})"
     );
+}
+
+/// ASYNC_CANCEL takes its target from `addr`, uses no slot (a slot of any value is
+/// `-EINVAL`, never `-EBADF`), and every other field must be zero.
+#[test]
+fn async_cancel_decodes_its_target_and_refuses_other_fields() {
+    let cancel = Sqe {
+        addr: u64::MAX - 3,
+        user_data: 9,
+        ..sqe(OP_ASYNC_CANCEL)
+    };
+    let op = decode(&cancel, MAX_FILES_).unwrap();
+    assert_eq!(
+        op,
+        Op::AsyncCancel {
+            target: u64::MAX - 3
+        }
+    );
+    assert_eq!(op.slot(), None);
+    assert_eq!(op.direction(), Direction::None);
+    // Target 0 is a user_data like any other.
+    assert_eq!(
+        decode(&sqe(OP_ASYNC_CANCEL), MAX_FILES_),
+        Ok(Op::AsyncCancel { target: 0 })
+    );
+    let bad = [
+        Sqe { slot: 1, ..cancel },
+        Sqe {
+            slot: MAX_FILES_ + 1,
+            ..cancel
+        },
+        Sqe { off: 1, ..cancel },
+        Sqe { len: 1, ..cancel },
+        Sqe {
+            op_flags: 1,
+            ..cancel
+        },
+        Sqe { aux: 1, ..cancel },
+        Sqe { flags: 1, ..cancel },
+        Sqe {
+            resv: [1, 0],
+            ..cancel
+        },
+    ];
+    for s in bad {
+        assert_eq!(decode(&s, MAX_FILES_), Err(SqeError::Invalid), "{s:?}");
+    }
 }

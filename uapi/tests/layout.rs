@@ -83,7 +83,15 @@ fn ioctl_numbers_follow_ioc_encoding() {
 #[test]
 fn opcodes_are_dense_and_flags_match_linux() {
     let ops = [
-        OP_NOP, OP_ACCEPT, OP_RECV, OP_SEND, OP_READ, OP_WRITE, OP_WRITEV, OP_CLOSE,
+        OP_NOP,
+        OP_ACCEPT,
+        OP_RECV,
+        OP_SEND,
+        OP_READ,
+        OP_WRITE,
+        OP_WRITEV,
+        OP_CLOSE,
+        OP_ASYNC_CANCEL,
     ];
     for (i, op) in ops.iter().enumerate() {
         assert_eq!(*op as usize, i);

@@ -15,6 +15,10 @@
 //! least 2. io_uring posts the CLOSE's CQE before those of the requests it cancelled;
 //! the proactor holds the CLOSE's completion back until they have arrived.
 //!
+//! ASYNC_CANCEL becomes io_uring's `ASYNC_CANCEL` by `user_data` with `ALL`: the proactor's
+//! tokens go to io_uring unchanged, so the target means the same; the result is turned
+//! into the ABI's (0 found, `-ENOENT` not found).
+//!
 //! Known differences from the other backends:
 //! - the cancel matches by *file*, not by slot: if one file is registered in two slots
 //!   `a` and `b`, a CLOSE of `b` also cancels the requests waiting on slot `a` (the
@@ -50,6 +54,10 @@ pub(crate) struct UringBackend {
     max_files: u32,
     /// Completions read while looking for one of our own (install_fd); handed out first.
     stash: Vec<Cqe>,
+    /// user_data of the ASYNC_CANCELs in flight, whose results `reap` turns into the
+    /// ABI's (io_uring counts the matches with `ALL` and says `-EALREADY` for a target
+    /// it found running; the ABI says 0 for both).
+    cancels: Vec<u64>,
 }
 
 impl UringBackend {
@@ -115,6 +123,7 @@ impl UringBackend {
                 sqpoll,
                 max_files: config.max_files,
                 stash: Vec::new(),
+                cancels: Vec::new(),
             },
             sqpoll,
             note,
@@ -179,6 +188,11 @@ impl UringBackend {
                 .offset(off_arg(off))
                 .build(),
             Op::Close { slot } => opcode::Close::new(fixed(slot)).build(),
+            // user_data means the same here as in the ABI: the backend passes the
+            // proactor's tokens through unchanged (its own tokens are never handed out).
+            Op::AsyncCancel { target } => {
+                opcode::AsyncCancel2::new(types::CancelBuilder::user_data(target).all()).build()
+            }
         };
         Ok(entry.user_data(sqe.user_data))
     }
@@ -294,7 +308,11 @@ impl Backend for UringBackend {
         }
         // SAFETY: the proactor keeps every buffer and iovec array the entry points to
         // alive and unmoved until the completion for this user_data has been reaped.
-        unsafe { sq.push(&entry) }.is_ok()
+        let pushed = unsafe { sq.push(&entry) }.is_ok();
+        if pushed && sqe.opcode == fastio_uapi::OP_ASYNC_CANCEL {
+            self.cancels.push(sqe.user_data);
+        }
+        pushed
     }
 
     fn submit(&mut self) -> io::Result<()> {
@@ -325,7 +343,14 @@ impl Backend for UringBackend {
             if c.user_data() == CANCEL_TOKEN {
                 continue;
             }
-            f(cqe(&c));
+            let mut e = cqe(&c);
+            if !self.cancels.is_empty() {
+                if let Some(i) = self.cancels.iter().position(|&u| u == e.user_data) {
+                    self.cancels.swap_remove(i);
+                    e.res = cancel_result(e.res);
+                }
+            }
+            f(e);
             n += 1;
         }
         n
@@ -391,6 +416,17 @@ impl Backend for UringBackend {
 
     fn lane_asleep(&self, _lane: u32) -> Option<bool> {
         None
+    }
+}
+
+/// The ABI's result of an ASYNC_CANCEL from io_uring's: with `ALL` io_uring answers the
+/// number of requests it cancelled, and `-EALREADY` for a target it found already
+/// running (which then completes with its own result): the ABI says 0 for both.
+fn cancel_result(res: i32) -> i32 {
+    if res >= 0 || res == -libc::EALREADY {
+        0
+    } else {
+        res
     }
 }
 

@@ -58,7 +58,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use fastio_uapi::{Cqe, IoVec, OP_ACCEPT, OP_CLOSE, OP_NOP};
+use fastio_uapi::{Cqe, IoVec, OP_ACCEPT, OP_ASYNC_CANCEL, OP_CLOSE, OP_NOP};
 
 use crate::backend::{self, Backend, Choice};
 use crate::config::Config;
@@ -98,6 +98,7 @@ struct InFlight {
     user_data: u64,
     lane: u32,
     opcode: u8,
+    origin: Origin,
     slot: u32,
     /// ACCEPT: the destination slot.
     dest: u32,
@@ -114,7 +115,7 @@ struct InFlight {
 /// Whether a tracked request with `opcode` counts in its slot's in-flight count (every
 /// opcode that works on a file, except the CLOSE that waits for the others).
 fn counts_on_slot(opcode: u8) -> bool {
-    !matches!(opcode, OP_NOP | OP_CLOSE)
+    !matches!(opcode, OP_NOP | OP_CLOSE | OP_ASYNC_CANCEL)
 }
 
 static BANNER: Once = Once::new();

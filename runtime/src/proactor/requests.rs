@@ -4,12 +4,14 @@
 use std::ops::Range;
 
 use fastio_uapi::{
-    IoVec, Sqe, ACCEPT_NONBLOCK, OFF_CURRENT, OP_ACCEPT, OP_CLOSE, OP_READ, OP_RECV, OP_SEND,
-    OP_WRITE, OP_WRITEV,
+    IoVec, Sqe, ACCEPT_NONBLOCK, OFF_CURRENT, OP_ACCEPT, OP_ASYNC_CANCEL, OP_CLOSE, OP_READ,
+    OP_RECV, OP_SEND, OP_WRITE, OP_WRITEV,
 };
 
 use super::types::reject;
-use super::{counts_on_slot, InFlight, Origin, Proactor, RejectReason, Rejected, Slot, SlotState};
+use super::{
+    counts_on_slot, Completion, InFlight, Origin, Proactor, RejectReason, Rejected, Slot, SlotState,
+};
 
 impl Proactor {
     // --------------------------------------------------------------------------------
@@ -167,6 +169,40 @@ impl Proactor {
         Ok(())
     }
 
+    /// Queues an ASYNC_CANCEL of the in-flight request queued with user_data `target`
+    /// (if several carry it, one of them: give requests distinct user_data to cancel
+    /// them one by one). Its completion (`user_data`) says 0 when the target was found
+    /// waiting: the target then completes with `-ECANCELED`, or with its own result if
+    /// its transfer had already happened. It says `-ENOENT` when no such request is in
+    /// flight or the executor had already finished it (its completion comes anyway).
+    /// Either way the target's buffer comes back in its own completion, never earlier.
+    ///
+    /// A target unknown to the proactor completes the cancel with `-ENOENT` at once,
+    /// without a request. The cancel goes to its target's lane and costs one CQ entry.
+    pub fn cancel(&mut self, target: u64, user_data: u64) -> Result<(), Rejected> {
+        let found = self.inflight.iter().enumerate().find_map(|(token, f)| {
+            let f = f.as_ref()?;
+            let own = f.opcode == OP_ASYNC_CANCEL || f.origin == Origin::Shutdown;
+            (f.user_data == target && !own).then_some((token as u64, f.lane))
+        });
+        let Some((token, lane)) = found else {
+            self.ready.push_back(Completion {
+                user_data,
+                result: -libc::ENOENT,
+                buf: None,
+                bufs: Vec::new(),
+                accepted: None,
+            });
+            return Ok(());
+        };
+        let sqe = Sqe {
+            opcode: OP_ASYNC_CANCEL,
+            addr: token,
+            ..Sqe::ZERO
+        };
+        self.queue(lane, sqe, user_data, None, Vec::new())
+    }
+
     /// Queues a request built by hand.
     ///
     /// # Safety
@@ -289,6 +325,7 @@ impl Proactor {
             user_data,
             lane,
             opcode,
+            origin,
             slot: sqe.slot,
             dest: sqe.aux,
             tracked,

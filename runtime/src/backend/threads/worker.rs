@@ -226,6 +226,10 @@ impl Worker {
                 let r = self.close_slot(slot);
                 self.complete(user_data, r)
             }
+            Op::AsyncCancel { target } => {
+                let r = self.cancel_target(target);
+                self.complete(user_data, r)
+            }
             _ => {
                 let slot = op.slot().unwrap_or(0);
                 let Some(file) = self.shared.files.get(slot) else {
@@ -329,7 +333,7 @@ impl Worker {
                     }
                 })
             }
-            Op::Nop | Op::Close { .. } => 0,
+            Op::Nop | Op::Close { .. } | Op::AsyncCancel { .. } => 0,
         }
     }
 
@@ -444,6 +448,46 @@ impl Worker {
             self.finish_wait(w, -libc::ECANCELED);
         }
         drop(file);
+        0
+    }
+
+    /// ASYNC_CANCEL: completes every request parked on this lane with `user_data ==
+    /// target` with `-ECANCELED` (before the cancel's own completion); 0 if there was
+    /// one, `-ENOENT` if not. A request that is not parked has already completed: this
+    /// worker executes its lane's requests one at a time, in order, and the proactor
+    /// queues a cancel on its target's lane.
+    fn cancel_target(&mut self, target: u64) -> i32 {
+        let keys: Vec<u64> = self
+            .waits
+            .iter()
+            .filter(|(_, w)| w.read.iter().chain(&w.write).any(|p| p.user_data == target))
+            .map(|(&k, _)| k)
+            .collect();
+        if keys.is_empty() {
+            return -libc::ENOENT;
+        }
+        for key in keys {
+            let Some(mut wait) = self.waits.remove(&key) else {
+                continue;
+            };
+            for dir in [Direction::In, Direction::Out] {
+                let q = wait.queue(dir);
+                let (gone, kept): (VecDeque<Parked>, VecDeque<Parked>) = std::mem::take(q)
+                    .into_iter()
+                    .partition(|p| p.user_data == target);
+                *q = kept;
+                for p in gone {
+                    self.complete(p.user_data, -libc::ECANCELED);
+                }
+            }
+            if wait.is_empty() {
+                self.unregister_wait(&wait);
+            } else {
+                // Still waited on: re-arm for what the queues now need.
+                self.waits.insert(key, wait);
+                self.arm(key);
+            }
+        }
         0
     }
 
