@@ -383,7 +383,10 @@ fn validate_setup(p: &mut abi::SetupParams) -> Result<abi::LaneLayout> {
         return Err(EINVAL);
     }
     let layout = abi::lane_layout(p.sq_entries, p.cq_entries);
-    let total = layout.lane_size.checked_mul(p.workers as u64).ok_or(EINVAL)?;
+    let total = layout
+        .lane_size
+        .checked_mul(p.workers as u64)
+        .ok_or(EINVAL)?;
     if total > MAX_MMAP_BYTES {
         return Err(EINVAL);
     }
@@ -409,42 +412,46 @@ impl Setup {
         Ok(Arc::new(Setup { shared, lanes }, GFP_KERNEL)?)
     }
 
-    /// Makes every lane and helper thread return (they cancel what waits on their lane).
+    /// Makes every lane and helper thread return; every request waiting for
+    /// readiness or for a helper completes with -ECANCELED (requests running on a
+    /// helper are interrupted and complete by themselves).
     fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         for lane in self.lanes.iter() {
             lane.kick();
         }
-        // Interrupts running blocking jobs (completed -ECANCELED by their helpers) and
-        // wakes idle helpers; queued ones are marked cancelled.
-        self.shared.jobs.cancel(None);
+        // Interrupts running blocking jobs and wakes idle helpers.
+        self.shared.jobs.cancel(|_, _| true);
+        // Lanes with a thread retire themselves; the others are retired here.
+        for lane in self.lanes.iter() {
+            lane.with_claim(Lane::retire);
+        }
+        self.complete_queued_jobs();
     }
 
-    /// No thread serves the context any more: complete everything still in flight with
-    /// -ECANCELED and break the reference cycles (lane → port ← request → lane's port).
+    /// Completes every queued blocking job with -ECANCELED (after SHUTDOWN).
+    pub(crate) fn complete_queued_jobs(&self) {
+        for job in self.shared.jobs.take_where(|_| true) {
+            helper::complete(
+                &self.lanes,
+                &job,
+                crate::sys::neg(kernel::bindings::ECANCELED),
+            );
+        }
+    }
+
+    /// No thread serves the context any more (last close): complete everything still
+    /// in flight and break the reference cycles (request → lane's port → request).
     fn teardown(&self) {
         self.shutdown();
-        self.shared.cancel_file(None);
-        // Cancelled requests are on their ports (a wake function may still be moving
-        // one there: loop until the list is empty).
-        let mut rounds = 0u32;
-        while self.shared.pendings.len() > 0 {
-            for lane in self.lanes.iter() {
-                lane.drain_port();
-            }
-            rounds += 1;
-            if rounds > 1000 {
-                pr_warn!("fastio: teardown: requests still waiting after 1000 rounds\n");
-                break;
-            }
-            if self.shared.pendings.len() > 0 {
-                crate::sys::yield_cpu();
-            }
+        if self.shared.pendings.any(|_| true) {
+            // Only possible if a lane could not be claimed, which no thread can hold
+            // at release. Leak rather than free what a wait queue may point at.
+            pr_warn!("fastio: teardown: requests still waiting; leaking them\n");
+            self.shared.pendings.leak_all();
         }
-        for job in self.shared.jobs.take_all() {
-            helper::complete(&self.lanes, &job, crate::sys::neg(kernel::bindings::ECANCELED));
-        }
-        // The file references go with the table.
-        drop(self.shared.files.lock().clear());
+        // The file references go with the table, after its lock.
+        let files = self.shared.files.lock().clear();
+        drop(files);
     }
 }

@@ -14,6 +14,7 @@
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
 #include <linux/sched/user.h>
+#include <linux/task_work.h>
 #include <linux/uio.h>
 #include <linux/wait.h>
 
@@ -37,6 +38,20 @@ void fastio_notify_signal(struct task_struct *task)
 		wake_up_process(task);
 		kick_process(task);
 	}
+}
+
+/*
+ * task_work_pending(current), and if so make the current thread return to user space
+ * and restart its system call (set_notify_signal(current) without the wake-up it does
+ * not need): work queued on a thread that stays in the kernel (the release of a file
+ * whose last reference it dropped, CPU-time timers) only runs on the way out.
+ */
+bool fastio_task_work_to_run(void)
+{
+	if (!task_work_pending(current))
+		return false;
+	set_thread_flag(TIF_NOTIFY_SIGNAL);
+	return true;
 }
 
 /* get_uid(current_user()): a counted reference to the caller's user. */

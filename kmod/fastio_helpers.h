@@ -23,6 +23,7 @@ struct wait_queue_entry;
 #define FASTIO_FMODE_REGULAR	(1u << 5)
 
 bool fastio_need_resched(void);
+bool fastio_task_work_to_run(void);
 void fastio_notify_signal(struct task_struct *task);
 struct user_struct *fastio_get_current_user(void);
 unsigned long fastio_rlimit_memlock(void);

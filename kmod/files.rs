@@ -6,9 +6,7 @@
 //! connection it is accepting (so that a busy destination is refused before a
 //! connection is taken off the listener, never after).
 
-use kernel::{
-    alloc::flags::GFP_KERNEL_ACCOUNT, bindings, fs::File, prelude::*, sync::aref::ARef,
-};
+use kernel::{alloc::flags::GFP_KERNEL_ACCOUNT, bindings, fs::File, prelude::*, sync::aref::ARef};
 
 use crate::sys::neg;
 

@@ -31,6 +31,11 @@ pub(crate) fn complete(lanes: &[Arc<Lane>], job: &Job, res: i32) {
 /// a signal (`-ERESTARTSYS`).
 pub(crate) fn run(shared: &Shared, lanes: &[Arc<Lane>], idx: u32) -> Result<isize> {
     if shared.stopping.load(Ordering::SeqCst) {
+        // After SHUTDOWN: nothing may stay queued (a job put back by a helper that a
+        // signal interrupted just before SHUTDOWN).
+        for job in shared.jobs.take_where(|_| true) {
+            complete(lanes, &job, neg(bindings::ECANCELED));
+        }
         return Err(ESHUTDOWN);
     }
     shared.jobs.attach(idx)?;
@@ -44,9 +49,12 @@ fn serve(shared: &Shared, lanes: &[Arc<Lane>], idx: u32) -> Result<isize> {
     let stopping = || shared.stopping.load(Ordering::SeqCst);
     loop {
         if stopping() {
+            for job in shared.jobs.take_where(|_| true) {
+                complete(lanes, &job, neg(bindings::ECANCELED));
+            }
             return Ok(0);
         }
-        if sys::signal_pending() {
+        if sys::must_return() {
             return Err(restart());
         }
         let Some(job) = shared.jobs.take(idx) else {

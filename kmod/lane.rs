@@ -111,6 +111,10 @@ impl Lane {
             self.cq_reserved_hint.store(cq.reserved, Ordering::Relaxed);
         }
         self.shared.notify_cq();
+        // A lane asleep on a CQ full of reservations may run again now.
+        if self.port.sleeping.load(Ordering::SeqCst) && self.sq_runnable() {
+            self.port.kick();
+        }
     }
 
     /// Whether the SQ holds entries that the CQ has room for (lock-free hint).
@@ -126,20 +130,52 @@ impl Lane {
     /// The body of `FASTIO_RUN_LANE`: serves the lane until SHUTDOWN (`Ok(0)`) or a
     /// signal (`-ERESTARTSYS`).
     pub(crate) fn run(&self) -> Result<isize> {
-        if self.shared.stopping.load(Ordering::SeqCst) {
-            return Err(ESHUTDOWN);
-        }
         if self.attached.swap(true, Ordering::SeqCst) {
             return Err(EBUSY);
         }
-        let r = self.serve();
+        let r = if self.shared.stopping.load(Ordering::SeqCst) {
+            // After SHUTDOWN: make sure nothing of this lane is left waiting.
+            self.retire();
+            Err(ESHUTDOWN)
+        } else {
+            self.serve()
+        };
         self.attached.store(false, Ordering::SeqCst);
         r
     }
 
+    /// Runs `f` as the lane's only server if no thread serves it (SHUTDOWN, teardown).
+    pub(crate) fn with_claim(&self, f: impl FnOnce(&Self)) -> bool {
+        if self.attached.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        f(self);
+        self.attached.store(false, Ordering::SeqCst);
+        true
+    }
+
+    /// The lane is stopping (its server holds it): every request of the lane still
+    /// waiting for readiness or queued for a helper completes with -ECANCELED.
+    /// Deterministic: after the cancel and the detach of every such request, all of
+    /// them are on the port.
+    pub(crate) fn retire(&self) {
+        let mine = |p: &Pending| p.lane == self.idx;
+        self.shared.pendings.cancel_where(mine);
+        self.shared.pendings.detach_where(mine);
+        self.port.drain(|p| {
+            p.detach();
+            self.finish(&p, neg(bindings::ECANCELED));
+        });
+        for job in self.shared.jobs.take_where(|j| j.lane == self.idx) {
+            self.post(
+                job.user_data,
+                add_progress(job.progress, neg(bindings::ECANCELED)),
+            );
+        }
+    }
+
     fn serve(&self) -> Result<isize> {
         let idle = Delta::from_millis(self.shared.params.idle_ms as i64);
-        let mut batch = KVec::new();
         let mut head = self.sq_head.load(Ordering::Relaxed);
         let mut last_work = Instant::<Monotonic>::now();
         self.ring
@@ -148,15 +184,14 @@ impl Lane {
         loop {
             if self.shared.stopping.load(Ordering::SeqCst) {
                 self.sq_head.store(head, Ordering::Relaxed);
-                self.shared.pendings.cancel_where(|p| p.lane == self.idx);
-                self.process_ready(&mut batch);
+                self.retire();
                 return Ok(0);
             }
-            if sys::signal_pending() {
+            if sys::must_return() {
                 self.sq_head.store(head, Ordering::Relaxed);
                 return Err(restart());
             }
-            let mut progress = self.process_ready(&mut batch);
+            let mut progress = self.process_ready();
             progress += self.drain(&mut head);
             if progress > 0 {
                 last_work = Instant::now();
@@ -242,6 +277,16 @@ impl Lane {
         };
         match op {
             Op::Nop => self.post(user_data, 0),
+            Op::AsyncCancel { target } => {
+                // The targets complete -ECANCELED through their own lanes (those on this
+                // lane in its next round, after this completion, as with io_uring).
+                let res = if shared.cancel_user_data(target) > 0 {
+                    0
+                } else {
+                    neg(bindings::ENOENT)
+                };
+                self.post(user_data, res)
+            }
             Op::Close { slot } => {
                 let old = shared.files.lock().take(slot);
                 let res = match old {
@@ -307,20 +352,20 @@ impl Lane {
         };
         self.shared.stats.offloaded.fetch_add(1, Ordering::Relaxed);
         if let Err(job) = self.shared.jobs.push(job) {
-            self.post(job.user_data, add_progress(job.progress, neg(bindings::ENOMEM)));
+            self.post(
+                job.user_data,
+                add_progress(job.progress, neg(bindings::ENOMEM)),
+            );
         }
     }
 
     /// Re-issues (or completes, when cancelled) what the port handed back.
-    fn process_ready(&self, batch: &mut KVec<Arc<Pending>>) -> u32 {
-        self.port.take(batch);
-        let n = batch.len() as u32;
+    fn process_ready(&self) -> u32 {
         let stopping = self.shared.stopping.load(Ordering::SeqCst);
-        for p in batch.drain_all() {
+        self.port.drain(|p| {
             p.detach();
             if p.is_cancelled() || stopping {
-                self.finish(&p, neg(bindings::ECANCELED));
-                continue;
+                return self.finish(&p, neg(bindings::ECANCELED));
             }
             self.shared.stats.wakeups.fetch_add(1, Ordering::Relaxed);
             match ops::issue(&self.shared.files, &p.op, &p.file, false) {
@@ -332,8 +377,7 @@ impl Lane {
                     self.handle(p.op, p.user_data, p.file.clone(), outcome);
                 }
             }
-        }
-        n
+        })
     }
 
     /// Completes a detached request with `res`.
@@ -341,17 +385,6 @@ impl Lane {
         p.set_done();
         self.shared.pendings.remove(p);
         self.post(p.user_data, res);
-    }
-
-    /// Teardown (no thread serves the lane any more): completes everything its port
-    /// holds with -ECANCELED.
-    pub(crate) fn drain_port(&self) {
-        let mut batch = KVec::new();
-        self.port.take(&mut batch);
-        for p in batch.drain_all() {
-            p.detach();
-            self.finish(&p, neg(bindings::ECANCELED));
-        }
     }
 
     /// `ENTER(SQ_WAKEUP)`, SHUTDOWN, or a CQ that was full has room again.

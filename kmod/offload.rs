@@ -8,7 +8,7 @@
 //! `FASTIO_RUN_HELPER`) take. So one context's slow files can never hold back another
 //! context, and the blocking call runs with the process's own identity and limits.
 //!
-//! A running job can be cancelled (CLOSE or UNREGISTER of its file, SHUTDOWN): its
+//! A running job can be cancelled (CLOSE of its file, ASYNC_CANCEL, SHUTDOWN): its
 //! helper is interrupted like a signal would (`TIF_NOTIFY_SIGNAL`), so an interruptible
 //! wait (a FIFO read) returns at once; a killable one (disk I/O) finishes first.
 //!
@@ -17,7 +17,15 @@
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use kernel::{
-    alloc::{flags::GFP_KERNEL, kvec::InsertError}, bindings, fs::File, new_mutex, prelude::*, sync::aref::ARef,
+    alloc::{
+        flags::{GFP_KERNEL, GFP_KERNEL_ACCOUNT},
+        kvec::InsertError,
+    },
+    bindings,
+    fs::File,
+    new_mutex,
+    prelude::*,
+    sync::aref::ARef,
     sync::Mutex,
 };
 
@@ -44,12 +52,13 @@ struct Running {
     /// The helper, inside `FASTIO_RUN_HELPER` for as long as this entry exists.
     task: *mut bindings::task_struct,
     file: *const bindings::file,
+    user_data: u64,
     cancelled: bool,
 }
 
 struct Inner {
     /// Waiting jobs, oldest first from `first`.
-    queue: KVec<Job>,
+    queue: KVVec<Job>,
     /// Per helper index: whether a thread serves it, and what it runs.
     attached: KVec<bool>,
     running: KVec<Option<Running>>,
@@ -84,7 +93,7 @@ impl Jobs {
         }
         Ok(pin_init!(Jobs {
             inner <- new_mutex!(Inner {
-                queue: KVec::new(),
+                queue: KVVec::new(),
                 attached,
                 running,
             }),
@@ -98,7 +107,7 @@ impl Jobs {
     pub(crate) fn push(&self, job: Job) -> core::result::Result<(), Job> {
         {
             let mut inner = self.inner.lock();
-            if inner.queue.reserve(1, GFP_KERNEL).is_err() {
+            if inner.queue.reserve(1, GFP_KERNEL_ACCOUNT).is_err() {
                 return Err(job);
             }
             if let Err(e) = inner.queue.push_within_capacity(job) {
@@ -113,7 +122,7 @@ impl Jobs {
     /// Puts back a job its helper could not finish (interrupted by a signal), first.
     pub(crate) fn push_front(&self, job: Job) -> core::result::Result<(), Job> {
         let mut inner = self.inner.lock();
-        if inner.queue.reserve(1, GFP_KERNEL).is_err() {
+        if inner.queue.reserve(1, GFP_KERNEL_ACCOUNT).is_err() {
             return Err(job);
         }
         if let Err(e) = inner.queue.insert_within_capacity(0, job) {
@@ -121,6 +130,8 @@ impl Jobs {
             return Err(job);
         }
         self.queued.fetch_add(1, Ordering::SeqCst);
+        drop(inner);
+        self.wq.wake_all();
         Ok(())
     }
 
@@ -166,6 +177,7 @@ impl Jobs {
             *r = Some(Running {
                 task,
                 file: job.file.as_ptr(),
+                user_data: job.user_data,
                 cancelled: false,
             });
         }
@@ -183,19 +195,22 @@ impl Jobs {
         r.is_some_and(|r| r.cancelled)
     }
 
-    /// Cancels the jobs on `file` (every job with `None`): queued ones are marked (a
+    /// Cancels the jobs `pred(file, user_data)` selects: queued ones are marked (a
     /// helper completes them without running them), running ones are interrupted.
-    pub(crate) fn cancel(&self, file: Option<*const bindings::file>) {
+    /// Returns how many it selected.
+    pub(crate) fn cancel(&self, pred: impl Fn(*const bindings::file, u64) -> bool) -> usize {
         let mut inner = self.inner.lock();
-        let matches = |f: *const bindings::file| file.is_none_or(|want| core::ptr::eq(f, want));
+        let mut n = 0;
         for job in inner.queue.iter_mut() {
-            if matches(job.file.as_ptr()) {
+            if !job.cancelled && pred(job.file.as_ptr(), job.user_data) {
                 job.cancelled = true;
+                n += 1;
             }
         }
         for r in inner.running.iter_mut().flatten() {
-            if matches(r.file) && !r.cancelled {
+            if !r.cancelled && pred(r.file, r.user_data) {
                 r.cancelled = true;
+                n += 1;
                 // SAFETY: the helper is inside the module's ioctl while its entry
                 // exists, and we hold the lock that keeps the entry: the task is alive.
                 unsafe { sys::fastio_notify_signal(r.task) };
@@ -203,13 +218,30 @@ impl Jobs {
         }
         drop(inner);
         self.wq.wake_all();
+        n
     }
 
-    /// Takes every queued job (teardown, when no helper runs any more).
-    pub(crate) fn take_all(&self) -> KVec<Job> {
+    /// Takes every queued job `pred` selects (SHUTDOWN, teardown). Out of memory, it
+    /// takes none (they stay queued: never lost).
+    pub(crate) fn take_where(&self, pred: impl Fn(&Job) -> bool) -> KVVec<Job> {
         let mut inner = self.inner.lock();
-        self.queued.store(0, Ordering::SeqCst);
-        core::mem::take(&mut inner.queue)
+        let n = inner.queue.len();
+        let mut out = KVVec::new();
+        let mut keep = KVVec::new();
+        if out.reserve(n, GFP_KERNEL_ACCOUNT).is_err()
+            || keep.reserve(n, GFP_KERNEL_ACCOUNT).is_err()
+        {
+            return KVVec::new();
+        }
+        for job in core::mem::take(&mut inner.queue) {
+            let dest = if pred(&job) { &mut out } else { &mut keep };
+            // Cannot fail: both have room for every job.
+            let _ = dest.push_within_capacity(job);
+        }
+        inner.queue = keep;
+        self.queued
+            .store(inner.queue.len() as u32, Ordering::SeqCst);
+        out
     }
 
     /// Helper `idx` sleeps until a job is queued or `stop()` says so.

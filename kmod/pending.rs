@@ -29,8 +29,15 @@ use core::ptr::null_mut;
 use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use kernel::{
-    alloc::flags::GFP_KERNEL, bindings, fs::File, new_mutex, prelude::*, sync::aref::ARef,
-    sync::Arc, sync::Mutex, types::Opaque,
+    alloc::flags::{GFP_KERNEL, GFP_KERNEL_ACCOUNT},
+    bindings,
+    fs::File,
+    new_mutex,
+    prelude::*,
+    sync::aref::ARef,
+    sync::Arc,
+    sync::Mutex,
+    types::Opaque,
 };
 
 use crate::abi::Op;
@@ -108,13 +115,13 @@ impl Port {
         !self.head.load(Ordering::SeqCst).is_null()
     }
 
-    /// Takes every ready request into `out`, oldest first. On allocation failure they
-    /// all stay on the port for the next call.
-    pub(crate) fn take(&self, out: &mut KVec<Arc<Pending>>) {
+    /// Takes every ready request, oldest first, and hands each to `f` (with the
+    /// armed reference it owned). Allocates nothing; requests pushed meanwhile wait
+    /// for the next call.
+    pub(crate) fn drain(&self, mut f: impl FnMut(Arc<Pending>)) -> u32 {
         let mut list = self.head.swap(null_mut(), Ordering::SeqCst);
-        // Reverse into push order, counting.
+        // Reverse into push order.
         let mut rev: *mut Pending = null_mut();
-        let mut n = 0;
         while !list.is_null() {
             // SAFETY: every entry is a READY request whose armed reference the stack
             // owns; we own the whole list since the swap.
@@ -123,23 +130,17 @@ impl Port {
             unsafe { (*list).next.store(rev, Ordering::Relaxed) };
             rev = list;
             list = next;
-            n += 1;
         }
-        let room = out.reserve(n, GFP_KERNEL).is_ok();
+        let mut n = 0;
         while !rev.is_null() {
-            // SAFETY: as above.
+            // SAFETY: as above; `next` is read before the request is handed on.
             let next = unsafe { (*rev).next.load(Ordering::Relaxed) };
-            if room {
-                // SAFETY: takes back the armed reference the stack owned.
-                let p = unsafe { Arc::from_raw(rev) };
-                if let Err(e) = out.push_within_capacity(p) {
-                    self.push(Arc::into_raw(e.0));
-                }
-            } else {
-                self.push(rev);
-            }
+            // SAFETY: takes back the armed reference the stack owned.
+            f(unsafe { Arc::from_raw(rev) });
+            n += 1;
             rev = next;
         }
+        n
     }
 }
 
@@ -161,6 +162,8 @@ pub(crate) struct Pending {
     /// Place in the context's pending list (see `PendingList`).
     pub(crate) index: AtomicUsize,
     next: AtomicPtr<Pending>,
+    /// Wait queues joined by the last arming (set by `qproc`).
+    joined: AtomicU32,
     heads: [AtomicPtr<bindings::wait_queue_head>; MAX_HEADS],
     #[pin]
     waits: [Opaque<bindings::wait_queue_entry>; MAX_HEADS],
@@ -205,11 +208,12 @@ impl Pending {
                 cancelled: AtomicBool::new(false),
                 index: AtomicUsize::new(usize::MAX),
                 next: AtomicPtr::new(null_mut()),
+                joined: AtomicU32::new(0),
                 heads: [AtomicPtr::new(null_mut()), AtomicPtr::new(null_mut())],
                 waits <- pin_init::init_zeroed(),
                 pt <- pin_init::init_zeroed(),
             }),
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )
     }
 
@@ -233,13 +237,16 @@ impl Pending {
             }
             me.heads[i].store(null_mut(), Ordering::SeqCst);
         }
+        me.joined.store(0, Ordering::SeqCst);
         let want = me.events | EPOLLERR | EPOLLHUP;
         // SAFETY: the file is held; `pt` is ours; qproc finds `me` from `pt` and adds
         // our entries to the file's queues.
         let mask =
             unsafe { sys::fastio_vfs_poll(me.file.as_ptr(), me.pt.get(), Some(qproc), want) };
-        if me.heads[0].load(Ordering::SeqCst).is_null() {
-            // Not on any queue, so nothing else can have seen `raw`.
+        if me.joined.load(Ordering::SeqCst) == 0 {
+            // Not on any queue (the file has none), so nothing else can have seen `raw`.
+            // (A queue joined and freed meanwhile — POLLFREE — still counts as joined:
+            // the request then takes the woken path below and completes -ECANCELED.)
             me.state.store(DONE, Ordering::SeqCst);
             // SAFETY: takes back the armed reference.
             return Armed::NoQueue(unsafe { Arc::from_raw(raw) });
@@ -277,10 +284,12 @@ impl Pending {
 
     /// Cancels the request: it completes with `-ECANCELED` through its lane (unless it
     /// completes first). Never waits.
-    pub(crate) fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
+    /// Returns false if it was cancelled already.
+    pub(crate) fn cancel(&self) -> bool {
+        let first = !self.cancelled.swap(true, Ordering::SeqCst);
         // ARMING: the lane checks `cancelled` after arming. READY/DONE: the lane sees it.
         self.make_ready();
+        first
     }
 
     /// Takes the entries off the wait queues. Lane thread (or teardown), READY state.
@@ -317,6 +326,7 @@ unsafe extern "C" fn qproc(
     for (i, h) in me.heads.iter().enumerate() {
         if h.load(Ordering::SeqCst).is_null() {
             h.store(head, Ordering::SeqCst);
+            me.joined.fetch_add(1, Ordering::SeqCst);
             // SAFETY: `head` is a live wait-queue head of the file being polled; the
             // entry is initialised and on no queue.
             unsafe { bindings::add_wait_queue(head, me.waits[i].get()) };
@@ -344,7 +354,11 @@ unsafe extern "C" fn wake_fn(
         // so after that store the request may be freed (io_uring/poll.c).
         me.cancelled.store(true, Ordering::SeqCst);
         wake(me);
-        let i = if core::ptr::eq(wq, me.waits[1].get()) { 1 } else { 0 };
+        let i = if core::ptr::eq(wq, me.waits[1].get()) {
+            1
+        } else {
+            0
+        };
         // SAFETY: we run under this queue's lock, with the entry on it.
         unsafe { sys::fastio_wait_entry_del_careful(wq) };
         me.heads[i].store(null_mut(), Ordering::Release);
@@ -385,20 +399,20 @@ fn wake(me: &Pending) {
 #[pin_data]
 pub(crate) struct PendingList {
     #[pin]
-    list: Mutex<KVec<Arc<Pending>>>,
+    list: Mutex<KVVec<Arc<Pending>>>,
 }
 
 impl PendingList {
     pub(crate) fn new() -> impl PinInit<Self> {
         pin_init!(PendingList {
-            list <- new_mutex!(KVec::new()),
+            list <- new_mutex!(KVVec::new()),
         })
     }
 
     pub(crate) fn insert(&self, p: &Arc<Pending>) -> Result {
         let mut list = self.list.lock();
         p.index.store(list.len(), Ordering::Relaxed);
-        list.push(p.clone(), GFP_KERNEL)?;
+        list.push(p.clone(), GFP_KERNEL_ACCOUNT)?;
         Ok(())
     }
 
@@ -425,11 +439,37 @@ impl PendingList {
         self.list.lock().len()
     }
 
-    /// Cancels every request `pred` selects (they complete through their lanes).
-    pub(crate) fn cancel_where(&self, pred: impl Fn(&Pending) -> bool) {
+    /// Cancels every request `pred` selects (they complete through their lanes);
+    /// returns how many were not cancelled before.
+    pub(crate) fn cancel_where(&self, pred: impl Fn(&Pending) -> bool) -> usize {
+        let list = self.list.lock();
+        list.iter()
+            .filter(|p| pred(p))
+            .filter(|p| p.cancel())
+            .count()
+    }
+
+    /// Takes every request `pred` selects off its wait queues. Once this returns, no
+    /// wake function is still working on one of them (each detach takes the queue's
+    /// lock), and every cancel that ran before has pushed its request.
+    pub(crate) fn detach_where(&self, pred: impl Fn(&Pending) -> bool) {
         let list = self.list.lock();
         for p in list.iter().filter(|p| pred(p)) {
-            p.cancel();
+            p.detach();
+        }
+    }
+
+    /// Whether a request `pred` selects is still waiting.
+    pub(crate) fn any(&self, pred: impl Fn(&Pending) -> bool) -> bool {
+        self.list.lock().iter().any(|p| pred(p))
+    }
+
+    /// Last resort of a teardown that could not complete every request: they are
+    /// leaked (never freed while a wait queue may still point at them).
+    pub(crate) fn leak_all(&self) {
+        let mut list = self.list.lock();
+        while let Some(p) = list.pop() {
+            core::mem::forget(p);
         }
     }
 }

@@ -68,7 +68,8 @@ impl RingView {
     }
 
     pub(crate) fn set_sq_head(&self, head: u32) {
-        self.word(self.sq, Word::Head).store(head, Ordering::Release);
+        self.word(self.sq, Word::Head)
+            .store(head, Ordering::Release);
     }
 
     /// The SQ flags word (NEED_WAKEUP).
@@ -99,7 +100,8 @@ impl RingView {
     }
 
     pub(crate) fn set_cq_tail(&self, tail: u32) {
-        self.word(self.cq, Word::Tail).store(tail, Ordering::Release);
+        self.word(self.cq, Word::Tail)
+            .store(tail, Ordering::Release);
     }
 
     pub(crate) fn cq_tail(&self) -> u32 {

@@ -78,10 +78,15 @@ unsafe impl Sync for Shared {}
 
 impl Shared {
     /// Allocates the ring memory and the tables for the validated `p`.
-    pub(crate) fn new(p: &abi::SetupParams, layout: abi::LaneLayout, charge: Charge) -> Result<Arc<Self>> {
+    pub(crate) fn new(
+        p: &abi::SetupParams,
+        layout: abi::LaneLayout,
+        charge: Charge,
+    ) -> Result<Arc<Self>> {
         // Bounded by MAX_MMAP_BYTES at validation: no overflow.
         let mmap_size = layout.lane_size * p.workers as u64;
-        let mut mem = VVec::<u8>::with_capacity(mmap_size as usize, GFP_KERNEL_ACCOUNT | __GFP_ZERO)?;
+        let mut mem =
+            VVec::<u8>::with_capacity(mmap_size as usize, GFP_KERNEL_ACCOUNT | __GFP_ZERO)?;
         mem.resize(mmap_size as usize, 0, GFP_KERNEL_ACCOUNT)?;
         let base = mem.as_mut_ptr();
         let files = FileTable::new(p.max_files)?;
@@ -134,9 +139,16 @@ impl Shared {
     /// interrupted). Never waits.
     pub(crate) fn cancel_file(&self, file: Option<&File>) {
         let ptr = file.map(|f| f.as_ptr() as *const bindings::file);
-        self.pendings
-            .cancel_where(|p| ptr.is_none_or(|want| core::ptr::eq(p.file.as_ptr(), want)));
-        self.jobs.cancel(ptr);
+        let is = move |f: *const bindings::file| ptr.is_none_or(|want| core::ptr::eq(f, want));
+        self.pendings.cancel_where(|p| is(p.file.as_ptr()));
+        self.jobs.cancel(|f, _| is(f));
+    }
+
+    /// ASYNC_CANCEL: cancels the requests whose `user_data` is `target`; returns how
+    /// many were found (waiting for readiness or for/on a helper).
+    pub(crate) fn cancel_user_data(&self, target: u64) -> usize {
+        self.pendings.cancel_where(|p| p.user_data == target)
+            + self.jobs.cancel(|_, ud| ud == target)
     }
 
     /// Called after posting completions: wakes `ENTER(GETEVENTS)` sleepers.

@@ -11,6 +11,7 @@ use kernel::{bindings, fs::File};
 #[allow(improper_ctypes)]
 extern "C" {
     fn fastio_need_resched() -> bool;
+    fn fastio_task_work_to_run() -> bool;
     pub(crate) fn fastio_notify_signal(task: *mut bindings::task_struct);
     pub(crate) fn fastio_get_current_user() -> *mut bindings::user_struct;
     fn fastio_rlimit_memlock() -> c_ulong;
@@ -57,7 +58,7 @@ pub(crate) const fn neg(code: u32) -> i32 {
 /// reach user space in a CQE.
 pub(crate) fn is_restart(r: i32) -> bool {
     matches!(
-        -r as u32,
+        r.wrapping_neg() as u32,
         bindings::ERESTARTSYS
             | bindings::ERESTARTNOINTR
             | bindings::ERESTARTNOHAND
@@ -75,6 +76,16 @@ pub(crate) fn others_want_cpu() -> bool {
 pub(crate) fn yield_cpu() {
     // SAFETY: called from a sleepable task context (an ioctl), holding no lock.
     unsafe { bindings::yield_() };
+}
+
+/// The current thread must go back to user space (and have its call restarted): a
+/// signal is pending, or work was queued on it that only runs on the way out
+/// (`task_work`: the release of a file it dropped last, CPU-time timers). In the second
+/// case this sets `TIF_NOTIFY_SIGNAL`, so the restart is transparent.
+pub(crate) fn must_return() -> bool {
+    // SAFETY: looks at the current task's own work list and flags.
+    let work = unsafe { fastio_task_work_to_run() };
+    work || kernel::current!().signal_pending()
 }
 
 /// A signal is pending for the current task (a real one or a notify-signal).

@@ -178,7 +178,14 @@ fn nonblocking_outcome(r: i32, regular: bool, dir: Dir) -> Option<Outcome> {
 }
 
 /// READ or WRITE of `len` bytes at `addr`.
-pub(super) fn rw(file: &ARef<File>, dir: Dir, addr: u64, len: u32, off: u64, blocking: bool) -> Outcome {
+pub(super) fn rw(
+    file: &ARef<File>,
+    dir: Dir,
+    addr: u64,
+    len: u32,
+    off: u64,
+    blocking: bool,
+) -> Outcome {
     let mode = FileMode::of(file);
     let regular = mode.regular();
     if !blocking && !mode.nowait() {

@@ -48,7 +48,9 @@ pub(crate) fn issue(
         Op::Send {
             addr, len, flags, ..
         } => net::send(file, addr, len, flags),
-        Op::Read { addr, len, off, .. } => file::rw(file, file::Dir::Read, addr, len, off, blocking),
+        Op::Read { addr, len, off, .. } => {
+            file::rw(file, file::Dir::Read, addr, len, off, blocking)
+        }
         Op::Write { addr, len, off, .. } => {
             file::rw(file, file::Dir::Write, addr, len, off, blocking)
         }
@@ -58,7 +60,7 @@ pub(crate) fn issue(
             Some(sock) => net::writev(sock, iov, count),
             None => file::writev(file, iov, count, off, blocking),
         },
-        Op::Nop | Op::Close { .. } => Outcome::Done(0),
+        Op::Nop | Op::Close { .. } | Op::AsyncCancel { .. } => Outcome::Done(0),
     }
 }
 

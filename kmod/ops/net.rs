@@ -28,7 +28,11 @@ pub(super) fn socket_of(file: &File) -> Option<*mut bindings::socket> {
 }
 
 /// A zeroed `msghdr` whose iterator covers the user buffer `addr..addr+len`.
-pub(super) fn user_msg(dir: u32, addr: u64, len: u32) -> core::result::Result<bindings::msghdr, i32> {
+pub(super) fn user_msg(
+    dir: u32,
+    addr: u64,
+    len: u32,
+) -> core::result::Result<bindings::msghdr, i32> {
     // SAFETY: msghdr is plain C data for which all-zero is the empty value.
     let mut msg: bindings::msghdr = unsafe { core::mem::zeroed() };
     // SAFETY: import_ubuf only checks the range with access_ok and fills the iterator;
