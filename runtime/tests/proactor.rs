@@ -846,3 +846,29 @@ fn cancel_stops_a_waiting_recv() {
         );
     });
 }
+
+/// CLOSE of the last reference to a connection really closes it: the peer reads end of
+/// stream while the proactor (and its workers) stay up. On the kernel module the lane
+/// thread that drops the last reference must let the deferred release run (it is
+/// queued on that very thread); the regression left the socket open for ever.
+#[test]
+fn close_of_the_last_reference_sends_eof() {
+    each_backend("close_eof", |fl, p| {
+        let (_l, mut c, s) = tcp_pair();
+        let slot = p.register(&s).unwrap();
+        drop(s); // the proactor's reference is the last one now
+        p.close(slot, 1).unwrap();
+        let done = one(p);
+        assert_eq!((done.user_data, done.result), (1, 0), "[{}]", fl.name);
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 1];
+        let n = std::io::Read::read(&mut c, &mut buf)
+            .unwrap_or_else(|e| panic!("[{}] no end of stream after CLOSE: {e}", fl.name));
+        assert_eq!(n, 0, "[{}] read data instead of end of stream", fl.name);
+        // The proactor still works afterwards (its lane thread came back).
+        p.nop(2).unwrap();
+        p.submit().unwrap();
+        let c2 = one(p);
+        assert_eq!((c2.user_data, c2.result), (2, 0), "[{}]", fl.name);
+    });
+}
