@@ -232,9 +232,11 @@ impl Context {
             let file = unsafe { LocalFile::assume_no_fdget_pos(local) };
             // A /dev/fastio file (this context or another) would make a reference
             // cycle (file → context → table → file) that nothing breaks: refused, as
-            // io_uring refuses its own files.
+            // io_uring refuses its own files. So is an io_uring, which can hold a
+            // /dev/fastio file as a fixed file.
             // SAFETY: both files are held; `f_op` is fixed once a file is open.
-            if unsafe { (*file.as_ptr()).f_op == (*own.as_ptr()).f_op } {
+            let fastio = unsafe { (*file.as_ptr()).f_op == (*own.as_ptr()).f_op };
+            if fastio || crate::sys::is_io_uring(&file) {
                 return Err(EBADF);
             }
             files.push(file, GFP_KERNEL)?;

@@ -115,6 +115,13 @@ unsigned int fastio_file_mode(struct file *file)
 	return out;
 }
 
+/* file_dentry(file)->d_name.name: the name of an open file's dentry (stable while the
+ * file is held; "[io_uring]" for an io_uring instance). */
+const unsigned char *fastio_file_name(struct file *file)
+{
+	return file_dentry(file)->d_name.name;
+}
+
 /* mutex_trylock(&file->f_pos_lock) (a macro under lockdep); only for FMODE_ATOMIC_POS. */
 bool fastio_f_pos_trylock(struct file *file)
 {

@@ -33,6 +33,7 @@ void fastio_wait_entry_del_careful(struct wait_queue_entry *wq);
 __poll_t fastio_vfs_poll(struct file *file, struct poll_table_struct *pt,
 			 poll_queue_proc qproc, __poll_t events);
 unsigned int fastio_file_mode(struct file *file);
+const unsigned char *fastio_file_name(struct file *file);
 bool fastio_f_pos_trylock(struct file *file);
 int fastio_f_pos_lock_killable(struct file *file);
 void fastio_f_pos_unlock(struct file *file);

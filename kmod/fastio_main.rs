@@ -37,13 +37,25 @@
 //! ring memory charged to the memory cgroup and to RLIMIT_MEMLOCK (limits.rs). A
 //! /dev/fastio file cannot be registered into a context (no reference cycles).
 //!
-//! Known limits, because no exported API allows better: ACCEPT creates the new socket
-//! with `kernel_accept`, as a kernel socket for LSMs and without `security_socket_accept`
-//! (ops/net.rs). A registered Unix socket whose receive queue carries a /dev/fastio
-//! descriptor in flight (SCM_RIGHTS) still forms a cycle that only the Unix garbage
-//! collector's own rules break; io_uring closed that by refusing to send its files over
-//! SCM_RIGHTS, which a module cannot do.
-//!
+//! Known limits, because no exported API allows better:
+//! - ACCEPT creates the new socket with `kernel_accept`, as a kernel socket for LSMs and
+//!   without `security_socket_accept` (ops/net.rs).
+//! - Reference cycles: /dev/fastio and io_uring files cannot be registered, but a
+//!   registered Unix socket whose receive queue holds a /dev/fastio descriptor in flight
+//!   (SCM_RIGHTS) keeps the context alive after its process exits; the Unix garbage
+//!   collector only follows Unix sockets. io_uring closed this by refusing to be sent over
+//!   SCM_RIGHTS, which a module cannot do; the fix here would be an mmu_notifier release
+//!   hook that empties the file table when the owner's address space goes (not in this
+//!   kernel's configuration). The leak is bounded by the owner's own context limits.
+//! - A lane thread's non-blocking WRITE to a regular file still takes the file system's
+//!   freeze protection (`file_start_write`) and so waits, uninterruptibly, while the file
+//!   system is frozen, as write(2) does.
+//! - A cancelled request that another lane thread is executing at that very moment is
+//!   not cancelled (ordering is only promised within one lane).
+//! - UNREGISTER_FILE does not cancel requests in flight on the file (io_uring's fixed
+//!   files behave the same): they keep their own reference; ASYNC_CANCEL or SHUTDOWN
+//!   cancels them.
+
 //! Lock order (outer first): `Context::state` → `Shared::pendings` → leaves
 //! (`Shared::files`, `Jobs::inner`, each lane's CQ lock, `Shared::cq_lock`,
 //! `limits::USERS`). Wait-queue and port wakeups take no lock of the module.

@@ -28,6 +28,7 @@ extern "C" {
         events: c_uint,
     ) -> c_uint;
     fn fastio_file_mode(file: *mut bindings::file) -> c_uint;
+    fn fastio_file_name(file: *mut bindings::file) -> *const core::ffi::c_char;
     pub(crate) fn fastio_f_pos_trylock(file: *mut bindings::file) -> bool;
     pub(crate) fn fastio_f_pos_lock_killable(file: *mut bindings::file) -> c_int;
     pub(crate) fn fastio_f_pos_unlock(file: *mut bindings::file);
@@ -103,6 +104,16 @@ pub(crate) fn rlimit_memlock() -> u64 {
 pub(crate) fn can_lock_memory() -> bool {
     // SAFETY: a capability check of the current task.
     unsafe { bindings::capable(bindings::CAP_IPC_LOCK as c_int) }
+}
+
+/// Whether `file` is an io_uring instance (its anon-inode dentry is "[io_uring]";
+/// `io_is_uring_fops` is not exported). An io_uring can hold this module's files as
+/// fixed files, so registering it would allow a reference cycle.
+pub(crate) fn is_io_uring(file: &File) -> bool {
+    // SAFETY: the file is held, so its dentry and the dentry's name stay valid while we
+    // read it; the name is NUL-terminated.
+    let name = unsafe { core::ffi::CStr::from_ptr(fastio_file_name(file.as_ptr())) };
+    name.to_bytes() == b"[io_uring]"
 }
 
 /// What the module needs to know about an open file's mode.

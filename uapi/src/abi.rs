@@ -733,7 +733,9 @@ pub const FASTIO_SETUP: u32 = ioc(IOC_READ | IOC_WRITE, 1, core::mem::size_of::<
 pub const FASTIO_ENTER: u32 = ioc(IOC_WRITE, 2, core::mem::size_of::<EnterArgs>());
 /// `_IOW(0xFA, 3, FilesUpdate)`: register files into slots.
 pub const FASTIO_REGISTER_FILES: u32 = ioc(IOC_WRITE, 3, core::mem::size_of::<FilesUpdate>());
-/// `_IOW(0xFA, 4, SlotArg)`: empty a slot.
+/// `_IOW(0xFA, 4, SlotArg)`: empty a slot. Requests in flight on its file keep their own
+/// reference and complete normally (as with io_uring's fixed files); `OP_ASYNC_CANCEL`
+/// or `FASTIO_SHUTDOWN` cancels them.
 pub const FASTIO_UNREGISTER_FILE: u32 = ioc(IOC_WRITE, 4, core::mem::size_of::<SlotArg>());
 /// `_IOW(0xFA, 5, SlotArg)`: install a slot's file as a new descriptor (returned).
 pub const FASTIO_INSTALL_FD: u32 = ioc(IOC_WRITE, 5, core::mem::size_of::<SlotArg>());
