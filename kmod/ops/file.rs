@@ -9,12 +9,12 @@
 //! `FMODE_ATOMIC_POS`, as `fdget_pos` does. A lane thread only try-locks it (a busy
 //! position sends the request to a helper thread); a helper waits for it killably.
 
-use core::ffi::{c_int, c_uint};
 use core::ptr::{addr_of_mut, null_mut};
 
 use kernel::{bindings, fs::File, sync::aref::ARef};
 
-use super::{net::user_msg, net::FAST_IOVECS, Outcome};
+use super::iov::{import_iovecs, user_msg, FAST_IOVECS};
+use super::Outcome;
 use crate::abi;
 use crate::sys::{self, neg, FileMode, EPOLLIN, EPOLLOUT, RWF_NOWAIT};
 
@@ -230,35 +230,6 @@ pub(super) fn rw(
             return Outcome::Done(done as i32);
         }
     }
-}
-
-/// Copies and checks `count` iovecs at `iov` into `fast` or an allocation (returned, to
-/// be kfree'd by the caller after the transfer; null when `fast` was used) and sets up
-/// `iter` over them.
-pub(super) fn import_iovecs(
-    iov: u64,
-    count: u32,
-    fast: &mut [bindings::iovec; FAST_IOVECS],
-    iter: &mut bindings::iov_iter,
-) -> core::result::Result<*mut bindings::iovec, i32> {
-    let mut iovp: *mut bindings::iovec = fast.as_mut_ptr();
-    // SAFETY: import_iovec copies and checks `count` (<= UIO_MAXIOV, validated by decode)
-    // iovecs from the caller's memory into `fast` (FAST_IOVECS entries, as it is told)
-    // or into an allocation it returns in `iovp`; otherwise it sets `iovp` to null.
-    let r = unsafe {
-        bindings::import_iovec(
-            bindings::ITER_SOURCE as c_int,
-            iov as usize as *const bindings::iovec,
-            count,
-            FAST_IOVECS as c_uint,
-            &mut iovp,
-            iter,
-        )
-    };
-    if r < 0 {
-        return Err(r as i32);
-    }
-    Ok(iovp)
 }
 
 /// WRITEV on a file that is not a socket.

@@ -12,6 +12,7 @@
 //! call; every such wait in the kernel is interruptible or killable.
 
 mod file;
+mod iov;
 mod net;
 
 use kernel::{fs::File, sync::aref::ARef, sync::Mutex};

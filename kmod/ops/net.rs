@@ -8,47 +8,21 @@
 //! itself would do both. On a system without an LSM policy on accept this changes
 //! nothing; with one (SELinux, AppArmor, Smack) fastio's ACCEPT bypasses that check.
 
-use core::ffi::{c_int, c_uint, c_void};
+use core::ffi::{c_int, c_uint};
 use core::ptr::{null_mut, NonNull};
 
 use kernel::{bindings, fs::File, sync::aref::ARef, sync::Mutex};
 
+use super::iov::{import_iovecs, user_msg, FAST_IOVECS};
 use super::Outcome;
 use crate::abi;
 use crate::files::FileTable;
 use crate::sys::{neg, EPOLLIN, EPOLLOUT, EPOLLRDHUP};
 
-/// UIO_FASTIOV: iovecs import_iovec copies into the caller's array.
-pub(super) const FAST_IOVECS: usize = 8;
-
 pub(super) fn socket_of(file: &File) -> Option<*mut bindings::socket> {
     // SAFETY: sock_from_file only reads the file's operations and private data.
     let s = unsafe { bindings::sock_from_file(file.as_ptr()) };
     (!s.is_null()).then_some(s)
-}
-
-/// A zeroed `msghdr` whose iterator covers the user buffer `addr..addr+len`.
-pub(super) fn user_msg(
-    dir: u32,
-    addr: u64,
-    len: u32,
-) -> core::result::Result<bindings::msghdr, i32> {
-    // SAFETY: msghdr is plain C data for which all-zero is the empty value.
-    let mut msg: bindings::msghdr = unsafe { core::mem::zeroed() };
-    // SAFETY: import_ubuf only checks the range with access_ok and fills the iterator;
-    // the copy happens later, in the calling thread's (the owner's) address space.
-    let r = unsafe {
-        bindings::import_ubuf(
-            dir as c_int,
-            addr as usize as *mut c_void,
-            len as usize,
-            &mut msg.msg_iter,
-        )
-    };
-    if r < 0 {
-        return Err(r);
-    }
-    Ok(msg)
 }
 
 /// `-EAGAIN` from a socket call: wait for readiness, unless the request itself asked for
@@ -143,7 +117,7 @@ pub(super) fn writev(sock: *mut bindings::socket, iov: u64, count: u32) -> Outco
     let mut fast: [bindings::iovec; FAST_IOVECS] = unsafe { core::mem::zeroed() };
     // SAFETY: msghdr is plain C data; all-zero is empty.
     let mut msg: bindings::msghdr = unsafe { core::mem::zeroed() };
-    let iovp = match super::file::import_iovecs(iov, count, &mut fast, &mut msg.msg_iter) {
+    let iovp = match import_iovecs(iov, count, &mut fast, &mut msg.msg_iter) {
         Ok(p) => p,
         Err(e) => return Outcome::Done(e),
     };
