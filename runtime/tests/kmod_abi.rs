@@ -237,7 +237,7 @@ fn setup_refuses_bad_sizes_and_fields() {
         (
             "reserved input field",
             SetupParams {
-                resv_in: [0, 0, 0, 0, 0, 1],
+                resv_in: [0, 0, 0, 0, 0, 0, 1],
                 ..params(1, 8, 16)
             },
         ),

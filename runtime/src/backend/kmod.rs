@@ -77,8 +77,9 @@ fn setup_params(config: &Config) -> SetupParams {
         },
         affinity_offset: config.affinity_offset.unwrap_or(0),
         max_files: config.max_files,
-        wq_max_active: config.wq_max_active,
-        wq_idle_ms: config.wq_idle_ms,
+        // ABI 2 replaced the workqueue fields with `helpers` (0 = the module default);
+        // the v2 runtime maps the config onto it and starts the lane/helper threads.
+        helpers: 0,
         ..SetupParams::default()
     }
 }
@@ -382,9 +383,9 @@ mod tests {
             ),
             (3, 64, 256, 7, 100)
         );
-        assert_eq!((p.wq_max_active, p.wq_idle_ms), (9, 1234));
+        assert_eq!(p.helpers, 0);
         assert_eq!((p.flags, p.affinity_offset), (SETUP_AFFINITY, 2));
-        assert_eq!(p.resv_in, [0; 6]);
+        assert_eq!(p.resv_in, [0; 7]);
         let p = setup_params(&Config {
             affinity_offset: None,
             ..cfg
@@ -441,11 +442,11 @@ mod tests {
             (open_error(err(libc::EACCES)), "permission denied"),
             (
                 setup_error(err(libc::EINVAL), &p),
-                "rejected SETUP (ABI version 1?)",
+                "rejected SETUP (ABI version 2?)",
             ),
             (
                 setup_error(err(libc::ENOTTY), &p),
-                "rejected SETUP (ABI version 1?)",
+                "rejected SETUP (ABI version 2?)",
             ),
             (
                 setup_error(err(libc::EMFILE), &p),
