@@ -321,16 +321,7 @@ fn random_sqes_each_complete_once_and_leave_nothing_behind() {
     if !common::have_module(test) || !common::have_root(test) {
         return;
     }
-    let seed = std::env::var("FASTIO_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = random_sqes::seed_from_env("FASTIO_FUZZ_SEED");
     let secs = fuzz_secs();
     println!("kmod_fuzz: seed {seed} (FASTIO_FUZZ_SEED replays), {secs} s");
     let me = std::process::id();

@@ -1106,18 +1106,18 @@ impl Forked {
                 return Some(String::from_utf8_lossy(&line[..i]).into_owned());
             }
             let left = limit.saturating_sub(t0.elapsed());
-            if left.is_zero() {
-                return None;
-            }
             let mut pfd = libc::pollfd {
                 fd: self.report.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             };
-            // SAFETY: poll on one live pollfd.
+            // SAFETY: poll on one live pollfd (a zero timeout just looks).
             let r =
                 unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
             if r <= 0 {
+                if left.is_zero() {
+                    return None;
+                }
                 continue;
             }
             let mut buf = [0u8; 4096];

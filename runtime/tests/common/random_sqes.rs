@@ -14,6 +14,20 @@ use fastio::uapi::{
     OP_READ, OP_RECV, OP_SEND, OP_WRITE, OP_WRITEV, RECV_FLAGS, SEND_FLAGS,
 };
 
+/// The seed in environment variable `var` (to replay a run), else one from the clock.
+pub fn seed_from_env(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        })
+}
+
 /// Size of each PROT_NONE guard around a [`Fenced`] area.
 pub const GUARD: usize = 64 << 10;
 
