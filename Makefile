@@ -45,6 +45,12 @@ endif
 KERNEL_BUILD := scripts/kernel/build.sh
 # Module parameters for `make reload` (e.g. KMOD_PARAMS="max_workers=8").
 KMOD_PARAMS ?=
+# /dev/fastio's mode after `make reload`. 0666, like /dev/io_uring's syscalls being open to
+# all: any user may create contexts, bounded by the module's limits (max_user_contexts,
+# RLIMIT_MEMLOCK, max_idle_ms, max_helpers...) and running only as that user's own threads.
+# To restrict it: DEVICE_MODE=0660 DEVICE_GROUP=fastio.
+DEVICE_MODE ?= 0666
+DEVICE_GROUP ?=
 
 all: build
 
@@ -115,6 +121,8 @@ reload:
 	@test -f kmod/fastio.ko || { echo "make reload: kmod/fastio.ko is not built: make kmod" >&2; exit 2; }
 	@if grep -q '^fastio ' /proc/modules; then echo "rmmod fastio"; rmmod fastio; fi
 	insmod kmod/fastio.ko $(KMOD_PARAMS)
+	chmod $(DEVICE_MODE) /dev/fastio
+	$(if $(DEVICE_GROUP),chgrp $(DEVICE_GROUP) /dev/fastio)
 	@ls -l /dev/fastio
 
 # The guest compiles nothing: binaries and the module are built here first, and the

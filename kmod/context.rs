@@ -1,30 +1,32 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! A context: one open of `/dev/fastio`, bound to the process that opened it.
+//! A context: one open of `/dev/fastio`, bound to the process that opened it, and the
+//! ioctls on it.
 //!
-//! Lock order (outer first): `Context::state` → `Shared::files`. `Shared::cq_lock` and
-//! `Lane::sleep` are leaves.
+//! Lock order (outer first): `Context::state` → `Shared::pendings` → leaves
+//! (`Shared::files`, `Jobs::inner`, lane CQ locks, `Shared::cq_lock`, `limits::USERS`).
+//! `Context::state` is only held to read or swap the `Arc<Setup>`.
 
-use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use kernel::{
-    alloc::flags::{__GFP_ZERO, GFP_KERNEL, GFP_KERNEL_ACCOUNT},
-    bindings,
+    alloc::flags::GFP_KERNEL,
     fs::{file::FileDescriptorReservation, File, LocalFile},
     mm::{virt::VmaNew, Mm},
-    new_condvar, new_mutex,
+    new_mutex,
     page::{AsPageIter, PAGE_SIZE},
     prelude::*,
-    sync::{aref::ARef, Arc, CondVar, CondVarTimeoutResult, Mutex},
+    sync::{aref::ARef, Arc, Mutex},
     task::Pid,
-    time::msecs_to_jiffies,
     transmute::{AsBytes, FromBytes},
     uaccess::{UserPtr, UserSlice, UserSliceReader, UserSliceWriter},
 };
 
 use crate::abi;
-use crate::io::{Owner, Pending};
-use crate::worker::{self, Lane, RingView};
+use crate::helper;
+use crate::lane::Lane;
+use crate::limits::Charge;
+use crate::shared::Shared;
 
 // SAFETY: these ABI structs are `#[repr(C)]`, made only of integers, and have no padding
 // (their sizes and offsets are asserted in abi.rs), so every bit pattern is a valid value
@@ -39,10 +41,9 @@ unsafe impl FromBytes for abi::FilesUpdate {}
 // SAFETY: as above.
 unsafe impl FromBytes for abi::SlotArg {}
 // SAFETY: as above.
+unsafe impl FromBytes for abi::ThreadArg {}
+// SAFETY: as above.
 unsafe impl AsBytes for abi::Stats {}
-
-/// Contexts that completed SETUP, system wide (bounded by `max_contexts`).
-static CONTEXTS: AtomicU32 = AtomicU32::new(0);
 
 /// Notices about refused requests printed so far; capped so that a looping program
 /// cannot flood the log.
@@ -52,27 +53,11 @@ const MAX_NOTICES: u32 = 20;
 /// Largest ring mapping of one context (all lanes).
 const MAX_MMAP_BYTES: u64 = 256 << 20;
 
-/// Longest idle spin a worker may be configured with (ten minutes).
-const MAX_IDLE_MS: u32 = 600_000;
+/// Helper threads allowed when SETUP asks for the default (0).
+const DEFAULT_HELPERS: u32 = 2;
 
-/// One counted context; gives its place back when dropped.
-struct ContextSlot;
-
-impl ContextSlot {
-    fn acquire() -> Result<Self> {
-        let max = crate::module_parameters::max_contexts.value();
-        if CONTEXTS.fetch_add(1, Ordering::SeqCst) >= max {
-            CONTEXTS.fetch_sub(1, Ordering::SeqCst);
-            return Err(EMFILE);
-        }
-        Ok(ContextSlot)
-    }
-}
-
-impl Drop for ContextSlot {
-    fn drop(&mut self) {
-        CONTEXTS.fetch_sub(1, Ordering::SeqCst);
-    }
+fn notice_allowed() -> bool {
+    NOTICES.fetch_add(1, Ordering::Relaxed) < MAX_NOTICES
 }
 
 /// Per-open state.
@@ -110,7 +95,7 @@ impl Context {
         let cur = kernel::current!();
         let same_mm = cur.mm().is_some_and(|m| m.as_raw() == self.mm.as_raw());
         if !same_mm {
-            if NOTICES.fetch_add(1, Ordering::Relaxed) < MAX_NOTICES {
+            if notice_allowed() {
                 pr_notice!(
                     "fastio: pid {} used a context of pid {}: refused\n",
                     cur.tgid(),
@@ -126,30 +111,38 @@ impl Context {
         self.state.lock().clone().ok_or(EINVAL)
     }
 
-    /// Last close: stop the workers, drop the file references and the ring memory.
+    /// Last close (no ioctl of this file runs any more, so no lane or helper thread
+    /// does): cancel what waits, drop the file references and the ring memory.
     pub(crate) fn teardown(&self) {
         let setup = self.state.lock().take();
-        drop(setup);
+        if let Some(setup) = setup {
+            setup.teardown();
+        }
     }
 
     pub(crate) fn setup(&self, mut reader: UserSliceReader, mut writer: UserSliceWriter) -> Result {
         let mut p: abi::SetupParams = reader.read()?;
-        let mut state = self.state.lock();
-        if state.is_some() {
+        if self.state.lock().is_some() {
             return Err(EBUSY);
         }
-        let layout = validate_setup(&p)?;
-        let owner = Owner::current(self.mm.clone())?;
-        let setup = Setup::new(&p, layout, self.owner, owner)?;
+        let layout = validate_setup(&mut p)?;
+        let setup = Setup::new(&p, layout)?;
         p.lane_size = layout.lane_size;
-        p.mmap_size = layout.lane_size * p.workers as u64;
+        p.mmap_size = setup.shared.mmap_size;
         p.sq_off = layout.sq_off;
         p.sqes_off = layout.sqes_off;
         p.cq_off = layout.cq_off;
         p.cqes_off = layout.cqes_off;
         p.resv_out = [0; 4];
-        // On a failed copy-out the new setup is dropped here: workers stop, memory goes.
+        // The copy-out may fault, taking mmap_lock, which mmap() holds while it takes
+        // `state`: so `state` is never held here. On a failed copy the new setup is
+        // dropped: memory and charges go.
         writer.write(&p)?;
+        let mut state = self.state.lock();
+        if state.is_some() {
+            // A concurrent SETUP won.
+            return Err(EBUSY);
+        }
         *state = Some(setup);
         Ok(())
     }
@@ -187,20 +180,24 @@ impl Context {
         let setup = self.setup_ref()?;
         if a.flags & abi::ENTER_SQ_WAKEUP != 0 {
             if a.lane == abi::LANE_ALL {
-                setup.lanes.iter().for_each(|l| l.wake());
+                setup.lanes.iter().for_each(|l| l.kick());
             } else {
-                setup.lanes.get(a.lane as usize).ok_or(EINVAL)?.wake();
+                setup.lanes.get(a.lane as usize).ok_or(EINVAL)?.kick();
             }
         }
         if a.flags & abi::ENTER_GETEVENTS != 0 {
-            setup
-                .shared
-                .wait_cq(&setup.lanes, a.min_complete, a.timeout_ns)?;
+            // A lane that stopped on a full CQ may have room again now.
+            for lane in setup.lanes.iter().filter(|l| l.sq_runnable()) {
+                lane.kick();
+            }
+            let lanes = &setup.lanes;
+            let ready = || -> u64 { lanes.iter().map(|l| l.ring.cq_ready() as u64).sum() };
+            setup.shared.wait_cq(ready, a.min_complete, a.timeout_ns)?;
         }
         Ok(0)
     }
 
-    pub(crate) fn register_files(&self, mut reader: UserSliceReader) -> Result<isize> {
+    pub(crate) fn register_files(&self, own: &File, mut reader: UserSliceReader) -> Result<isize> {
         let u: abi::FilesUpdate = reader.read()?;
         let setup = self.setup_ref()?;
         let max = setup.shared.params.max_files;
@@ -210,17 +207,18 @@ impl Context {
         let n = u.count as usize;
         let fds = read_u32s(u.fds, n)?;
         let slots = read_u32s(u.slots, n)?;
-        // Slots in range and distinct.
-        let mut sorted = KVVec::with_capacity(n, GFP_KERNEL)?;
+        // Slots in range and distinct (a bitmap of the slots seen).
+        let mut seen = KVVec::from_elem(0u64, (max as usize).div_ceil(64), GFP_KERNEL)?;
         for &s in slots.iter() {
             if s >= max {
                 return Err(EBADF);
             }
-            sorted.push(s, GFP_KERNEL)?;
-        }
-        sorted.sort_unstable();
-        if sorted.windows(2).any(|w| w[0] == w[1]) {
-            return Err(EINVAL);
+            let (word, bit) = ((s / 64) as usize, 1u64 << (s % 64));
+            let w = seen.get_mut(word).ok_or(EBADF)?;
+            if *w & bit != 0 {
+                return Err(EINVAL);
+            }
+            *w |= bit;
         }
         // Take every file reference before changing anything: all or nothing.
         let mut files = KVVec::with_capacity(n, GFP_KERNEL)?;
@@ -232,14 +230,21 @@ impl Context {
             // SAFETY: this runs in an ioctl of another file, which never holds
             // fdget_pos on this thread.
             let file = unsafe { LocalFile::assume_no_fdget_pos(local) };
+            // A /dev/fastio file (this context or another) would make a reference
+            // cycle (file → context → table → file) that nothing breaks: refused, as
+            // io_uring refuses its own files.
+            // SAFETY: both files are held; `f_op` is fixed once a file is open.
+            if unsafe { (*file.as_ptr()).f_op == (*own.as_ptr()).f_op } {
+                return Err(EBADF);
+            }
             files.push(file, GFP_KERNEL)?;
         }
         let mut table = setup.shared.files.lock();
-        if slots.iter().any(|&s| table[s as usize].is_some()) {
+        if slots.iter().any(|&s| !table.is_empty(s)) {
             return Err(EBUSY);
         }
         for (file, &s) in files.into_iter().zip(slots.iter()) {
-            table[s as usize] = Some(file);
+            table.put(s, file);
         }
         Ok(0)
     }
@@ -250,23 +255,25 @@ impl Context {
             return Err(EINVAL);
         }
         let setup = self.setup_ref()?;
-        let old = {
-            let mut table = setup.shared.files.lock();
-            table.get_mut(a.slot as usize).ok_or(EBADF)?.take()
-        };
-        // The reference (if any) is dropped outside the lock.
-        old.map(|_| 0).ok_or(EBADF)
+        let old = setup.shared.files.lock().take(a.slot).ok_or(EBADF)?;
+        // As with io_uring's fixed files, requests in flight keep their own reference
+        // and complete normally (or -ECANCELED at SHUTDOWN); a later CLOSE of whatever
+        // the slot holds then cancels only that file's requests. The reference is
+        // dropped outside the lock.
+        drop(old);
+        Ok(0)
     }
 
     pub(crate) fn stats(&self, mut writer: UserSliceWriter) -> Result<isize> {
         let setup = self.setup_ref()?;
-        let st = &setup.shared.stats;
+        let sh = &setup.shared;
+        let st = &sh.stats;
         let out = abi::Stats {
             ops: st.ops.load(Ordering::Relaxed),
             parked: st.parked.load(Ordering::Relaxed),
             wakeups: st.wakeups.load(Ordering::Relaxed),
             offloaded: st.offloaded.load(Ordering::Relaxed),
-            pending: setup.shared.pending.lock().len() as u64,
+            pending: sh.pendings.len() as u64 + sh.jobs.count(),
             resv: [0; 3],
         };
         writer.write(&out)?;
@@ -285,6 +292,35 @@ impl Context {
         res.fd_install(file);
         Ok(fd as isize)
     }
+
+    fn thread_arg(&self, mut reader: UserSliceReader) -> Result<(Arc<Setup>, u32)> {
+        let a: abi::ThreadArg = reader.read()?;
+        if a.flags != 0 {
+            return Err(EINVAL);
+        }
+        Ok((self.setup_ref()?, a.index))
+    }
+
+    /// `FASTIO_RUN_LANE`: the calling thread serves a lane until SHUTDOWN or a signal.
+    pub(crate) fn run_lane(&self, reader: UserSliceReader) -> Result<isize> {
+        let (setup, idx) = self.thread_arg(reader)?;
+        let lane = setup.lanes.get(idx as usize).ok_or(EINVAL)?;
+        lane.run()
+    }
+
+    /// `FASTIO_RUN_HELPER`: the calling thread does blocking work until SHUTDOWN or a
+    /// signal.
+    pub(crate) fn run_helper(&self, reader: UserSliceReader) -> Result<isize> {
+        let (setup, idx) = self.thread_arg(reader)?;
+        helper::run(&setup.shared, &setup.lanes, idx)
+    }
+
+    /// `FASTIO_SHUTDOWN`: every lane and helper thread returns; waiting requests
+    /// complete with -ECANCELED.
+    pub(crate) fn shutdown(&self) -> Result<isize> {
+        self.setup_ref()?.shutdown();
+        Ok(0)
+    }
 }
 
 /// Reads `n` u32 values from user memory at `addr`.
@@ -301,10 +337,11 @@ fn read_u32s(addr: u64, n: usize) -> Result<KVVec<u32>> {
     Ok(out)
 }
 
-/// Checks a SETUP request; returns the lane layout.
-fn validate_setup(p: &abi::SetupParams) -> Result<abi::LaneLayout> {
+/// Checks a SETUP request (filling in defaults); returns the lane layout.
+fn validate_setup(p: &mut abi::SetupParams) -> Result<abi::LaneLayout> {
+    use crate::module_parameters as mp;
     if p.abi_version != abi::ABI_VERSION {
-        if NOTICES.fetch_add(1, Ordering::Relaxed) < MAX_NOTICES {
+        if notice_allowed() {
             pr_notice!(
                 "fastio: SETUP with ABI version {}, this module speaks {}\n",
                 p.abi_version,
@@ -316,293 +353,98 @@ fn validate_setup(p: &abi::SetupParams) -> Result<abi::LaneLayout> {
     if p.workers == 0 || p.workers > abi::MAX_WORKERS {
         return Err(EINVAL);
     }
-    if p.workers > crate::module_parameters::max_workers.value() {
+    if p.workers > mp::max_workers.value() {
+        return Err(E2BIG);
+    }
+    if p.helpers == 0 {
+        p.helpers = DEFAULT_HELPERS.min(mp::max_helpers.value().max(1));
+    }
+    if p.helpers > abi::MAX_HELPERS {
+        return Err(EINVAL);
+    }
+    if p.helpers > mp::max_helpers.value() {
         return Err(E2BIG);
     }
     let sizes_ok = abi::valid_entries(p.sq_entries) && abi::valid_entries(p.cq_entries);
     let files_ok = p.max_files != 0 && p.max_files <= abi::MAX_FILES;
-    let idle_ok = p.idle_ms != 0 && p.idle_ms <= MAX_IDLE_MS;
+    let idle_ok = p.idle_ms != 0 && p.idle_ms <= mp::max_idle_ms.value();
     let resv_ok = p.resv_in.iter().all(|&r| r == 0) && p.flags & !abi::SETUP_FLAGS == 0;
-    if !(sizes_ok && files_ok && idle_ok && resv_ok) {
+    // SAFETY: reads a kernel variable that is fixed after boot.
+    let ncpu = unsafe { kernel::bindings::nr_cpu_ids };
+    let affinity_ok = p.flags & abi::SETUP_AFFINITY == 0 || p.affinity_offset < ncpu;
+    if !(sizes_ok && files_ok && idle_ok && resv_ok && affinity_ok) {
+        if !idle_ok && p.idle_ms != 0 && notice_allowed() {
+            pr_notice!(
+                "fastio: SETUP with idle_ms {} above the module's max_idle_ms {}\n",
+                p.idle_ms,
+                mp::max_idle_ms.value()
+            );
+        }
         return Err(EINVAL);
     }
     let layout = abi::lane_layout(p.sq_entries, p.cq_entries);
-    if layout.lane_size * p.workers as u64 > MAX_MMAP_BYTES {
+    let total = layout.lane_size.checked_mul(p.workers as u64).ok_or(EINVAL)?;
+    if total > MAX_MMAP_BYTES {
         return Err(EINVAL);
     }
     Ok(layout)
 }
 
-/// Counters behind `FASTIO_GET_STATS`.
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub(crate) ops: AtomicU64,
-    pub(crate) parked: AtomicU64,
-    pub(crate) wakeups: AtomicU64,
-    pub(crate) offloaded: AtomicU64,
-}
-
-/// What the workers and the ioctls share once SETUP ran.
-#[pin_data]
-pub(crate) struct Shared {
-    /// The validated SETUP parameters.
-    pub(crate) params: abi::SetupParams,
-    /// Who requests run as.
-    pub(crate) owner: Owner,
-    pub(crate) stats: Stats,
-    /// Requests waiting for readiness or a workqueue worker.
-    #[pin]
-    pub(crate) pending: Mutex<KVec<Arc<Pending>>>,
-    pub(crate) layout: abi::LaneLayout,
-    pub(crate) mmap_size: u64,
-    /// The ring memory (vmalloc pages, charged to the process); locked only to hand
-    /// its pages to mmap.
-    #[pin]
-    mem: Mutex<VVec<u8>>,
-    /// Start of `mem`: stable, as the vector is never resized.
-    base: *mut u8,
-    /// Registered files by slot.
-    #[pin]
-    pub(crate) files: Mutex<KVVec<Option<ARef<File>>>>,
-    /// `ENTER(GETEVENTS)` callers sleeping on `cq_cv`.
-    pub(crate) cq_waiters: AtomicU32,
-    #[pin]
-    pub(crate) cq_lock: Mutex<()>,
-    #[pin]
-    pub(crate) cq_cv: CondVar,
-}
-
-// SAFETY: `base` points into `mem`, which `Shared` owns and never resizes; the ring
-// memory is only accessed through atomics and volatile copies (see worker.rs), and the
-// rest of `Shared` is made of Send + Sync parts.
-unsafe impl Send for Shared {}
-// SAFETY: as above.
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// Raw view of lane `i` of the ring memory.
-    pub(crate) fn lane_view(&self, i: u32) -> RingView {
-        let off = |o: u32| i as usize * self.layout.lane_size as usize + o as usize;
-        // SAFETY: lane_layout keeps every part of lane `i` inside its lane_size bytes,
-        // and `mem` holds workers * lane_size bytes (validated at SETUP).
-        unsafe {
-            RingView::new(
-                self.base.add(off(self.layout.sq_off)),
-                self.base.add(off(self.layout.sqes_off)),
-                self.base.add(off(self.layout.cq_off)),
-                self.base.add(off(self.layout.cqes_off)),
-                self.params.sq_entries,
-                self.params.cq_entries,
-            )
-        }
-    }
-
-    /// The file in `slot`, as a new reference.
-    pub(crate) fn file(&self, slot: u32) -> Option<ARef<File>> {
-        self.files.lock().get(slot as usize).and_then(|f| f.clone())
-    }
-
-    /// Puts a new file (an accepted connection) into the empty `dest`.
-    pub(crate) fn install(&self, dest: u32, file: ARef<File>) -> core::result::Result<(), i32> {
-        let mut table = self.files.lock();
-        match table.get_mut(dest as usize) {
-            Some(s @ None) => {
-                *s = Some(file);
-                Ok(())
-            }
-            Some(Some(_)) => Err(-(bindings::EBUSY as i32)),
-            None => Err(-(bindings::EBADF as i32)),
-        }
-    }
-
-    pub(crate) fn track(&self, p: &Arc<Pending>) -> Result {
-        self.pending.lock().push(p.clone(), GFP_KERNEL)?;
-        Ok(())
-    }
-
-    pub(crate) fn untrack(&self, p: &Arc<Pending>) {
-        let old = {
-            let mut list = self.pending.lock();
-            let pos = list.iter().position(|q| Arc::ptr_eq(q, p));
-            pos.and_then(|i| list.remove(i).ok())
-        };
-        // The list's reference is dropped outside the lock.
-        drop(old);
-    }
-
-    /// Cancels the waiting requests on `slot` (or all with `None`); each completes
-    /// (-ECANCELED, or its own result if it won the race) before this returns.
-    pub(crate) fn cancel_slot(&self, slot: u32) {
-        self.cancel_where(|p| p.slot() == Some(slot));
-    }
-
-    pub(crate) fn cancel_all(&self) {
-        self.cancel_where(|_| true);
-    }
-
-    fn cancel_where(&self, pred: impl Fn(&Pending) -> bool) {
-        loop {
-            // Pick one at a time: cancelling takes the list lock (untrack).
-            let next = self.pending.lock().iter().find(|p| pred(p)).cloned();
-            match next {
-                Some(p) => Pending::cancel(&p),
-                None => return,
-            }
-        }
-    }
-
-    /// Empties `slot`; true if it held a file.
-    pub(crate) fn close_slot(&self, slot: u32) -> bool {
-        let old = self
-            .files
-            .lock()
-            .get_mut(slot as usize)
-            .and_then(Option::take);
-        // The file reference is dropped after the lock (fput from a kthread is deferred).
-        old.is_some()
-    }
-
-    /// Called by a worker after posting completions.
-    pub(crate) fn notify_cq(&self) {
-        // Pairs with the SeqCst increment of `cq_waiters` in `wait_cq` before it
-        // re-checks the rings: either the waiter sees our tail or we see the waiter.
-        fence(Ordering::SeqCst);
-        if self.cq_waiters.load(Ordering::Relaxed) != 0 {
-            let _g = self.cq_lock.lock();
-            self.cq_cv.notify_all();
-        }
-    }
-
-    fn wait_cq(&self, lanes: &KVec<Arc<Lane>>, min: u32, timeout_ns: u64) -> Result {
-        let ready = || -> u64 { lanes.iter().map(|l| l.ring.cq_ready() as u64).sum() };
-        if ready() >= min as u64 {
-            return Ok(());
-        }
-        let mut left = if timeout_ns == abi::TIMEOUT_NONE {
-            None
-        } else {
-            let ms = timeout_ns.div_ceil(1_000_000).min(u32::MAX as u64) as u32;
-            Some(msecs_to_jiffies(ms))
-        };
-        self.cq_waiters.fetch_add(1, Ordering::SeqCst);
-        let mut guard = self.cq_lock.lock();
-        let mut result = Ok(());
-        while ready() < min as u64 {
-            match left {
-                None => {
-                    if self.cq_cv.wait_interruptible(&mut guard) {
-                        result = Err(EINTR);
-                        break;
-                    }
-                }
-                Some(j) => match self.cq_cv.wait_interruptible_timeout(&mut guard, j) {
-                    CondVarTimeoutResult::Timeout => {
-                        if ready() < min as u64 {
-                            result = Err(ETIME);
-                        }
-                        break;
-                    }
-                    CondVarTimeoutResult::Signal { .. } => {
-                        result = Err(EINTR);
-                        break;
-                    }
-                    CondVarTimeoutResult::Woken { jiffies } => left = Some(jiffies),
-                },
-            }
-        }
-        drop(guard);
-        self.cq_waiters.fetch_sub(1, Ordering::SeqCst);
-        result
-    }
-}
-
-/// The lanes and workers of a context.
+/// The lanes of a set-up context.
 pub(crate) struct Setup {
     pub(crate) shared: Arc<Shared>,
     pub(crate) lanes: KVec<Arc<Lane>>,
-    /// The workers' tasks, each with a reference of ours (dropped by kthread_stop_put).
-    tasks: KVec<*mut bindings::task_struct>,
-    _slot: ContextSlot,
 }
 
-// SAFETY: the task pointers are only handed to kthread_stop_put, once, in Drop; we hold
-// a reference on each task, so they stay valid from any thread.
-unsafe impl Send for Setup {}
-// SAFETY: `&Setup` never touches `tasks`.
-unsafe impl Sync for Setup {}
-
 impl Setup {
-    fn new(
-        p: &abi::SetupParams,
-        layout: abi::LaneLayout,
-        pid: Pid,
-        owner: Owner,
-    ) -> Result<Arc<Self>> {
-        let slot = ContextSlot::acquire()?;
-        let mmap_size = layout.lane_size * p.workers as u64;
-        let mut mem =
-            VVec::<u8>::with_capacity(mmap_size as usize, GFP_KERNEL_ACCOUNT | __GFP_ZERO)?;
-        mem.resize(mmap_size as usize, 0, GFP_KERNEL_ACCOUNT)?;
-        let base = mem.as_mut_ptr();
-        let files = KVVec::from_elem(None, p.max_files as usize, GFP_KERNEL_ACCOUNT)?;
-        let params = *p;
-        let shared = Arc::pin_init(
-            pin_init!(Shared {
-                params,
-                owner,
-                stats: Stats::default(),
-                pending <- new_mutex!(KVec::new()),
-                layout,
-                mmap_size,
-                mem <- new_mutex!(mem),
-                base,
-                files <- new_mutex!(files),
-                cq_waiters: AtomicU32::new(0),
-                cq_lock <- new_mutex!(()),
-                cq_cv <- new_condvar!(),
-            }),
-            GFP_KERNEL_ACCOUNT,
-        )?;
+    fn new(p: &abi::SetupParams, layout: abi::LaneLayout) -> Result<Arc<Self>> {
+        let charge = Charge::new(layout.lane_size * p.workers as u64)?;
+        let shared = Shared::new(p, layout, charge)?;
         let mut lanes = KVec::with_capacity(p.workers as usize, GFP_KERNEL)?;
         for i in 0..p.workers {
             let view = shared.lane_view(i);
             view.init_info(i);
             lanes.push(Lane::new(i, shared.clone(), view)?, GFP_KERNEL)?;
         }
-        let mut setup = Setup {
-            shared,
-            lanes,
-            tasks: KVec::with_capacity(p.workers as usize, GFP_KERNEL)?,
-            _slot: slot,
-        };
-        let affinity = (p.flags & abi::SETUP_AFFINITY != 0).then_some(p.affinity_offset);
-        for i in 0..p.workers as usize {
-            let task = worker::spawn(&setup.lanes[i], pid, affinity)?;
-            // Capacity was reserved above, so this cannot fail; if it did, the worker
-            // would never be stopped, so stop it right here.
-            if let Err(e) = setup.tasks.push(task, GFP_KERNEL) {
-                setup.lanes[i].request_stop();
-                // SAFETY: `task` is a live worker we hold a reference on.
-                unsafe { bindings::kthread_stop_put(task) };
-                return Err(e.into());
+        Ok(Arc::new(Setup { shared, lanes }, GFP_KERNEL)?)
+    }
+
+    /// Makes every lane and helper thread return (they cancel what waits on their lane).
+    fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        for lane in self.lanes.iter() {
+            lane.kick();
+        }
+        // Interrupts running blocking jobs (completed -ECANCELED by their helpers) and
+        // wakes idle helpers; queued ones are marked cancelled.
+        self.shared.jobs.cancel(None);
+    }
+
+    /// No thread serves the context any more: complete everything still in flight with
+    /// -ECANCELED and break the reference cycles (lane → port ← request → lane's port).
+    fn teardown(&self) {
+        self.shutdown();
+        self.shared.cancel_file(None);
+        // Cancelled requests are on their ports (a wake function may still be moving
+        // one there: loop until the list is empty).
+        let mut rounds = 0u32;
+        while self.shared.pendings.len() > 0 {
+            for lane in self.lanes.iter() {
+                lane.drain_port();
+            }
+            rounds += 1;
+            if rounds > 1000 {
+                pr_warn!("fastio: teardown: requests still waiting after 1000 rounds\n");
+                break;
+            }
+            if self.shared.pendings.len() > 0 {
+                crate::sys::yield_cpu();
             }
         }
-        Ok(Arc::new(setup, GFP_KERNEL)?)
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        for lane in self.lanes.iter() {
-            lane.request_stop();
+        for job in self.shared.jobs.take_all() {
+            helper::complete(&self.lanes, &job, crate::sys::neg(kernel::bindings::ECANCELED));
         }
-        for &task in self.tasks.iter() {
-            // SAFETY: each task is a worker created by us with a reference we hold; it
-            // returns once it sees its stop flag; this drops our reference.
-            unsafe { bindings::kthread_stop_put(task) };
-        }
-        // No worker runs now: take every waiting request off its wait queues and
-        // let queued work finish, before the memory they touch goes away.
-        self.shared.cancel_all();
+        // The file references go with the table.
+        drop(self.shared.files.lock().clear());
     }
 }

@@ -1,14 +1,23 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Wrappers for what Linux 7.3 offers only as static inline functions, so that the
- * Rust part of fastio.ko can call them. Nothing else lives here.
+ * Wrappers for what Linux 7.3 offers only as static inline functions or macros, so that
+ * the Rust part of fastio.ko can call them. Nothing else lives here: no logic of the
+ * module's own. The prototypes are in fastio_helpers.h (W=1 wants them).
  */
+#include <linux/capability.h>
 #include <linux/cred.h>
 #include <linux/fs.h>
+#include <linux/list.h>
+#include <linux/mutex.h>
 #include <linux/poll.h>
+#include <linux/resource.h>
 #include <linux/sched.h>
+#include <linux/sched/signal.h>
+#include <linux/sched/user.h>
 #include <linux/uio.h>
 #include <linux/wait.h>
+
+#include "fastio_helpers.h"
 
 /* need_resched(): this CPU has a reschedule request pending (incl. the lazy one). */
 bool fastio_need_resched(void)
@@ -16,28 +25,48 @@ bool fastio_need_resched(void)
 	return need_resched();
 }
 
-/* get_current_cred(): a counted reference to the caller's credentials. */
-const struct cred *fastio_get_current_cred(void)
+/*
+ * set_notify_signal() without wake_up_state(), which is not exported: makes
+ * signal_pending() true for `task` so that an interruptible wait of it (a blocking FIFO
+ * read in a helper thread) returns; the flag is cleared on the way back to user space.
+ * The caller guarantees `task` is alive (it is inside an ioctl of this module).
+ */
+void fastio_notify_signal(struct task_struct *task)
 {
-	return get_current_cred();
+	if (!test_and_set_tsk_thread_flag(task, TIF_NOTIFY_SIGNAL)) {
+		wake_up_process(task);
+		kick_process(task);
+	}
 }
 
-/* override_creds()/revert_creds(): run as `cred` (no reference taken: the caller's
- * counted reference must outlive the window). */
-const struct cred *fastio_override_creds(const struct cred *cred)
+/* get_uid(current_user()): a counted reference to the caller's user. */
+struct user_struct *fastio_get_current_user(void)
 {
-	return override_creds(cred);
+	return get_uid(current_user());
 }
 
-void fastio_revert_creds(const struct cred *old)
+/* rlimit(RLIMIT_MEMLOCK) of the caller. */
+unsigned long fastio_rlimit_memlock(void)
 {
-	revert_creds(old);
+	return rlimit(RLIMIT_MEMLOCK);
+}
+
+/* &user->locked_vm (an atomic_long_t: a plain `long` counter). */
+atomic_long_t *fastio_user_locked_vm(struct user_struct *user)
+{
+	return &user->locked_vm;
 }
 
 /* init_waitqueue_func_entry() */
 void fastio_init_wait_entry(struct wait_queue_entry *wq, wait_queue_func_t func)
 {
 	init_waitqueue_func_entry(wq, func);
+}
+
+/* list_del_init_careful() of a wait entry: the POLLFREE removal (io_uring/poll.c). */
+void fastio_wait_entry_del_careful(struct wait_queue_entry *wq)
+{
+	list_del_init_careful(&wq->entry);
 }
 
 /* vfs_poll() through `pt`, whose queue callback is `qproc` and key `events`; `pt` is
@@ -50,13 +79,50 @@ __poll_t fastio_vfs_poll(struct file *file, struct poll_table_struct *pt,
 	return vfs_poll(file, pt);
 }
 
+/* The FMODE_* bits the module looks at, as FASTIO_FMODE_* (macros with casts). */
+unsigned int fastio_file_mode(struct file *file)
+{
+	fmode_t m = file->f_mode;
+	unsigned int out = 0;
+
+	if (m & FMODE_PREAD)
+		out |= FASTIO_FMODE_PREAD;
+	if (m & FMODE_PWRITE)
+		out |= FASTIO_FMODE_PWRITE;
+	if (m & FMODE_STREAM)
+		out |= FASTIO_FMODE_STREAM;
+	if (m & FMODE_ATOMIC_POS)
+		out |= FASTIO_FMODE_ATOMIC_POS;
+	if (m & FMODE_NOWAIT)
+		out |= FASTIO_FMODE_NOWAIT;
+	if (S_ISREG(file_inode(file)->i_mode))
+		out |= FASTIO_FMODE_REGULAR;
+	return out;
+}
+
+/* mutex_trylock(&file->f_pos_lock) (a macro under lockdep); only for FMODE_ATOMIC_POS. */
+bool fastio_f_pos_trylock(struct file *file)
+{
+	return mutex_trylock(&file->f_pos_lock);
+}
+
+/* mutex_lock_killable(&file->f_pos_lock) (a macro); 0 or -EINTR. */
+int fastio_f_pos_lock_killable(struct file *file)
+{
+	return mutex_lock_killable(&file->f_pos_lock);
+}
+
+void fastio_f_pos_unlock(struct file *file)
+{
+	mutex_unlock(&file->f_pos_lock);
+}
 
 /*
  * A read that only copies what is in the page cache (IOCB_NOWAIT | IOCB_NOIO), for the
  * polling workers' first attempt at a regular file. RWF_NOWAIT alone still starts
  * readahead, and submitting its bios may sleep (waiting for a free request when the
  * device's queue is full): a polling worker must never sleep. What is not cached is
- * read by a workqueue worker, readahead included. No RWF_* flag asks for IOCB_NOIO,
+ * read by a helper thread, readahead included. No RWF_* flag asks for IOCB_NOIO,
  * hence the kiocb built here.
  */
 ssize_t fastio_read_cached(struct file *file, struct iov_iter *iter, loff_t *pos)

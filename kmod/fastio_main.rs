@@ -1,24 +1,56 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! fastio: system calls offloaded to polling kernel workers through shared rings.
+//! fastio: system calls offloaded to polling threads through shared rings.
 //!
 //! `/dev/fastio` is a misc device. Each open is a context bound to the opening process;
-//! `FASTIO_SETUP` creates its lanes (one submission ring, one completion ring and one
-//! polling kernel worker each) in kernel memory that the process maps with `mmap`.
-//! The ABI is `uapi/src/abi.rs`, compiled here from the very same source.
+//! `FASTIO_SETUP` creates its lanes (one submission ring and one completion ring each)
+//! in kernel memory that the process maps with `mmap`. The ABI is `uapi/src/abi.rs`,
+//! compiled here from the very same source.
 //!
-//! Only exported kernel APIs are used: no syscall table, no kallsyms. Ring memory is
-//! treated as hostile: each SQE is read once into a private copy and validated by
-//! `abi::decode` before anything else looks at it.
+//! # The v2 model: workers are threads of the process
 //!
-//! Lock order (outer first): `Context::state` → `Shared::files`; `Lane::sleep` and
-//! `Shared::cq_lock` are leaves and never held while taking another lock.
-
-use core::sync::atomic::Ordering;
+//! The module creates no thread. The process starts one thread per lane that calls
+//! `FASTIO_RUN_LANE` and stays in the kernel as the lane's polling worker (lane.rs), and
+//! helper threads that call `FASTIO_RUN_HELPER` for blocking work (helper.rs,
+//! offload.rs). Because they are the process's own threads, every request runs with its
+//! address space, credentials (a later `setuid()` reaches them through glibc's signal),
+//! rlimits, cgroups (cpu, memory, io) and signals; `ps` and `top` show their CPU time;
+//! kill -9 and exec end them like any thread. This is what io_uring's io-threads give
+//! since Linux 5.12, reached with exported APIs only (`create_io_thread` is not
+//! exported). v1 used kernel threads borrowing the mm and creds plus a module-wide
+//! workqueue; a hostile test found a panic, a POLLFREE use-after-free, a permanent leak
+//! and a D-state hang in that design.
+//!
+//! Requests are first tried without blocking (ops/). One that must wait for readiness
+//! is armed on the file's poll queues; the wake function hands it back to its lane
+//! thread through the lane's port, and the lane thread re-issues it (pending.rs):
+//! no kworker hop. Blocking work goes to the context's own helper threads, so no
+//! context can starve another, and every blocking wait is interruptible or killable.
+//!
+//! # Hostile input and limits
+//!
+//! Every value from user space is read once, copied and validated: ioctl arguments,
+//! ring words (head and tail are only trusted modulo the ring size), SQEs (each read
+//! once into a private copy and checked by `abi::decode`). Unprivileged use is bounded:
+//! contexts per user (`max_user_contexts`) and in all (`max_contexts`), lanes and
+//! helpers per context (`max_workers`, `max_helpers`), the idle spin (`max_idle_ms`),
+//! ring memory charged to the memory cgroup and to RLIMIT_MEMLOCK (limits.rs). A
+//! /dev/fastio file cannot be registered into a context (no reference cycles).
+//!
+//! Known limits, because no exported API allows better: ACCEPT creates the new socket
+//! with `kernel_accept`, as a kernel socket for LSMs and without `security_socket_accept`
+//! (ops/net.rs). A registered Unix socket whose receive queue carries a /dev/fastio
+//! descriptor in flight (SCM_RIGHTS) still forms a cycle that only the Unix garbage
+//! collector's own rules break; io_uring closed that by refusing to send its files over
+//! SCM_RIGHTS, which a module cannot do.
+//!
+//! Lock order (outer first): `Context::state` → `Shared::pendings` → leaves
+//! (`Shared::files`, `Jobs::inner`, each lane's CQ lock, `Shared::cq_lock`,
+//! `limits::USERS`). Wait-queue and port wakeups take no lock of the module.
 
 use kernel::{
     fs::File,
-    ioctl::{_IOC_SIZE, _IOR, _IOW, _IOWR},
+    ioctl::{_IO, _IOC_SIZE, _IOR, _IOW, _IOWR},
     miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
     mm::virt::VmaNew,
     prelude::*,
@@ -30,8 +62,17 @@ use kernel::{
 #[allow(dead_code, unreachable_pub)]
 mod abi;
 mod context;
-mod io;
-mod worker;
+mod files;
+mod helper;
+mod lane;
+mod limits;
+mod offload;
+mod ops;
+mod pending;
+mod ring;
+mod shared;
+mod sys;
+mod waitq;
 
 use context::Context;
 
@@ -39,7 +80,7 @@ module! {
     type: FastioModule,
     name: "fastio",
     authors: ["fastio-rs developers"],
-    description: "System call offload rings served by polling kernel workers",
+    description: "System call offload rings served by polling threads of the process",
     license: "GPL",
     params: {
         max_workers: u32 {
@@ -50,9 +91,17 @@ module! {
             default: 64,
             description: "Most contexts (set-up opens of /dev/fastio) in the system",
         },
-        wq_max_active: u32 {
-            default: 4,
-            description: "Concurrency of the workqueue that re-issues ready requests and runs blocking file I/O",
+        max_user_contexts: u32 {
+            default: 8,
+            description: "Most contexts one user may have set up (CAP_SYS_RESOURCE: no per-user limit)",
+        },
+        max_helpers: u32 {
+            default: 16,
+            description: "Most helper threads (blocking work) one context may have",
+        },
+        max_idle_ms: u32 {
+            default: 1000,
+            description: "Longest idle spin (SetupParams::idle_ms) a lane thread may be given",
         },
     },
 }
@@ -65,62 +114,32 @@ const _: () = {
     assert!(abi::FASTIO_UNREGISTER_FILE == _IOW::<abi::SlotArg>(0xFA, 4));
     assert!(abi::FASTIO_INSTALL_FD == _IOW::<abi::SlotArg>(0xFA, 5));
     assert!(abi::FASTIO_GET_STATS == _IOR::<abi::Stats>(0xFA, 6));
+    assert!(abi::FASTIO_RUN_LANE == _IOW::<abi::ThreadArg>(0xFA, 7));
+    assert!(abi::FASTIO_RUN_HELPER == _IOW::<abi::ThreadArg>(0xFA, 8));
+    assert!(abi::FASTIO_SHUTDOWN == _IO(0xFA, 9));
 };
 
 #[pin_data]
 struct FastioModule {
-    // Dropped first: no new context can start once the device is gone.
     #[pin]
     _miscdev: MiscDeviceRegistration<FastioDevice>,
-    _wq: ModuleWorkqueue,
-}
-
-/// The workqueue that re-issues ready requests and runs blocking file I/O.
-struct ModuleWorkqueue;
-
-impl ModuleWorkqueue {
-    fn new() -> Result<Self> {
-        let max_active = module_parameters::wq_max_active.value().clamp(1, 512);
-        // SAFETY: a plain allocation call; the format has no conversions.
-        let wq = unsafe {
-            kernel::bindings::alloc_workqueue_noprof(
-                c"fastio".as_ptr().cast(),
-                kernel::bindings::wq_flags_WQ_UNBOUND,
-                max_active as core::ffi::c_int,
-            )
-        };
-        if wq.is_null() {
-            return Err(ENOMEM);
-        }
-        io::WQ.store(wq, Ordering::Release);
-        Ok(ModuleWorkqueue)
-    }
-}
-
-impl Drop for ModuleWorkqueue {
-    fn drop(&mut self) {
-        // The device is gone and no context exists (each holds a module reference), so
-        // only finishing work can be left: destroy_workqueue drains it.
-        let wq = io::WQ.swap(core::ptr::null_mut(), Ordering::AcqRel);
-        if !wq.is_null() {
-            // SAFETY: allocated in `new`, used by nobody any more.
-            unsafe { kernel::bindings::destroy_workqueue(wq) };
-        }
-    }
 }
 
 impl kernel::InPlaceModule for FastioModule {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
         pr_info!(
-            "fastio: ABI {}, max_workers={}, max_contexts={}, wq_max_active={}\n",
+            "fastio: ABI {}, max_workers={}, max_helpers={}, max_contexts={}, max_user_contexts={}, max_idle_ms={}\n",
             abi::ABI_VERSION,
             module_parameters::max_workers.value(),
+            module_parameters::max_helpers.value(),
             module_parameters::max_contexts.value(),
-            module_parameters::wq_max_active.value()
+            module_parameters::max_user_contexts.value(),
+            module_parameters::max_idle_ms.value()
         );
+        // SAFETY: called once, before the device (the only way to a context) exists.
+        unsafe { limits::init() };
         let options = MiscDeviceOptions { name: c"fastio" };
         try_pin_init!(Self {
-            _wq: ModuleWorkqueue::new()?,
             _miscdev <- MiscDeviceRegistration::register(options),
         })
     }
@@ -145,7 +164,7 @@ impl MiscDevice for FastioDevice {
         ctx.mmap(vma)
     }
 
-    fn ioctl(ctx: ArcBorrow<'_, Context>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+    fn ioctl(ctx: ArcBorrow<'_, Context>, file: &File, cmd: u32, arg: usize) -> Result<isize> {
         ctx.check_owner()?;
         let user = UserSlice::new(UserPtr::from_addr(arg), _IOC_SIZE(cmd));
         match cmd {
@@ -155,10 +174,13 @@ impl MiscDevice for FastioDevice {
                 Ok(0)
             }
             abi::FASTIO_ENTER => ctx.enter(user.reader()),
-            abi::FASTIO_REGISTER_FILES => ctx.register_files(user.reader()),
+            abi::FASTIO_REGISTER_FILES => ctx.register_files(file, user.reader()),
             abi::FASTIO_UNREGISTER_FILE => ctx.unregister_file(user.reader()),
             abi::FASTIO_INSTALL_FD => ctx.install_fd(user.reader()),
             abi::FASTIO_GET_STATS => ctx.stats(user.writer()),
+            abi::FASTIO_RUN_LANE => ctx.run_lane(user.reader()),
+            abi::FASTIO_RUN_HELPER => ctx.run_helper(user.reader()),
+            abi::FASTIO_SHUTDOWN => ctx.shutdown(),
             _ => Err(ENOTTY),
         }
     }

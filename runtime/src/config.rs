@@ -11,16 +11,16 @@
 //! | key | unit | default | valid values | meaning |
 //! |-----|------|---------|--------------|---------|
 //! | `backend` | — | `"auto"` | `"auto"`, `"kmod"`, `"uring"`, `"threads"` | Which backend executes requests. `auto` takes `kmod` if `/dev/fastio` exists, else `uring`, else `threads`. |
-//! | `max_ker_worker` | workers | `1` | `1..=64` | Lanes, one polling worker each: kernel workers (`kmod`), SQPOLL rings (`uring`) or threads (`threads`). |
+//! | `max_ker_worker` | workers | `1` | `1..=64` | Lanes, one polling worker each: lane threads `fastio-lane-N` that poll inside the kernel (`kmod`), SQPOLL rings (`uring`) or threads (`threads`). |
 //! | `max_usr_worker` | threads | `1` | `1..=64` | Serving threads of `proactor_echo_server`. |
 //! | `sq_entries` | entries per lane | `256`, see below | power of two in `1..=32768` | Submission ring size. |
 //! | `cq_entries` | entries per lane | `8192` (or `sq_entries` if larger) | power of two in `sq_entries..=32768` | Completion ring size; bounds the requests in flight on a lane. A server keeps one RECV pending per idle connection, so this is also its connection limit per lane. |
 //! | `max_files` | file slots | `4096` | `1..=1048576` | Registered file slots of a context (connections plus listeners). |
-//! | `default_main_worker_idle_time` | milliseconds | `20` | `1..=600000` | How long a polling worker spins on an empty ring before it sleeps and needs a wakeup. |
-//! | `default_wq_worker_idle_time` | milliseconds | `1000` | `1..=600000` | How long an idle workqueue (blocking I/O) worker lingers before it exits. |
-//! | `wq_max_active` | work items | `4` | `1..=256` | Blocking-I/O workqueue concurrency (`kmod`). |
-//! | `affinity_offset` | CPU number | unset: not pinned | `0..=1023` | Pin polling worker `i` to CPU `(affinity_offset + i) % online CPUs`. |
-//! | `wq_affinity_offset` | CPU number | unset: not pinned | `0..=1023` | The same for workqueue workers. |
+//! | `default_main_worker_idle_time` | milliseconds | `20` | `1..=600000` | How long a polling worker spins on an empty ring before it sleeps and needs a wakeup. `kmod` refuses values above the module parameter `max_idle_ms` (default 1000). |
+//! | `default_wq_worker_idle_time` | milliseconds | `1000` | `1..=600000` | FastIO's idle time of its workqueue workers. Accepted so that FastIO's files parse; **no effect** with the v2 module: helpers are parked threads that cost nothing while idle, and it is not sent to the kernel. |
+//! | `wq_max_active` | threads | `2` | `1..=64` | Helper threads per context (`kmod`: `fastio-help-N`) that do the blocking I/O (uncached file reads, FIFOs, ttys); blocking work progresses only through them. |
+//! | `affinity_offset` | CPU number | unset: not pinned | `0..=1023` | Pin polling worker `i` to CPU `(affinity_offset + i) % available CPUs`. |
+//! | `wq_affinity_offset` | CPU number | unset: not pinned | `0..=1023` | Pin helper thread `j` (`kmod`) to CPU `(wq_affinity_offset + j) % available CPUs`. |
 //! | `sqpoll` | flag | `true` | `true`/`false` (or `1`/`0`) | `uring` backend: use a kernel SQ polling thread (`IORING_SETUP_SQPOLL`). |
 //! | `esca_localize` | flag | `false` | `true`/`false` (or `1`/`0`) | FastIO/ESCA compatibility only: lanes are always per-worker memory in fastio-rs, so it has no further effect. |
 //! | `max_table_entry` | entries | `64` | `1..=32768` | FastIO's table geometry, see below. |
@@ -52,7 +52,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use fastio_uapi::{MAX_ENTRIES, MAX_FILES, MAX_WORKERS};
+use fastio_uapi::{MAX_ENTRIES, MAX_FILES, MAX_HELPERS, MAX_WORKERS};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -75,8 +75,8 @@ const WORKERS: Bounds = (1, MAX_WORKERS);
 const FILES: Bounds = (1, MAX_FILES);
 /// Both idle times, in milliseconds (up to ten minutes).
 const IDLE_MS: Bounds = (1, 600_000);
-/// `wq_max_active`.
-const WQ_ACTIVE: Bounds = (1, 256);
+/// `wq_max_active` (helper threads).
+const HELPERS: Bounds = (1, MAX_HELPERS);
 /// Both affinity offsets (CPU numbers).
 const CPU: Bounds = (0, 1023);
 /// `max_table_entry`.
@@ -176,8 +176,9 @@ impl StdError for ParseBackendKindError {}
 pub struct Config {
     /// Key `backend`: which backend executes requests.
     pub backend: BackendKind,
-    /// Key `max_ker_worker`: lanes, one polling worker each (kernel workers for `kmod`,
-    /// threads for `threads`); `1..=64`.
+    /// Key `max_ker_worker`: lanes, one polling worker each (for `kmod` a lane thread
+    /// of this process that polls inside the kernel, for `threads` a thread that polls
+    /// in user space); `1..=64`.
     pub max_ker_worker: u32,
     /// Key `max_usr_worker`: serving threads of `proactor_echo_server`; `1..=64`.
     pub max_usr_worker: u32,
@@ -191,15 +192,19 @@ pub struct Config {
     /// Key `default_main_worker_idle_time`: milliseconds a polling worker spins on an empty
     /// ring before it sleeps; `1..=600000`.
     pub idle_ms: u32,
-    /// Key `default_wq_worker_idle_time`: milliseconds an idle workqueue worker lingers;
-    /// `1..=600000`.
+    /// Key `default_wq_worker_idle_time`: FastIO's idle time of its workqueue workers, in
+    /// milliseconds; `1..=600000`. Accepted and validated so that FastIO's files parse,
+    /// but it has no effect with the v2 module (helpers are parked threads that cost
+    /// nothing while idle) and is not sent to the kernel.
     pub wq_idle_ms: u32,
-    /// Key `wq_max_active`: blocking-I/O workqueue concurrency (`kmod`); `1..=256`.
+    /// Key `wq_max_active`: helper threads per context that do the blocking I/O
+    /// (`kmod`: `fastio-help-N`, the module's `SetupParams::helpers`); `1..=64`.
     pub wq_max_active: u32,
-    /// Key `affinity_offset`: pin polling worker `i` to CPU `(offset + i) % online CPUs`;
-    /// `None` = not pinned; `0..=1023`.
+    /// Key `affinity_offset`: pin polling worker `i` to CPU
+    /// `(offset + i) % available CPUs`; `None` = not pinned; `0..=1023`.
     pub affinity_offset: Option<u32>,
-    /// Key `wq_affinity_offset`: the same for workqueue workers; `0..=1023`.
+    /// Key `wq_affinity_offset`: pin helper thread `j` (`kmod`) to CPU
+    /// `(offset + j) % available CPUs`; `None` = not pinned; `0..=1023`.
     pub wq_affinity_offset: Option<u32>,
     /// Key `sqpoll`: the `uring` backend uses `IORING_SETUP_SQPOLL`.
     pub sqpoll: bool,
@@ -213,8 +218,8 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// The documented defaults: backend `auto`, one lane of 256/512 entries, 4096 file
-    /// slots, 20 ms idle time, no pinning, SQPOLL on.
+    /// The documented defaults: backend `auto`, one lane of 256/8192 entries, 4096 file
+    /// slots, 20 ms idle time, 2 helper threads, no pinning, SQPOLL on.
     fn default() -> Self {
         Config {
             backend: BackendKind::Auto,
@@ -225,7 +230,7 @@ impl Default for Config {
             max_files: 4096,
             idle_ms: 20,
             wq_idle_ms: 1000,
-            wq_max_active: 4,
+            wq_max_active: 2,
             affinity_offset: None,
             wq_affinity_offset: None,
             sqpoll: true,
@@ -275,7 +280,7 @@ impl Config {
                 "max_files" => cfg.max_files = e.int(FILES)?,
                 "default_main_worker_idle_time" => cfg.idle_ms = e.int(IDLE_MS)?,
                 "default_wq_worker_idle_time" => cfg.wq_idle_ms = e.int(IDLE_MS)?,
-                "wq_max_active" => cfg.wq_max_active = e.int(WQ_ACTIVE)?,
+                "wq_max_active" => cfg.wq_max_active = e.int(HELPERS)?,
                 "affinity_offset" => cfg.affinity_offset = Some(e.int(CPU)?),
                 "wq_affinity_offset" => cfg.wq_affinity_offset = Some(e.int(CPU)?),
                 "sqpoll" => cfg.sqpoll = e.flag()?,
@@ -358,7 +363,7 @@ impl Config {
             ("max_files", self.max_files, FILES),
             ("default_main_worker_idle_time", self.idle_ms, IDLE_MS),
             ("default_wq_worker_idle_time", self.wq_idle_ms, IDLE_MS),
-            ("wq_max_active", self.wq_max_active, WQ_ACTIVE),
+            ("wq_max_active", self.wq_max_active, HELPERS),
             ("max_table_entry", self.max_table_entry, TABLE_ENTRY),
             ("max_table_len", self.max_table_len, TABLE_LEN),
         ];
@@ -404,9 +409,10 @@ impl Config {
     }
 
     /// One-line summary for a startup banner, e.g.
-    /// `backend=auto lanes=1 usr_workers=1 sq=256 cq=512 files=4096 idle=20ms wq_idle=1000ms affinity=none sqpoll=on`
-    /// (`affinity=+2` means worker `i` runs on CPU `(2 + i) % online CPUs`; a
+    /// `backend=auto lanes=1 usr_workers=1 sq=256 cq=8192 files=4096 idle=20ms helpers=2 affinity=none sqpoll=on`
+    /// (`affinity=+2` means worker `i` runs on CPU `(2 + i) % available CPUs`; a
     /// `wq_affinity=+N` field appears when `wq_affinity_offset` is set).
+    /// `default_wq_worker_idle_time` is not shown: it has no effect.
     pub fn describe(&self) -> String {
         let affinity = self
             .affinity_offset
@@ -415,7 +421,7 @@ impl Config {
             .wq_affinity_offset
             .map_or_else(String::new, |o| format!(" wq_affinity=+{o}"));
         format!(
-            "backend={} lanes={} usr_workers={} sq={} cq={} files={} idle={}ms wq_idle={}ms \
+            "backend={} lanes={} usr_workers={} sq={} cq={} files={} idle={}ms helpers={} \
              affinity={affinity}{wq_affinity} sqpoll={}",
             self.backend,
             self.lanes(),
@@ -424,7 +430,7 @@ impl Config {
             self.cq_entries,
             self.max_files,
             self.idle_ms,
-            self.wq_idle_ms,
+            self.wq_max_active,
             if self.sqpoll { "on" } else { "off" },
         )
     }

@@ -19,7 +19,7 @@
 //!
 //! Every operation that touches memory takes its buffer **by value** (`Vec<u8>`) and the
 //! proactor keeps it until the request completes; the [`Completion`] hands it back. The
-//! executor (a kernel worker, io_uring, a worker thread) writes into or reads from the
+//! executor (a `fastio.ko` lane thread, io_uring, a worker thread) writes into or reads from the
 //! buffer while the caller has no access to it, so a buffer can be neither freed, moved
 //! nor reused while an operation owns it, and no `unsafe` is needed to use the API.
 //! A request that cannot be queued hands its buffer back in [`Rejected`]. If the
@@ -310,7 +310,7 @@ impl Proactor {
     }
 
     /// The kernel module's counters of this context (`FASTIO_GET_STATS`: requests
-    /// taken, parked for readiness, woken, offloaded to the blocking workqueue, waiting
+    /// taken, parked for readiness, woken, offloaded to a helper thread, waiting
     /// now). None on backends other than `kmod`. For diagnostics and tests.
     pub fn kernel_stats(&self) -> Option<io::Result<fastio_uapi::Stats>> {
         self.backend.kernel_stats()

@@ -71,7 +71,7 @@ fn fastio_original_file_parses() {
         max_files: 4096,
         idle_ms: 1500,
         wq_idle_ms: 1500,
-        wq_max_active: 4,
+        wq_max_active: 2,
         affinity_offset: Some(0),
         wq_affinity_offset: Some(10),
         sqpoll: true,
@@ -81,11 +81,14 @@ fn fastio_original_file_parses() {
     };
     assert_eq!(cfg, expected);
     assert_eq!(cfg.lanes(), 2);
+    // FastIO's workqueue idle time is accepted but has no effect with the v2 module
+    // (helpers are parked threads): the banner does not show it.
+    assert!(!cfg.describe().contains("wq_idle"), "{}", cfg.describe());
     cfg.validate().unwrap();
     assert_eq!(
         cfg.describe(),
         "backend=auto lanes=2 usr_workers=1 sq=1024 cq=8192 files=4096 idle=1500ms \
-         wq_idle=1500ms affinity=+0 wq_affinity=+10 sqpoll=on"
+         helpers=2 affinity=+0 wq_affinity=+10 sqpoll=on"
     );
 }
 
@@ -99,6 +102,7 @@ fn repository_fastio_conf_loads() {
     assert_eq!((cfg.sq_entries, cfg.cq_entries), (256, 8192));
     assert_eq!(cfg.max_files, 4096);
     assert_eq!((cfg.idle_ms, cfg.wq_idle_ms), (20, 1000));
+    assert_eq!(cfg.wq_max_active, 2);
     assert_eq!((cfg.affinity_offset, cfg.wq_affinity_offset), (None, None));
     assert!(cfg.sqpoll);
     assert!(!cfg.esca_localize);
@@ -113,7 +117,7 @@ fn defaults() {
     assert_eq!(d.backend, BackendKind::Auto);
     assert_eq!((d.max_ker_worker, d.max_usr_worker), (1, 1));
     assert_eq!((d.sq_entries, d.cq_entries, d.max_files), (256, 8192, 4096));
-    assert_eq!((d.idle_ms, d.wq_idle_ms, d.wq_max_active), (20, 1000, 4));
+    assert_eq!((d.idle_ms, d.wq_idle_ms, d.wq_max_active), (20, 1000, 2));
     assert_eq!((d.affinity_offset, d.wq_affinity_offset), (None, None));
     assert!(d.sqpoll && !d.esca_localize);
     assert_eq!((d.max_table_entry, d.max_table_len), (64, 1));
@@ -124,7 +128,7 @@ fn defaults() {
     assert_eq!(Config::parse(only_comments, "c.conf").unwrap(), d);
     assert_eq!(
         d.describe(),
-        "backend=auto lanes=1 usr_workers=1 sq=256 cq=8192 files=4096 idle=20ms wq_idle=1000ms \
+        "backend=auto lanes=1 usr_workers=1 sq=256 cq=8192 files=4096 idle=20ms helpers=2 \
          affinity=none sqpoll=on"
     );
 }
@@ -148,7 +152,7 @@ wq_max_active = 1_0
     assert_eq!(cfg.affinity_offset, Some(2));
     assert_eq!(
         cfg.describe(),
-        "backend=uring lanes=1 usr_workers=1 sq=64 cq=8192 files=16 idle=20ms wq_idle=1000ms \
+        "backend=uring lanes=1 usr_workers=1 sq=64 cq=8192 files=16 idle=20ms helpers=10 \
          affinity=+2 sqpoll=off"
     );
 
@@ -303,8 +307,12 @@ fn out_of_range_values() {
         "fastio.conf:1: max_files = 0: must be between 1 and 1048576",
     );
     assert_error(
-        "wq_max_active = 257",
-        "fastio.conf:1: wq_max_active = 257: must be between 1 and 256",
+        "wq_max_active = 65",
+        "fastio.conf:1: wq_max_active = 65: must be between 1 and 64",
+    );
+    assert_error(
+        "wq_max_active = 0",
+        "fastio.conf:1: wq_max_active = 0: must be between 1 and 64",
     );
     assert_error(
         "wq_affinity_offset = 1024",
@@ -468,6 +476,14 @@ fn validate_checks_overrides() {
     assert_eq!(
         err.to_string(),
         "cq_entries = 512: must be at least sq_entries (1024)"
+    );
+    let err = error(Config {
+        wq_max_active: 65,
+        ..d()
+    });
+    assert_eq!(
+        err.to_string(),
+        "wq_max_active = 65: must be between 1 and 64"
     );
     let err = error(Config {
         wq_affinity_offset: Some(5000),

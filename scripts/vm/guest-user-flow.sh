@@ -3,7 +3,7 @@
 #   make config TARGET=echo; make reload; max_ker_worker in fastio.conf;
 #   proactor_echo_server 12345; then echo_bench against it.
 # Fails unless the server read the recorded fastio.conf, runs on kmod with exactly
-# max_ker_worker lane workers, and every echoed byte matched. fastio.conf is restored.
+# max_ker_worker lane threads, and every echoed byte matched. fastio.conf is restored.
 set -euo pipefail
 WORKERS=${FLOW_WORKERS:-2}
 cp fastio.conf /tmp/fastio.conf.orig
@@ -20,17 +20,14 @@ target/release/proactor_echo_server 12345 > /tmp/server.log 2>&1 &
 srv=$!
 for _ in $(seq 50); do grep -q listening /tmp/server.log && break; sleep 0.1; done
 target/release/echo_bench -a 127.0.0.1:12345 -c 25 -t 3 -l 512 || fail "echo_bench failed"
-# Lane workers: the server's threads named fastio-lane-N (ABI 2), or the old module's
-# kernel threads fastio-<pid>-<lane> (ABI 1).
-workers=$(awk '/^fastio-lane-/ { n++ } END { print n + 0 }' /proc/$srv/task/*/comm 2>/dev/null || true)
-kthreads=$(awk -v p="^fastio-$srv-" '$0 ~ p { n++ } END { print n + 0 }' /proc/[0-9]*/comm 2>/dev/null || true)
-workers=$((workers + kthreads))
+# The lane threads are threads of the server process (fastio.ko v2).
+workers=$(cat /proc/$srv/task/*/comm 2>/dev/null | grep -c "^fastio-lane-" || true)
 kill -INT $srv
 wait $srv || fail "the server did not exit cleanly"
 cat /tmp/server.log
 grep -q "config from $PWD/fastio.conf (recorded by make config)" /tmp/server.log ||
   fail "the server did not read the fastio.conf recorded by make config"
 grep -q "backend kmod" /tmp/server.log || fail "the server is not on the kmod backend"
-[ "$workers" -eq "$WORKERS" ] || fail "$workers lane workers, max_ker_worker = $WORKERS"
+[ "$workers" -eq "$WORKERS" ] || fail "$workers lane threads, max_ker_worker = $WORKERS"
 rmmod fastio
 echo "vm-flow: PASS (recorded config read, kmod with $workers workers, all bytes echoed)"

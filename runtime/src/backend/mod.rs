@@ -2,7 +2,7 @@
 //!
 //! | backend   | who executes requests                                  | module needed |
 //! |-----------|--------------------------------------------------------|---------------|
-//! | `kmod`    | kernel workers of `fastio.ko` (`/dev/fastio`)          | yes           |
+//! | `kmod`    | lane threads of this process inside `fastio.ko`        | yes           |
 //! | `uring`   | io_uring, with an SQPOLL kernel thread when `sqpoll`   | no            |
 //! | `threads` | polling threads in this process, ordinary syscalls     | no            |
 //!
@@ -181,6 +181,37 @@ fn open_auto(config: &Config) -> io::Result<(Box<dyn Backend>, Choice)> {
     ))
 }
 
+/// The CPU that worker `index` of a group pinned from `offset` runs on, with `ncpu`
+/// CPUs available: `(offset + index) % ncpu`; `None` when the group is not pinned.
+pub(crate) fn pinned_cpu(offset: Option<u32>, index: u32, ncpu: usize) -> Option<usize> {
+    offset.map(|off| (off as usize + index as usize) % ncpu.max(1))
+}
+
+/// Number of CPUs this process may run on (at least 1), for [`pinned_cpu`].
+pub(crate) fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Pins the calling thread to `cpu` (`sched_setaffinity` of this thread only).
+pub(crate) fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    // CPU_SET would index out of the set (and panic) beyond CPU_SETSIZE.
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: cpu_set_t is plain data, so an all-zero one is a valid empty set; CPU_SET
+    // writes bit `cpu`, inside the set (checked above); sched_setaffinity(0, ...) reads
+    // the set and changes the calling thread's affinity only.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Raises the soft `RLIMIT_NOFILE` towards `needed` (at most to the hard limit); returns
 /// the hard limit.
 pub(crate) fn raise_nofile_limit(needed: u64) -> io::Result<u64> {
@@ -201,4 +232,39 @@ pub(crate) fn raise_nofile_limit(needed: u64) -> io::Result<u64> {
         }
     }
     Ok(lim.rlim_max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_cpus_wrap_around_the_available_ones() {
+        assert_eq!(pinned_cpu(None, 3, 4), None);
+        assert_eq!(pinned_cpu(Some(0), 0, 4), Some(0));
+        assert_eq!(pinned_cpu(Some(2), 1, 4), Some(3));
+        assert_eq!(pinned_cpu(Some(2), 3, 4), Some(1));
+        assert_eq!(pinned_cpu(Some(1023), 63, 2), Some(0));
+        // Never a division by zero.
+        assert_eq!(pinned_cpu(Some(5), 0, 0), Some(0));
+    }
+
+    #[test]
+    fn pinning_moves_only_the_calling_thread() {
+        let before = std::thread::available_parallelism().unwrap();
+        // A CPU beyond any cpu_set_t is refused, not a panic.
+        let e = pin_current_thread(1 << 20).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        let pinned_width = std::thread::spawn(|| {
+            // SAFETY: plain syscall on this thread.
+            let cpu = unsafe { libc::sched_getcpu() };
+            assert!(cpu >= 0);
+            pin_current_thread(cpu as usize).unwrap();
+            std::thread::available_parallelism().unwrap().get()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(pinned_width, 1);
+        assert_eq!(std::thread::available_parallelism().unwrap(), before);
+    }
 }

@@ -3,8 +3,9 @@
 //! lane, the publish step of `submit`, `reap`, the CQ fill level `wait` compares
 //! against, and the NEED_WAKEUP probe.
 //!
-//! Only the *executor* differs between those backends (worker threads in this process,
-//! or kernel workers of `fastio.ko`), and with it how a sleeping worker is woken and how
+//! Only the *executor* differs between those backends (worker threads in this process
+//! that poll in user space, or lane threads of this process that poll inside
+//! `fastio.ko`), and with it how a sleeping worker is woken and how
 //! `wait` sleeps; everything here is identical.
 
 use std::sync::atomic::Ordering;

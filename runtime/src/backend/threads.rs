@@ -1,5 +1,5 @@
 //! The `threads` backend: polling worker threads in this process execute the rings
-//! with ordinary syscalls, exactly as the kernel workers of `fastio.ko` do.
+//! with ordinary syscalls, exactly as the lane threads of `fastio.ko` do in the kernel.
 //!
 //! Each lane has one worker thread (`fastio-thr-<lane>`), which
 //! - drains its SQ, reading each SQE once into a private copy and validating it with
@@ -24,7 +24,7 @@
 //!   `-ECANCELED`.
 //!
 //! Regular files are read and written inline by the worker (the kernel module hands
-//! uncached ones to a workqueue instead).
+//! uncached ones to its helper threads instead).
 //!
 //! Differences from the other backends, all due to running on ordinary syscalls:
 //! - registered sockets, pipes and other pollable files are switched to `O_NONBLOCK`,
@@ -189,12 +189,10 @@ impl ThreadsBackend {
             shared,
             workers: Vec::with_capacity(nlanes),
         };
-        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let ncpu = super::available_cpus();
         for (lane, epfd) in epfds.into_iter().enumerate() {
             let shared = Arc::clone(&backend.shared);
-            let cpu = config
-                .affinity_offset
-                .map(|off| (off as usize + lane) % ncpu);
+            let cpu = super::pinned_cpu(config.affinity_offset, lane as u32, ncpu);
             let handle = std::thread::Builder::new()
                 .name(format!("fastio-thr-{lane}"))
                 .spawn(move || Worker::run(shared, lane as u32, epfd, cpu))?;
@@ -832,17 +830,8 @@ fn block_sigpipe() {
 }
 
 fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it (cpu < CPU_SETSIZE is
-    // guaranteed by the modulo over online CPUs); sched_setaffinity(0) pins this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            eprintln!(
-                "fastio: cannot pin worker to CPU {cpu}: {}",
-                io::Error::last_os_error()
-            );
-        }
+    if let Err(e) = super::pin_current_thread(cpu) {
+        eprintln!("fastio: cannot pin worker to CPU {cpu}: {e}");
     }
 }
 

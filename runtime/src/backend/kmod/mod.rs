@@ -1,26 +1,39 @@
-//! The `kmod` backend: the kernel workers of `fastio.ko`, through `/dev/fastio`.
+//! The `kmod` backend: `fastio.ko` through `/dev/fastio`, with this process's own lane
+//! and helper threads as its workers (ABI 2).
 //!
 //! One open of the device is one context:
-//! 1. `FASTIO_SETUP` creates `max_ker_worker` lanes and their polling kernel workers and
-//!    returns the ring geometry, which must be exactly [`fastio_uapi::lane_layout`] of
-//!    the requested sizes (anything else is an ABI mismatch and refused);
+//! 1. `FASTIO_SETUP` creates `max_ker_worker` lanes, allows `wq_max_active` helper
+//!    threads, and returns the ring geometry, which must be exactly
+//!    [`fastio_uapi::lane_layout`] of the requested sizes (anything else is an ABI
+//!    mismatch and refused);
 //! 2. the ring memory is mapped shared (memmap2) and driven through the same
 //!    [`RingSide`] as the `threads` backend. The kernel initialised the rings (their
 //!    `RingInfo` included); userspace never writes anything but its own SQEs, SQ tails
 //!    and CQ heads;
-//! 3. `submit` publishes the SQ tails and calls `FASTIO_ENTER(SQ_WAKEUP)` only for lanes
+//! 3. the workers are started ([`threads`]): one thread `fastio-lane-<i>` per lane that
+//!    enters the kernel with `FASTIO_RUN_LANE` and polls the lane there, and
+//!    `wq_max_active` threads `fastio-help-<j>` (`FASTIO_RUN_HELPER`) for blocking work.
+//!    They block every signal and are pinned when the config asks for it;
+//! 4. `submit` publishes the SQ tails and calls `FASTIO_ENTER(SQ_WAKEUP)` only for lanes
 //!    whose worker set NEED_WAKEUP; `wait` calls `FASTIO_ENTER(GETEVENTS)` only when the
 //!    CQs hold too few completions; files are registered, unregistered and installed as
 //!    descriptors with their own ioctls.
 //!
-//! Teardown: the mapping is unmapped first, then the descriptor is closed, and closing
-//! the (last reference to the) descriptor makes the module stop the workers, drop the
-//! registered files and free the ring memory. The proactor has already waited for the
-//! requests in flight by then.
+//! A lane or helper thread that leaves the kernel unasked (its ioctl failed) makes every
+//! later `submit` and `wait` fail with an error naming the thread and the errno.
+//!
+//! Teardown, in this order: `FASTIO_SHUTDOWN` (every lane and helper thread returns,
+//! waiting requests complete with `-ECANCELED`) and every thread joined; the mapping
+//! unmapped; the descriptor closed, which makes the module drop the registered files and
+//! free the ring memory. The proactor has already waited for the requests in flight by
+//! then, and after the join no thread of the context can touch the process's memory.
+
+mod threads;
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fastio_uapi::{
@@ -30,6 +43,7 @@ use fastio_uapi::{
 };
 use memmap2::MmapOptions;
 
+use self::threads::{Device, Workers};
 use super::rings::{LaneSet, RingSide};
 use super::{Backend, DEVICE_PATH};
 use crate::config::Config;
@@ -37,12 +51,19 @@ use crate::ring::{Geometry, RingMemory};
 
 /// The userspace side of one `/dev/fastio` context.
 ///
-/// Field order is drop order, and it matters: `rings` holds the only references to the
-/// [`RingMemory`] (inside its `LaneRing`s), so dropping it unmaps the rings; `dev` is
-/// dropped after that, and closing it stops the kernel workers.
+/// Field order is drop order, and it matters:
+/// 1. `workers`: `FASTIO_SHUTDOWN`, then every lane and helper thread is joined, so no
+///    thread of the context runs any more;
+/// 2. `rings` holds the only references to the [`RingMemory`] (inside its `LaneRing`s),
+///    so dropping it unmaps the rings;
+/// 3. `dev` last: the threads' references to it are gone with the join, so this drops
+///    the last one and closes the descriptor, which frees the context.
 pub(crate) struct KmodBackend {
+    // Never read: held for its Drop (shutdown and join) at the right moment.
+    #[allow(dead_code)]
+    workers: Workers,
     rings: RingSide,
-    dev: File,
+    dev: Arc<Device>,
 }
 
 /// One ioctl on `fd` with argument `arg`; returns the ioctl's non-negative result.
@@ -77,9 +98,9 @@ fn setup_params(config: &Config) -> SetupParams {
         },
         affinity_offset: config.affinity_offset.unwrap_or(0),
         max_files: config.max_files,
-        // ABI 2 replaced the workqueue fields with `helpers` (0 = the module default);
-        // the v2 runtime maps the config onto it and starts the lane/helper threads.
-        helpers: 0,
+        // `default_wq_worker_idle_time` is not sent: v2 helpers are parked threads of the
+        // process, with no idle time to bound.
+        helpers: config.wq_max_active,
         ..SetupParams::default()
     }
 }
@@ -106,36 +127,65 @@ fn open_error(e: io::Error) -> io::Error {
     io::Error::new(e.kind(), msg)
 }
 
-/// Explains a failed `FASTIO_SETUP` of `p`.
+/// Bytes of ring memory a SETUP of `p` asks for (what RLIMIT_MEMLOCK is charged), or
+/// `None` for sizes the module refuses anyway.
+fn ring_bytes(p: &SetupParams) -> Option<u64> {
+    (fastio_uapi::valid_entries(p.sq_entries) && fastio_uapi::valid_entries(p.cq_entries))
+        .then(|| fastio_uapi::lane_layout(p.sq_entries, p.cq_entries).lane_size)
+        .and_then(|lane| lane.checked_mul(u64::from(p.workers)))
+}
+
+/// Explains a failed `FASTIO_SETUP` of `p`, naming the config keys and module
+/// parameters that can cause `e`.
 fn setup_error(e: io::Error, p: &SetupParams) -> io::Error {
     let params = format!(
-        "workers={} sq_entries={} cq_entries={} max_files={} idle_ms={} flags={:#x}",
-        p.workers, p.sq_entries, p.cq_entries, p.max_files, p.idle_ms, p.flags
+        "workers={} helpers={} sq_entries={} cq_entries={} max_files={} idle_ms={} \
+         flags={:#x} affinity_offset={}",
+        p.workers,
+        p.helpers,
+        p.sq_entries,
+        p.cq_entries,
+        p.max_files,
+        p.idle_ms,
+        p.flags,
+        p.affinity_offset
     );
     let msg = match e.raw_os_error() {
         Some(libc::ENOTTY) | Some(libc::EINVAL) => format!(
             "fastio.ko rejected SETUP (ABI version {ABI_VERSION}?): {e}: the loaded module \
-             speaks another ABI version or refused a parameter ({params}); the kernel log \
-             (dmesg) says which"
+             speaks another ABI version or refused a parameter ({params}), e.g. \
+             default_main_worker_idle_time above the module parameter max_idle_ms \
+             (default 1000) or affinity_offset not below the number of possible CPUs; the \
+             kernel log (dmesg) says which"
         ),
         Some(libc::EMFILE) | Some(libc::ENFILE) => format!(
-            "fastio.ko: too many contexts (module parameter max_contexts): {e}; close other \
-             fastio programs or reload the module with a larger max_contexts"
+            "fastio.ko: too many contexts: {e}: the module parameter max_user_contexts \
+             (contexts per user) or max_contexts (system-wide) is reached; close other \
+             fastio programs of this user or reload the module with larger limits"
         ),
         Some(libc::E2BIG) | Some(libc::ENOSPC) => format!(
-            "fastio.ko: too many workers: max_ker_worker = {} exceeds the module parameter \
-             max_workers ({e}); lower max_ker_worker or reload the module with a larger \
-             max_workers",
-            p.workers
+            "fastio.ko: too many threads ({e}): max_ker_worker = {} exceeds the module \
+             parameter max_workers, or wq_max_active = {} (helper threads) exceeds the \
+             module parameter max_helpers; lower them or reload the module with larger \
+             limits",
+            p.workers, p.helpers
         ),
         Some(libc::EBUSY) => format!(
             "fastio.ko: SETUP refused as busy ({e}): the context is already set up, or a \
              module limit (max_contexts, max_workers) is reached"
         ),
-        Some(libc::ENOMEM) => format!(
-            "fastio.ko: out of memory setting up the rings ({params}): {e}; lower \
-             sq_entries, cq_entries, max_files or max_ker_worker"
-        ),
+        Some(libc::ENOMEM) => {
+            let size = ring_bytes(p).map_or_else(String::new, |b| {
+                format!(" the rings take {} KiB;", b.div_ceil(1024))
+            });
+            format!(
+                "fastio.ko: cannot allocate the rings ({params}): {e}:{size} ring memory is \
+                 locked memory, counted against RLIMIT_MEMLOCK (ulimit -l) unless the \
+                 process has CAP_IPC_LOCK; raise ulimit -l (limits.conf memlock, systemd \
+                 LimitMEMLOCK=), or lower sq_entries, cq_entries, max_files or \
+                 max_ker_worker"
+            )
+        }
         _ => format!("fastio.ko: SETUP failed ({params}): {e}"),
     };
     io::Error::new(e.kind(), msg)
@@ -209,19 +259,22 @@ impl KmodBackend {
         // Refuse impossible sizes before touching the device, with the runtime's message.
         let geometry = Geometry::new(config.max_ker_worker, config.sq_entries, config.cq_entries)?;
         // std opens with O_CLOEXEC.
-        let dev = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(DEVICE_PATH)
             .map_err(open_error)?;
+        // Declared before `rings` and `workers`, so that an early return drops them first,
+        // in the order of a KmodBackend's drop.
+        let dev = Arc::new(Device::new(file));
         let mut p = setup_params(config);
         // SAFETY: FASTIO_SETUP is _IOWR(SetupParams); `p` is a live, initialised
         // SetupParams the kernel reads and overwrites; it holds no user addresses.
-        unsafe { ioctl(&dev, FASTIO_SETUP, &mut p) }.map_err(|e| setup_error(e, &p))?;
+        unsafe { ioctl(dev.file(), FASTIO_SETUP, &mut p) }.map_err(|e| setup_error(e, &p))?;
         check_geometry(&p, &geometry)?;
         let map = MmapOptions::new()
             .len(geometry.mmap_size())
-            .map_raw(&dev)
+            .map_raw(dev.file())
             .map_err(|e| {
                 io::Error::new(
                     e.kind(),
@@ -237,24 +290,38 @@ impl KmodBackend {
         let mem = unsafe { RingMemory::from_map(map, geometry) }?;
         let rings = RingSide::new(&mem);
         drop(mem); // `rings` now holds the only references to the mapping.
+                   // On error the threads already started are shut down and joined (inside), then
+                   // `rings` and `dev` go.
+        let workers = Workers::start(&dev, config)?;
         let note = format!(
-            "{} kernel worker(s), sq={} cq={} idle={}ms",
-            geometry.lanes, geometry.sq_entries, geometry.cq_entries, config.idle_ms
+            "{} lane thread(s) + {} helper thread(s) in the kernel, sq={} cq={} idle={}ms",
+            geometry.lanes,
+            config.wq_max_active,
+            geometry.sq_entries,
+            geometry.cq_entries,
+            config.idle_ms
         );
-        Ok((KmodBackend { rings, dev }, note))
+        Ok((
+            KmodBackend {
+                workers,
+                rings,
+                dev,
+            },
+            note,
+        ))
     }
 
     fn enter(&self, mut args: EnterArgs) -> io::Result<()> {
         // SAFETY: FASTIO_ENTER is _IOW(EnterArgs); `args` is a live EnterArgs without
         // user addresses.
-        unsafe { ioctl(&self.dev, FASTIO_ENTER, &mut args) }.map(drop)
+        unsafe { ioctl(self.dev.file(), FASTIO_ENTER, &mut args) }.map(drop)
     }
 
     fn slot_ioctl(&self, cmd: u32, slot: u32, flags: u32) -> io::Result<i32> {
         let mut arg = SlotArg { slot, flags };
         // SAFETY: UNREGISTER_FILE and INSTALL_FD are _IOW(SlotArg); `arg` is a live SlotArg
         // without user addresses.
-        unsafe { ioctl(&self.dev, cmd, &mut arg) }
+        unsafe { ioctl(self.dev.file(), cmd, &mut arg) }
     }
 }
 
@@ -278,7 +345,7 @@ impl Backend for KmodBackend {
         };
         // SAFETY: FASTIO_REGISTER_FILES is _IOW(FilesUpdate); `fds` and `slots` are live
         // arrays of `count` i32 / u32 for the duration of the call, which only reads them.
-        unsafe { ioctl(&self.dev, FASTIO_REGISTER_FILES, &mut update) }.map(drop)
+        unsafe { ioctl(self.dev.file(), FASTIO_REGISTER_FILES, &mut update) }.map(drop)
     }
 
     fn unregister(&mut self, slot: u32) -> io::Result<()> {
@@ -296,6 +363,8 @@ impl Backend for KmodBackend {
     }
 
     fn submit(&mut self) -> io::Result<()> {
+        // A lane whose thread is gone would never run what is submitted.
+        self.dev.check()?;
         match wake_target(self.rings.publish()) {
             None => Ok(()),
             Some(lane) => self.enter(EnterArgs {
@@ -311,6 +380,7 @@ impl Backend for KmodBackend {
     }
 
     fn wait(&mut self, min: u32, timeout: Option<Duration>) -> io::Result<()> {
+        self.dev.check()?;
         if self.rings.cq_ready() >= min {
             return Ok(());
         }
@@ -320,6 +390,8 @@ impl Backend for KmodBackend {
             timeout_ns: timeout_ns(timeout),
             ..EnterArgs::default()
         });
+        // A thread that failed while this one slept explains a timeout or a short wait.
+        self.dev.check()?;
         match r {
             // The timeout passed: the caller looks at what is there.
             Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(()),
@@ -343,7 +415,7 @@ impl Backend for KmodBackend {
         let mut stats = Stats::default();
         // SAFETY: FASTIO_GET_STATS is _IOR(Stats); `stats` is a live Stats the kernel
         // overwrites; it holds no user addresses.
-        let r = unsafe { ioctl(&self.dev, FASTIO_GET_STATS, &mut stats) };
+        let r = unsafe { ioctl(self.dev.file(), FASTIO_GET_STATS, &mut stats) };
         Some(r.map(|_| stats))
     }
 }
@@ -369,6 +441,7 @@ mod tests {
             wq_max_active: 9,
             wq_idle_ms: 1234,
             affinity_offset: Some(2),
+            wq_affinity_offset: Some(5),
             ..Config::default()
         };
         let p = setup_params(&cfg);
@@ -383,9 +456,16 @@ mod tests {
             ),
             (3, 64, 256, 7, 100)
         );
-        assert_eq!(p.helpers, 0);
+        // FastIO's workqueue idle time reaches nowhere; the helper count does.
+        assert_eq!(p.helpers, 9);
+        // Helper pinning is the process's business: only lane affinity reaches SETUP.
         assert_eq!((p.flags, p.affinity_offset), (SETUP_AFFINITY, 2));
         assert_eq!(p.resv_in, [0; 7]);
+        let p2 = setup_params(&Config {
+            wq_idle_ms: 1,
+            ..cfg.clone()
+        });
+        assert_eq!(p2, p);
         let p = setup_params(&Config {
             affinity_offset: None,
             ..cfg
@@ -432,6 +512,7 @@ mod tests {
     fn errors_name_the_cause() {
         let p = setup_params(&Config {
             max_ker_worker: 40,
+            wq_max_active: 33,
             ..Config::default()
         });
         let cases = [
@@ -445,20 +526,37 @@ mod tests {
                 "rejected SETUP (ABI version 2?)",
             ),
             (
+                setup_error(err(libc::EINVAL), &p),
+                "max_idle_ms (default 1000)",
+            ),
+            (setup_error(err(libc::EINVAL), &p), "helpers=33"),
+            (
                 setup_error(err(libc::ENOTTY), &p),
                 "rejected SETUP (ABI version 2?)",
             ),
+            (setup_error(err(libc::EMFILE), &p), "max_user_contexts"),
             (
                 setup_error(err(libc::EMFILE), &p),
-                "module parameter max_contexts",
+                "max_contexts (system-wide)",
             ),
             (
                 setup_error(err(libc::E2BIG), &p),
                 "max_ker_worker = 40 exceeds",
             ),
             (
+                setup_error(err(libc::E2BIG), &p),
+                "wq_max_active = 33 (helper threads) exceeds the module parameter max_helpers",
+            ),
+            (
                 setup_error(err(libc::ENOSPC), &p),
                 "module parameter max_workers",
+            ),
+            (setup_error(err(libc::ENOMEM), &p), "ulimit -l"),
+            (setup_error(err(libc::ENOMEM), &p), "CAP_IPC_LOCK"),
+            // 40 lanes of 256 SQEs (16 KiB + header) and 8192 CQEs (128 KiB + header).
+            (
+                setup_error(err(libc::ENOMEM), &p),
+                "the rings take 5920 KiB;",
             ),
         ];
         for (e, want) in cases {

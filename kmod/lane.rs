@@ -1,0 +1,361 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A lane and the loop its thread runs inside `FASTIO_RUN_LANE`.
+//!
+//! The lane thread is a thread of the owning process that stays in the kernel. Each
+//! round it re-issues the requests its port handed back (ready or cancelled), then takes
+//! a batch of SQEs — no more than its CQ has room for, counting requests still in
+//! flight — reading each once into a private copy, validating and executing it, and
+//! publishes the SQ head once per batch. With nothing to do it spins for `idle_ms`,
+//! giving the CPU away at once whenever another task wants it; then it sets
+//! `SQ_NEED_WAKEUP`, re-checks, and sleeps until `ENTER`, a ready request, SHUTDOWN or a
+//! signal. "Nothing to do" includes a full CQ: a lane whose process does not reap never
+//! spins for longer than `idle_ms`. A signal returns to user space (`-ERESTARTSYS`: the
+//! process's handler runs, the call restarts, credentials changed by `setuid()` take
+//! effect); a fatal one ends the thread.
+//!
+//! Lock order: the lane's `cq` lock is a leaf.
+
+use core::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
+
+use kernel::{
+    alloc::flags::GFP_KERNEL,
+    bindings,
+    fs::File,
+    new_mutex,
+    prelude::*,
+    sync::{aref::ARef, Arc, Mutex},
+    time::{Delta, Instant, Monotonic},
+};
+
+use crate::abi::{self, Cqe, Op};
+use crate::offload::Job;
+use crate::ops::{self, add_progress, Outcome};
+use crate::pending::{Armed, Pending, Port};
+use crate::ring::RingView;
+use crate::shared::Shared;
+use crate::sys::{self, neg};
+
+/// The producer side of a CQ.
+struct CqState {
+    /// Our copy of the CQ tail (the shared one is only ever written from it).
+    tail: u32,
+    /// Requests taken from the SQ whose completion is not posted yet.
+    reserved: u32,
+}
+
+/// One lane: its rings, its port, its CQ producer state.
+#[pin_data]
+pub(crate) struct Lane {
+    pub(crate) idx: u32,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) ring: RingView,
+    pub(crate) port: Arc<Port>,
+    /// A thread serves the lane.
+    attached: AtomicBool,
+    /// The SQ head as the module knows it; only the attached thread uses it.
+    sq_head: AtomicU32,
+    /// Lock-free copies of `cq` for the sleeping thread's checks (hints only).
+    cq_tail_hint: AtomicU32,
+    cq_reserved_hint: AtomicU32,
+    #[pin]
+    cq: Mutex<CqState>,
+}
+
+/// The error a thread returns to have the call restarted after a signal.
+fn restart() -> Error {
+    Error::from_errno(neg(bindings::ERESTARTSYS))
+}
+
+impl Lane {
+    pub(crate) fn new(idx: u32, shared: Arc<Shared>, ring: RingView) -> Result<Arc<Self>> {
+        let tail = ring.cq_tail();
+        Arc::pin_init(
+            pin_init!(Lane {
+                idx,
+                shared,
+                ring,
+                port: Port::new()?,
+                attached: AtomicBool::new(false),
+                sq_head: AtomicU32::new(0),
+                cq_tail_hint: AtomicU32::new(tail),
+                cq_reserved_hint: AtomicU32::new(0),
+                cq <- new_mutex!(CqState { tail, reserved: 0 }),
+            }? Error),
+            GFP_KERNEL,
+        )
+    }
+
+    /// Posts the completion of a request whose CQ space was reserved.
+    pub(crate) fn post(&self, user_data: u64, res: i32) {
+        // A "restart" code must never reach user space.
+        let res = if sys::is_restart(res) {
+            neg(bindings::EINTR)
+        } else {
+            res
+        };
+        {
+            let mut cq = self.cq.lock();
+            self.ring.write_cqe(
+                cq.tail,
+                Cqe {
+                    user_data,
+                    res,
+                    flags: 0,
+                },
+            );
+            cq.tail = cq.tail.wrapping_add(1);
+            self.ring.set_cq_tail(cq.tail);
+            cq.reserved = cq.reserved.saturating_sub(1);
+            self.cq_tail_hint.store(cq.tail, Ordering::Relaxed);
+            self.cq_reserved_hint.store(cq.reserved, Ordering::Relaxed);
+        }
+        self.shared.notify_cq();
+    }
+
+    /// Whether the SQ holds entries that the CQ has room for (lock-free hint).
+    pub(crate) fn sq_runnable(&self) -> bool {
+        let head = self.sq_head.load(Ordering::Relaxed);
+        let room = self
+            .ring
+            .cq_free(self.cq_tail_hint.load(Ordering::Relaxed))
+            .saturating_sub(self.cq_reserved_hint.load(Ordering::Relaxed));
+        self.ring.sq_tail() != head && room > 0
+    }
+
+    /// The body of `FASTIO_RUN_LANE`: serves the lane until SHUTDOWN (`Ok(0)`) or a
+    /// signal (`-ERESTARTSYS`).
+    pub(crate) fn run(&self) -> Result<isize> {
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            return Err(ESHUTDOWN);
+        }
+        if self.attached.swap(true, Ordering::SeqCst) {
+            return Err(EBUSY);
+        }
+        let r = self.serve();
+        self.attached.store(false, Ordering::SeqCst);
+        r
+    }
+
+    fn serve(&self) -> Result<isize> {
+        let idle = Delta::from_millis(self.shared.params.idle_ms as i64);
+        let mut batch = KVec::new();
+        let mut head = self.sq_head.load(Ordering::Relaxed);
+        let mut last_work = Instant::<Monotonic>::now();
+        self.ring
+            .sq_flags()
+            .fetch_and(!abi::SQ_NEED_WAKEUP, Ordering::SeqCst);
+        loop {
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                self.sq_head.store(head, Ordering::Relaxed);
+                self.shared.pendings.cancel_where(|p| p.lane == self.idx);
+                self.process_ready(&mut batch);
+                return Ok(0);
+            }
+            if sys::signal_pending() {
+                self.sq_head.store(head, Ordering::Relaxed);
+                return Err(restart());
+            }
+            let mut progress = self.process_ready(&mut batch);
+            progress += self.drain(&mut head);
+            if progress > 0 {
+                last_work = Instant::now();
+                if sys::others_want_cpu() {
+                    sys::yield_cpu();
+                }
+                continue;
+            }
+            if last_work.elapsed() < idle {
+                if sys::others_want_cpu() {
+                    sys::yield_cpu();
+                } else {
+                    core::hint::spin_loop();
+                }
+                continue;
+            }
+            self.sq_head.store(head, Ordering::Relaxed);
+            if self.sleep().is_err() {
+                return Err(restart());
+            }
+            last_work = Instant::now();
+        }
+    }
+
+    /// Sets NEED_WAKEUP and sleeps until there is something to do.
+    fn sleep(&self) -> core::result::Result<(), crate::waitq::Interrupted> {
+        let port = &self.port;
+        port.sleeping.store(true, Ordering::SeqCst);
+        self.ring
+            .sq_flags()
+            .fetch_or(abi::SQ_NEED_WAKEUP, Ordering::SeqCst);
+        // Pairs with user space's fence between publishing its tail and reading the
+        // flags, and with the port's fence between a push and reading `sleeping`.
+        fence(Ordering::SeqCst);
+        let r = port.wq.wait_interruptible(|| {
+            port.kicked.swap(false, Ordering::SeqCst)
+                || port.has_ready()
+                || self.sq_runnable()
+                || self.shared.stopping.load(Ordering::SeqCst)
+        });
+        port.sleeping.store(false, Ordering::SeqCst);
+        self.ring
+            .sq_flags()
+            .fetch_and(!abi::SQ_NEED_WAKEUP, Ordering::SeqCst);
+        r
+    }
+
+    /// Takes SQEs while there are any and the CQ has room, runs them; publishes the new
+    /// head once. Returns how many were taken.
+    fn drain(&self, head: &mut u32) -> u32 {
+        let ring = &self.ring;
+        let avail = ring.sq_tail().wrapping_sub(*head).min(ring.sq_entries);
+        if avail == 0 {
+            return 0;
+        }
+        let n = {
+            let mut cq = self.cq.lock();
+            let room = ring.cq_free(cq.tail).saturating_sub(cq.reserved);
+            let n = avail.min(room);
+            cq.reserved += n;
+            self.cq_reserved_hint.store(cq.reserved, Ordering::Relaxed);
+            n
+        };
+        for _ in 0..n {
+            let sqe = ring.sqe(*head);
+            *head = head.wrapping_add(1);
+            self.execute(&sqe);
+        }
+        if n > 0 {
+            ring.set_sq_head(*head);
+            self.shared.stats.ops.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        n
+    }
+
+    /// Runs one request whose CQ space is reserved; it completes now or later.
+    fn execute(&self, sqe: &abi::Sqe) {
+        let user_data = sqe.user_data;
+        let shared = &self.shared;
+        let op = match abi::decode(sqe, shared.params.max_files) {
+            Ok(op) => op,
+            Err(e) => return self.post(user_data, -e.errno()),
+        };
+        match op {
+            Op::Nop => self.post(user_data, 0),
+            Op::Close { slot } => {
+                let old = shared.files.lock().take(slot);
+                let res = match old {
+                    Some(file) => {
+                        // What waits on this very file completes -ECANCELED (after the
+                        // CLOSE's own completion, as with io_uring).
+                        shared.cancel_file(Some(&file));
+                        0
+                    }
+                    None => neg(bindings::EBADF),
+                };
+                self.post(user_data, res)
+            }
+            _ => {
+                let slot = op.slot().unwrap_or(u32::MAX);
+                let Some(file) = shared.file(slot) else {
+                    return self.post(user_data, neg(bindings::EBADF));
+                };
+                let outcome = ops::issue(&shared.files, &op, &file, false);
+                self.handle(op, user_data, file, outcome);
+            }
+        }
+    }
+
+    /// Completes, parks or offloads a request after an attempt.
+    fn handle(&self, op: Op, user_data: u64, file: ARef<File>, outcome: Outcome) {
+        match outcome {
+            Outcome::Done(r) => self.post(user_data, r),
+            Outcome::Wait(events) => self.park(op, user_data, file, events),
+            Outcome::Offload => self.offload(op, user_data, file, 0),
+            Outcome::Partial(n) => self.offload(ops::advance(op, n), user_data, file, n),
+        }
+    }
+
+    fn park(&self, op: Op, user_data: u64, file: ARef<File>, events: u32) {
+        let shared = &self.shared;
+        let Ok(p) = Pending::new(self.idx, &self.port, op, user_data, file, events) else {
+            return self.post(user_data, neg(bindings::ENOMEM));
+        };
+        if shared.pendings.insert(&p).is_err() {
+            return self.post(user_data, neg(bindings::ENOMEM));
+        }
+        shared.stats.parked.fetch_add(1, Ordering::Relaxed);
+        self.arm(p);
+    }
+
+    fn arm(&self, p: Arc<Pending>) {
+        if let Armed::NoQueue(p) = Pending::arm(p) {
+            // Nothing will ever report readiness: a helper does the blocking call.
+            self.shared.pendings.remove(&p);
+            self.offload(p.op, p.user_data, p.file.clone(), 0);
+        }
+    }
+
+    fn offload(&self, op: Op, user_data: u64, file: ARef<File>, progress: u32) {
+        let job = Job {
+            lane: self.idx,
+            op,
+            progress,
+            user_data,
+            file,
+            cancelled: false,
+        };
+        self.shared.stats.offloaded.fetch_add(1, Ordering::Relaxed);
+        if let Err(job) = self.shared.jobs.push(job) {
+            self.post(job.user_data, add_progress(job.progress, neg(bindings::ENOMEM)));
+        }
+    }
+
+    /// Re-issues (or completes, when cancelled) what the port handed back.
+    fn process_ready(&self, batch: &mut KVec<Arc<Pending>>) -> u32 {
+        self.port.take(batch);
+        let n = batch.len() as u32;
+        let stopping = self.shared.stopping.load(Ordering::SeqCst);
+        for p in batch.drain_all() {
+            p.detach();
+            if p.is_cancelled() || stopping {
+                self.finish(&p, neg(bindings::ECANCELED));
+                continue;
+            }
+            self.shared.stats.wakeups.fetch_add(1, Ordering::Relaxed);
+            match ops::issue(&self.shared.files, &p.op, &p.file, false) {
+                // Still not ready (a spurious or shared wakeup): wait again.
+                Outcome::Wait(_) => self.arm(p),
+                outcome => {
+                    p.set_done();
+                    self.shared.pendings.remove(&p);
+                    self.handle(p.op, p.user_data, p.file.clone(), outcome);
+                }
+            }
+        }
+        n
+    }
+
+    /// Completes a detached request with `res`.
+    pub(crate) fn finish(&self, p: &Pending, res: i32) {
+        p.set_done();
+        self.shared.pendings.remove(p);
+        self.post(p.user_data, res);
+    }
+
+    /// Teardown (no thread serves the lane any more): completes everything its port
+    /// holds with -ECANCELED.
+    pub(crate) fn drain_port(&self) {
+        let mut batch = KVec::new();
+        self.port.take(&mut batch);
+        for p in batch.drain_all() {
+            p.detach();
+            self.finish(&p, neg(bindings::ECANCELED));
+        }
+    }
+
+    /// `ENTER(SQ_WAKEUP)`, SHUTDOWN, or a CQ that was full has room again.
+    pub(crate) fn kick(&self) {
+        self.port.kick();
+    }
+}

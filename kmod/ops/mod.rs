@@ -1,0 +1,86 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Executing one request, as the calling thread (a lane or helper thread of the owning
+//! process: its address space, credentials, limits and cgroups apply as to any system
+//! call it makes).
+//!
+//! [`issue`] makes one attempt. On a lane thread (`blocking == false`) it never sleeps:
+//! sockets and pipes use `MSG_DONTWAIT`/`RWF_NOWAIT`, regular files copy only cached
+//! pages, and the answer says what to do when the request cannot finish now: wait for
+//! readiness ([`Outcome::Wait`]) or hand it to a helper thread ([`Outcome::Offload`],
+//! [`Outcome::Partial`]). On a helper thread (`blocking == true`) it does the blocking
+//! call; every such wait in the kernel is interruptible or killable.
+
+mod file;
+mod net;
+
+use kernel::{fs::File, sync::aref::ARef, sync::Mutex};
+
+use crate::abi::{self, Op};
+use crate::files::FileTable;
+
+/// What one attempt came to.
+pub(crate) enum Outcome {
+    /// Finished: the CQE result.
+    Done(i32),
+    /// Would block on a pollable file: wait for these poll events.
+    Wait(u32),
+    /// Needs a blocking call (uncached file data, a file without non-blocking mode, a
+    /// busy file position): hand it to a helper thread.
+    Offload,
+    /// A regular file transferred this many bytes (fewer than asked, not at end of file)
+    /// without blocking: a helper thread transfers the rest.
+    Partial(u32),
+}
+
+/// Issues `op` on `file` once.
+pub(crate) fn issue(
+    files: &Mutex<FileTable>,
+    op: &Op,
+    file: &ARef<File>,
+    blocking: bool,
+) -> Outcome {
+    match *op {
+        Op::Accept { dest, flags, .. } => net::accept(files, file, dest, flags),
+        Op::Recv {
+            addr, len, flags, ..
+        } => net::recv(file, addr, len, flags),
+        Op::Send {
+            addr, len, flags, ..
+        } => net::send(file, addr, len, flags),
+        Op::Read { addr, len, off, .. } => file::rw(file, file::Dir::Read, addr, len, off, blocking),
+        Op::Write { addr, len, off, .. } => {
+            file::rw(file, file::Dir::Write, addr, len, off, blocking)
+        }
+        Op::Writev {
+            iov, count, off, ..
+        } => match net::socket_of(file) {
+            Some(sock) => net::writev(sock, iov, count),
+            None => file::writev(file, iov, count, off, blocking),
+        },
+        Op::Nop | Op::Close { .. } => Outcome::Done(0),
+    }
+}
+
+/// `op` with its first `n` bytes done (READ and WRITE; other requests are returned
+/// unchanged). `n` is below the request's length.
+pub(crate) fn advance(mut op: Op, n: u32) -> Op {
+    if let Op::Read { addr, len, off, .. } | Op::Write { addr, len, off, .. } = &mut op {
+        *addr = addr.wrapping_add(n as u64);
+        *len = len.saturating_sub(n);
+        if *off != abi::OFF_CURRENT {
+            *off = off.wrapping_add(n as u64);
+        }
+    }
+    op
+}
+
+/// A result with `progress` bytes done before it (by an earlier attempt) added: what was
+/// transferred counts, also when the rest failed or was cancelled.
+pub(crate) fn add_progress(progress: u32, res: i32) -> i32 {
+    match progress {
+        0 => res,
+        p if res >= 0 => (p as i32).saturating_add(res),
+        p => p as i32,
+    }
+}

@@ -1,0 +1,143 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The module's few direct kernel calls that the kernel crate does not wrap: the
+//! wrappers of `fastio_helpers.c` (static inlines and macros), constants that are macros
+//! with casts, and small safe functions over them.
+
+use core::ffi::{c_int, c_long, c_uint, c_ulong};
+
+use kernel::{bindings, fs::File};
+
+#[allow(improper_ctypes)]
+extern "C" {
+    fn fastio_need_resched() -> bool;
+    pub(crate) fn fastio_notify_signal(task: *mut bindings::task_struct);
+    pub(crate) fn fastio_get_current_user() -> *mut bindings::user_struct;
+    fn fastio_rlimit_memlock() -> c_ulong;
+    pub(crate) fn fastio_user_locked_vm(user: *mut bindings::user_struct) -> *mut c_long;
+    pub(crate) fn fastio_init_wait_entry(
+        wq: *mut bindings::wait_queue_entry,
+        f: bindings::wait_queue_func_t,
+    );
+    pub(crate) fn fastio_wait_entry_del_careful(wq: *mut bindings::wait_queue_entry);
+    pub(crate) fn fastio_vfs_poll(
+        file: *mut bindings::file,
+        pt: *mut bindings::poll_table_struct,
+        qproc: bindings::poll_queue_proc,
+        events: c_uint,
+    ) -> c_uint;
+    fn fastio_file_mode(file: *mut bindings::file) -> c_uint;
+    pub(crate) fn fastio_f_pos_trylock(file: *mut bindings::file) -> bool;
+    pub(crate) fn fastio_f_pos_lock_killable(file: *mut bindings::file) -> c_int;
+    pub(crate) fn fastio_f_pos_unlock(file: *mut bindings::file);
+    pub(crate) fn fastio_read_cached(
+        file: *mut bindings::file,
+        iter: *mut bindings::iov_iter,
+        pos: *mut i64,
+    ) -> isize;
+    /// Exported by the scheduler: whether the current task is alone on its CPU.
+    fn single_task_running() -> bool;
+}
+
+// Constants that are macros with casts in C, so bindgen does not export them.
+pub(crate) const RWF_NOWAIT: i32 = 8;
+pub(crate) const EPOLLIN: u32 = 0x1;
+pub(crate) const EPOLLOUT: u32 = 0x4;
+pub(crate) const EPOLLERR: u32 = 0x8;
+pub(crate) const EPOLLHUP: u32 = 0x10;
+pub(crate) const EPOLLRDHUP: u32 = 0x2000;
+pub(crate) const POLLFREE: u32 = 0x4000;
+
+/// `-code` as a CQE result.
+pub(crate) const fn neg(code: u32) -> i32 {
+    -(code as i32)
+}
+
+/// Whether `r` is one of the kernel's "interrupted, restart" results, which must never
+/// reach user space in a CQE.
+pub(crate) fn is_restart(r: i32) -> bool {
+    matches!(
+        -r as u32,
+        bindings::ERESTARTSYS
+            | bindings::ERESTARTNOINTR
+            | bindings::ERESTARTNOHAND
+            | bindings::ERESTART_RESTARTBLOCK
+    )
+}
+
+/// Another task wants this CPU: a polling loop must give it away now.
+pub(crate) fn others_want_cpu() -> bool {
+    // SAFETY: plain queries of the current task's scheduler state.
+    unsafe { fastio_need_resched() || !single_task_running() }
+}
+
+/// Gives the CPU to whoever wants it (returns at once when nobody does).
+pub(crate) fn yield_cpu() {
+    // SAFETY: called from a sleepable task context (an ioctl), holding no lock.
+    unsafe { bindings::yield_() };
+}
+
+/// A signal is pending for the current task (a real one or a notify-signal).
+pub(crate) fn signal_pending() -> bool {
+    kernel::current!().signal_pending()
+}
+
+/// The caller's RLIMIT_MEMLOCK, in bytes.
+pub(crate) fn rlimit_memlock() -> u64 {
+    // SAFETY: reads the current task's rlimit.
+    unsafe { fastio_rlimit_memlock() as u64 }
+}
+
+/// The caller may lock memory without limit (`CAP_IPC_LOCK`), as io_uring checks.
+pub(crate) fn can_lock_memory() -> bool {
+    // SAFETY: a capability check of the current task.
+    unsafe { bindings::capable(bindings::CAP_IPC_LOCK as c_int) }
+}
+
+/// What the module needs to know about an open file's mode.
+#[derive(Clone, Copy)]
+pub(crate) struct FileMode(u32);
+
+impl FileMode {
+    const PREAD: u32 = 1 << 0;
+    const PWRITE: u32 = 1 << 1;
+    const STREAM: u32 = 1 << 2;
+    const ATOMIC_POS: u32 = 1 << 3;
+    const NOWAIT: u32 = 1 << 4;
+    const REGULAR: u32 = 1 << 5;
+
+    pub(crate) fn of(file: &File) -> Self {
+        // SAFETY: the file is held; its mode bits and inode type are fixed once open.
+        FileMode(unsafe { fastio_file_mode(file.as_ptr()) })
+    }
+
+    /// Reads at an explicit offset are allowed (`FMODE_PREAD`).
+    pub(crate) fn pread(self) -> bool {
+        self.0 & Self::PREAD != 0
+    }
+
+    /// Writes at an explicit offset are allowed (`FMODE_PWRITE`).
+    pub(crate) fn pwrite(self) -> bool {
+        self.0 & Self::PWRITE != 0
+    }
+
+    /// No position at all (`FMODE_STREAM`: pipes, sockets, many devices).
+    pub(crate) fn stream(self) -> bool {
+        self.0 & Self::STREAM != 0
+    }
+
+    /// The position is protected by `f_pos_lock` (`FMODE_ATOMIC_POS`).
+    pub(crate) fn atomic_pos(self) -> bool {
+        self.0 & Self::ATOMIC_POS != 0
+    }
+
+    /// Non-blocking I/O is supported (`FMODE_NOWAIT`).
+    pub(crate) fn nowait(self) -> bool {
+        self.0 & Self::NOWAIT != 0
+    }
+
+    /// A regular file (page cache; no readiness to wait for).
+    pub(crate) fn regular(self) -> bool {
+        self.0 & Self::REGULAR != 0
+    }
+}
