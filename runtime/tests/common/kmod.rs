@@ -511,9 +511,9 @@ impl Ctx {
     }
 
     /// SHUTDOWN (ABI 2), then joins the threads: each one's name and what its last
-    /// `RUN_*` call returned (`Err(errno)` when it failed other than by `EINTR`). A
-    /// thread still in the kernel after [`JOIN_LIMIT`] is reported as `Err(-1)` and left
-    /// behind (the context is then leaked rather than closed under it).
+    /// `RUN_*` call returned (`Ok` for 0 or ESHUTDOWN, else `Err(errno)`). A thread
+    /// still in the kernel after [`JOIN_LIMIT`] is reported as `Err(-1)` and left behind
+    /// (the context is then leaked rather than closed under it).
     pub fn shutdown_and_join(&mut self) -> Vec<(String, Result<(), i32>)> {
         if self.workers.is_empty() {
             return Vec::new();
@@ -764,12 +764,13 @@ impl Drop for Ctx {
 }
 
 /// The body of a lane or helper thread: `RUN_*` again after every `EINTR`, until it
-/// returns 0 (SHUTDOWN) or another error.
+/// returns 0 or ESHUTDOWN (both mean: the context was shut down) or another error.
 fn serve(fd: RawFd, cmd: u32, index: u32, eintr: &AtomicU64) -> Result<(), i32> {
     loop {
         // SAFETY: RUN_LANE and RUN_HELPER read a ThreadArg, which holds no addresses.
         match unsafe { ioctl(fd, cmd, &mut ThreadArg { index, flags: 0 }) } {
-            Ok(_) => return Ok(()),
+            // ESHUTDOWN: SHUTDOWN came before this thread got in; its work is over too.
+            Ok(_) | Err(libc::ESHUTDOWN) => return Ok(()),
             Err(libc::EINTR) => {
                 eintr.fetch_add(1, Ordering::Relaxed);
             }
