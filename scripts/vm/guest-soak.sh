@@ -26,7 +26,8 @@ ulimit -n 65536 || true
 settle
 base_vmalloc=$(meminfo VmallocUsed)
 base_slab=$(meminfo Slab)
-echo "vm-soak: $rounds round(s) of ${round} s; baseline VmallocUsed $base_vmalloc KiB, Slab $base_slab KiB"
+base_unrecl=$(meminfo SUnreclaim)
+echo "vm-soak: $rounds round(s) of ${round} s; baseline VmallocUsed $base_vmalloc KiB, Slab $base_slab KiB (SUnreclaim $base_unrecl KiB)"
 
 fail=0
 for i in $(seq "$rounds"); do
@@ -55,7 +56,8 @@ for i in $(seq "$rounds"); do
     if ((vm <= base_vmalloc + tol_vmalloc && slab <= base_slab + tol_slab)); then ok=1; break; fi
     sleep 1
   done
-  echo "vm-soak: round $i: after rmmod VmallocUsed $vm KiB ($((vm - base_vmalloc)) KiB), Slab $slab KiB ($((slab - base_slab)) KiB)"
+  unrecl=$(meminfo SUnreclaim)
+  echo "vm-soak: round $i: after rmmod VmallocUsed $vm KiB ($((vm - base_vmalloc)) KiB), Slab $slab KiB ($((slab - base_slab)) KiB; SUnreclaim $((unrecl - base_unrecl)) KiB)"
   if ((ok == 0)); then
     echo "vm-soak: round $i: memory did not come back (tolerance: VmallocUsed +$tol_vmalloc KiB, Slab +$tol_slab KiB)"
     fail=1; break
