@@ -134,6 +134,19 @@ impl Plan {
     }
 }
 
+/// The paths a child `pid` may leave behind (it may be killed before it removes them):
+/// its file on the scratch disk and in /tmp, and its FIFO.
+fn child_paths(pid: i32) -> Vec<PathBuf> {
+    let mut v = vec![
+        PathBuf::from(format!("/tmp/fastio-soak-{pid}")),
+        PathBuf::from(format!("/tmp/fastio-soak-fifo-{pid}")),
+    ];
+    if let Ok(dir) = std::env::var("FASTIO_SCRATCH") {
+        v.push(PathBuf::from(dir).join(format!("fastio-soak-{pid}")));
+    }
+    v
+}
+
 /// The files a child registers, kept open while it runs.
 struct Files {
     _keep: Vec<Box<dyn std::any::Any>>,
@@ -509,6 +522,9 @@ fn soak() {
                     ));
                 }
                 *ended.entry(format!("{:?}", r.plan.end)).or_default() += 1;
+                for path in child_paths(r.child.pid) {
+                    let _ = std::fs::remove_file(path);
+                }
                 running.remove(i);
                 continue;
             }
@@ -546,7 +562,11 @@ fn soak() {
         std::thread::sleep(Duration::from_millis(2));
     }
     // Dropping what is left kills and reaps it.
+    let pids: Vec<i32> = running.iter().map(|r| r.child.pid).collect();
     drop(running);
+    for path in pids.into_iter().flat_map(child_paths) {
+        let _ = std::fs::remove_file(path);
+    }
     println!(
         "kmod_soak: {children} children in {:.1} s, ended {ended:?}, {cqes} CQEs checked, \
          {signals} SIGUSR1 sent",

@@ -19,6 +19,14 @@ tol_slab=${FASTIO_SOAK_SLAB_KIB:-2048}
 rounds=$(((total + round - 1) / round))
 
 meminfo() { awk -v k="$1:" '$1 == k { print $2 }' /proc/meminfo; }
+# The slab caches that grew most since BEFORE (a /proc/slabinfo copy): active objects x
+# object size, in KiB.
+slab_growth() {
+  [ -r /proc/slabinfo ] || return 0
+  awk 'NR == FNR { if ($1 !~ /^(#|slabinfo)/) b[$1] = $2 * $4; next }
+       $1 !~ /^(#|slabinfo)/ { d = $2 * $4 - b[$1]; if (d > 0) printf "%9.1f KiB  %s\n", d / 1024, $1 }' \
+    "$1" /proc/slabinfo | sort -rn | head -n 8 | sed 's/^/vm-soak:   /'
+}
 settle() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
 # Some children drop to uid 65534 and open the device; a few thousand descriptors.
@@ -27,6 +35,8 @@ settle
 base_vmalloc=$(meminfo VmallocUsed)
 base_slab=$(meminfo Slab)
 base_unrecl=$(meminfo SUnreclaim)
+slab0=$(mktemp)
+cat /proc/slabinfo > "$slab0" 2>/dev/null
 echo "vm-soak: $rounds round(s) of ${round} s; baseline VmallocUsed $base_vmalloc KiB, Slab $base_slab KiB (SUnreclaim $base_unrecl KiB)"
 
 fail=0
@@ -64,5 +74,7 @@ for i in $(seq "$rounds"); do
   fi
   ((fail)) && break
 done
+echo "vm-soak: slab caches grown most since the start:"
+slab_growth "$slab0"
 if ((fail)); then echo "vm-soak: FAILED"; else echo "vm-soak: passed ($rounds round(s), $total s)"; fi
 exit "$fail"
