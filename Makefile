@@ -13,12 +13,16 @@
 #                             inside: make config TARGET=echo && make reload && ...
 #   make vm-test              boot, load the module, run the kernel test suite
 #   make vm-flow              boot and check the README's flow (config, reload, server)
+#   make vm-soak [SOAK_SECS=600]  boot and soak the module: hostile children (random SQEs,
+#                             scribbled rings, kill -9, fork, exec, FIFO and signalfd
+#                             readers, self-registration) looped with insmod/rmmod;
+#                             rmmod, VmallocUsed, Slab and the kernel log checked (60 s)
 #   make bench [QUICK=1]      benchmarks (VM with the module, then host): BENCHMARKS.md,
 #                             BENCHMARKS.json, bench/plots/ (full ~40 min, QUICK=1 ~6 min)
 #   make bench-compare        compare BENCHMARKS.json with the committed one (BASE=file,
 #                             THRESHOLD=percent, default 10)
-#   make test                 format check, clippy, host tests, then vm-test and vm-flow
-#                             (the README's test command; .ci/run)
+#   make test                 format check, clippy, host tests, then vm-test, a 60 s
+#                             vm-soak and vm-flow (the README's test command; .ci/run)
 #   make clean
 
 SHELL := /bin/bash
@@ -36,7 +40,7 @@ ifdef FASTIO_CONF_PATH
 export FASTIO_CONF_PATH
 endif
 
-.PHONY: all build config run test lint redis-deps unit-tests kernel kmod reload vm vm-test vm-flow bench bench-compare clean help
+.PHONY: all build config run test lint redis-deps unit-tests kernel kmod reload vm vm-test vm-soak vm-flow bench bench-compare clean help
 
 KERNEL_BUILD := scripts/kernel/build.sh
 # Module parameters for `make reload` (e.g. KMOD_PARAMS="max_workers=8").
@@ -97,7 +101,7 @@ redis-deps:
 unit-tests: redis-deps
 	$(CARGO) test --workspace
 
-test: lint unit-tests vm-test vm-flow
+test: lint unit-tests vm-test vm-soak vm-flow
 
 kernel:
 	$(KERNEL_BUILD)
@@ -131,6 +135,12 @@ vm: kmod
 
 vm-test: kmod redis-deps
 	scripts/vm/kmod-tests.sh
+
+# The soak (runtime/tests/kmod_soak.rs) in rounds between insmod and rmmod
+# (scripts/vm/guest-soak.sh); `make test` runs 60 s of it, the long run is SOAK_SECS=600.
+SOAK_SECS ?= 60
+vm-soak: kmod
+	FASTIO_SOAK_SECS=$(SOAK_SECS) scripts/vm/soak.sh
 
 # The README's flow inside the VM, checked: make config TARGET=echo, make reload,
 # max_ker_worker in fastio.conf, proactor_echo_server 12345, echo_bench against it.

@@ -6,73 +6,44 @@
 //! The module runs inside the VM (`make vm-test`); where `/dev/fastio` does not exist
 //! every test prints a SKIP line and passes.
 
-use std::fs::{File, OpenOptions};
-use std::io;
+use std::fs::File;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use fastio::backend::DEVICE_PATH;
 use fastio::uapi::{
-    lane_layout, EnterArgs, FilesUpdate, RingHeader, RingInfo, SetupParams, SlotArg, ABI_VERSION,
-    ENTER_FLAGS, ENTER_GETEVENTS, ENTER_SQ_WAKEUP, FASTIO_ENTER, FASTIO_INSTALL_FD,
-    FASTIO_REGISTER_FILES, FASTIO_SETUP, FASTIO_UNREGISTER_FILE, INSTALL_CLOEXEC, LANE_ALL,
-    MAX_WORKERS, PAGE_SIZE, TIMEOUT_NONE,
+    lane_layout, EnterArgs, RingHeader, RingInfo, SetupParams, ENTER_FLAGS, ENTER_GETEVENTS,
+    ENTER_SQ_WAKEUP, FASTIO_INSTALL_FD, FASTIO_RUN_HELPER, FASTIO_RUN_LANE, FASTIO_UNREGISTER_FILE,
+    INSTALL_CLOEXEC, LANE_ALL, MAX_HELPERS, MAX_WORKERS, PAGE_SIZE, TIMEOUT_NONE,
 };
 use fastio::{BackendKind, Config, Proactor};
 
+mod common;
+#[path = "common/kmod.rs"]
+mod kmod;
+
+use kmod::{params, Ctx};
+
 /// Opens the device, or prints why `test` is skipped.
 fn device(test: &str) -> Option<File> {
-    if !Path::new(DEVICE_PATH).exists() {
-        println!(
-            "SKIP kmod_abi::{test}: {DEVICE_PATH} not present (the module runs in the VM: \
-             make vm-test)"
-        );
-        return None;
-    }
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(DEVICE_PATH)
-        .unwrap_or_else(|e| panic!("{test}: {DEVICE_PATH} exists but cannot be opened: {e}"));
-    Some(f)
+    common::have_module(&format!("kmod_abi::{test}")).then(kmod::open_device)
 }
 
-fn errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-/// One ioctl; `Ok(result)` or `Err(errno)`.
-fn ioctl<T>(f: &File, cmd: u32, arg: &mut T) -> Result<i32, i32> {
-    // SAFETY: every caller passes the argument type of `cmd` (the number encodes its
-    // size); the user addresses inside it point to live arrays (REGISTER_FILES) or are
-    // deliberately bad, which the kernel reports as EFAULT.
-    let r = unsafe { libc::ioctl(f.as_raw_fd(), cmd as libc::c_ulong, arg as *mut T) };
-    if r < 0 {
-        Err(errno())
-    } else {
-        Ok(r)
+/// Skips (SKIP line) `test` on the old module, which has no lane or helper threads.
+fn abi2(test: &str) -> bool {
+    let ok = !kmod::is_v1();
+    if !ok {
+        println!("SKIP kmod_abi::{test}: the loaded module speaks ABI 1 (no RUN_LANE)");
     }
-}
-
-fn params(workers: u32, sq: u32, cq: u32) -> SetupParams {
-    SetupParams {
-        abi_version: ABI_VERSION,
-        workers,
-        sq_entries: sq,
-        cq_entries: cq,
-        idle_ms: 5,
-        max_files: 8,
-        ..SetupParams::default()
-    }
+    ok
 }
 
 fn setup(f: &File, p: &mut SetupParams) -> Result<(), i32> {
-    ioctl(f, FASTIO_SETUP, p).map(drop)
+    kmod::setup(f.as_raw_fd(), p)
 }
 
-/// A device with a context of one lane of 8/16 entries and 8 file slots.
+/// A device with a context of one lane of 8/16 entries and 8 file slots (no threads).
 fn ready_device(test: &str) -> Option<File> {
     let f = device(test)?;
     setup(&f, &mut params(1, 8, 16)).unwrap_or_else(|e| panic!("{test}: SETUP: errno {e}"));
@@ -80,36 +51,19 @@ fn ready_device(test: &str) -> Option<File> {
 }
 
 fn enter(f: &File, args: EnterArgs) -> Result<i32, i32> {
-    let mut args = args;
-    ioctl(f, FASTIO_ENTER, &mut args)
+    kmod::enter(f.as_raw_fd(), args)
 }
 
 fn register(f: &File, fds: &[RawFd], slots: &[u32]) -> Result<i32, i32> {
-    assert_eq!(fds.len(), slots.len());
-    let mut u = FilesUpdate {
-        fds: fds.as_ptr() as u64,
-        slots: slots.as_ptr() as u64,
-        count: fds.len() as u32,
-        resv: 0,
-    };
-    ioctl(f, FASTIO_REGISTER_FILES, &mut u)
+    kmod::register(f.as_raw_fd(), fds, slots)
 }
 
 fn install(f: &File, slot: u32) -> Result<OwnedFd, i32> {
-    let fd = ioctl(
-        f,
-        FASTIO_INSTALL_FD,
-        &mut SlotArg {
-            slot,
-            flags: INSTALL_CLOEXEC,
-        },
-    )?;
-    // SAFETY: INSTALL_FD just installed this descriptor for us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    kmod::install(f.as_raw_fd(), slot, INSTALL_CLOEXEC)
 }
 
 fn unregister(f: &File, slot: u32) -> Result<i32, i32> {
-    ioctl(f, FASTIO_UNREGISTER_FILE, &mut SlotArg { slot, flags: 0 })
+    kmod::unregister(f.as_raw_fd(), slot)
 }
 
 /// (device, inode) of a descriptor: identifies the file behind it.
@@ -123,23 +77,7 @@ fn identity(fd: RawFd) -> (u64, u64) {
 
 /// mmap of the device; `Ok(address)` or `Err(errno)`.
 fn map(f: &File, len: usize, offset: i64) -> Result<*mut libc::c_void, i32> {
-    // SAFETY: a fresh shared mapping at an address the kernel picks; nothing else is
-    // affected.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            offset,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        Err(errno())
-    } else {
-        Ok(p)
-    }
+    kmod::map_device(f.as_raw_fd(), len, offset)
 }
 
 fn unmap(p: *mut libc::c_void, len: usize) {
@@ -185,7 +123,7 @@ fn setup_with_a_wrong_abi_version_fails() {
     let Some(f) = device("wrong_abi") else {
         return;
     };
-    for v in [0, ABI_VERSION + 1, u32::MAX] {
+    for v in [0, kmod::abi_version() + 1, u32::MAX] {
         let mut p = SetupParams {
             abi_version: v,
             ..params(1, 8, 16)
@@ -242,6 +180,16 @@ fn setup_refuses_bad_sizes_and_fields() {
             },
         ),
     ];
+    let mut bad = bad.to_vec();
+    if !kmod::is_v1() {
+        bad.push((
+            "helpers above MAX_HELPERS",
+            SetupParams {
+                helpers: MAX_HELPERS + 1,
+                ..params(1, 8, 16)
+            },
+        ));
+    }
     for (what, mut p) in bad {
         assert_eq!(setup(&f, &mut p), Err(libc::EINVAL), "{what}");
     }
@@ -473,11 +421,7 @@ fn register_files_is_all_or_nothing() {
     assert_eq!(unregister(&f, 2), Err(libc::EBADF), "already empty");
     assert_eq!(identity(install(&f, 3).unwrap().as_raw_fd()), identity(c));
     assert_eq!(
-        ioctl(
-            &f,
-            FASTIO_UNREGISTER_FILE,
-            &mut SlotArg { slot: 3, flags: 1 }
-        ),
+        kmod::slot_ioctl(f.as_raw_fd(), FASTIO_UNREGISTER_FILE, 3, 1),
         Err(libc::EINVAL),
         "UNREGISTER_FILE flags must be 0"
     );
@@ -494,21 +438,15 @@ fn install_fd_of_an_empty_slot_is_ebadf() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     assert_eq!(register(&f, &[l.as_raw_fd()], &[0]), Ok(0));
     assert_eq!(
-        ioctl(
-            &f,
-            FASTIO_INSTALL_FD,
-            &mut SlotArg {
-                slot: 0,
-                flags: 1 << 3
-            }
-        ),
+        kmod::slot_ioctl(f.as_raw_fd(), FASTIO_INSTALL_FD, 0, 1 << 3),
         Err(libc::EINVAL),
         "unknown INSTALL_FD flag"
     );
 }
 
-/// A child after fork() inherits the descriptor but not the context: its ioctls fail
-/// with EPERM, and the parent's context is unharmed by the child's exit.
+/// A child after fork() inherits the descriptor but not the context: its ioctls (ENTER,
+/// and on ABI 2 RUN_LANE, RUN_HELPER and SHUTDOWN) fail with EPERM, and the parent's
+/// context is unharmed by the child's exit.
 #[test]
 fn a_forked_child_cannot_use_the_context() {
     let Some(f) = ready_device("fork") else {
@@ -520,34 +458,187 @@ fn a_forked_child_cannot_use_the_context() {
         lane: 0,
         ..EnterArgs::default()
     };
-    // SAFETY: the child calls only ioctl, reads errno and _exits (async-signal-safe), so
-    // forking a multithreaded test process is fine.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
-    if pid == 0 {
-        // SAFETY: ioctl with a live EnterArgs on the inherited descriptor; then _exit
-        // with the errno (or 200 if the call was accepted).
-        unsafe {
-            let r = libc::ioctl(fd, FASTIO_ENTER as libc::c_ulong, &args as *const EnterArgs);
-            let code = if r == 0 {
-                200
-            } else {
-                (*libc::__errno_location()).min(199)
-            };
-            libc::_exit(code);
-        }
+    type Call = Box<dyn Fn() -> Result<i32, i32>>;
+    let mut calls: Vec<(&str, Call)> = vec![("ENTER", Box::new(move || kmod::enter(fd, args)))];
+    if !kmod::is_v1() {
+        calls.push(("RUN_LANE", Box::new(move || kmod::run_lane(fd, 0, 0))));
+        calls.push(("RUN_HELPER", Box::new(move || kmod::run_helper(fd, 0, 0))));
+        calls.push(("SHUTDOWN", Box::new(move || kmod::shutdown(fd))));
     }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status), "child died: status {status:#x}");
-    match libc::WEXITSTATUS(status) {
-        200 => panic!("the child's ENTER was accepted: a context must serve only its creator"),
-        e => assert_eq!(e, libc::EPERM, "child's ENTER: errno {e}"),
+    for (what, call) in &calls {
+        // The child only makes the call and exits with the errno (200: accepted).
+        let pid = kmod::fork_fn(|| match call() {
+            Ok(_) => 200,
+            Err(e) => e.min(199),
+        });
+        let status = kmod::wait_child(pid, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("the child's {what} did not return"));
+        assert!(libc::WIFEXITED(status), "child died: status {status:#x}");
+        match libc::WEXITSTATUS(status) {
+            200 => panic!("the child's {what} was accepted: a context serves only its creator"),
+            e => assert_eq!(e, libc::EPERM, "child's {what}: errno {e}"),
+        }
     }
     assert_eq!(
         enter(&f, args),
         Ok(0),
         "the parent's context after the child exited"
+    );
+}
+
+/// RUN_LANE and RUN_HELPER refuse what they must: before SETUP (EINVAL), a lane or helper
+/// index out of range or nonzero flags (EINVAL); helpers 0 means the default 2.
+#[test]
+fn run_lane_and_run_helper_check_their_arguments() {
+    let Some(f) = device("run_args") else {
+        return;
+    };
+    if !abi2("run_args") {
+        return;
+    }
+    let fd = f.as_raw_fd();
+    assert_eq!(
+        kmod::run_lane(fd, 0, 0),
+        Err(libc::EINVAL),
+        "RUN_LANE before SETUP"
+    );
+    assert_eq!(
+        kmod::run_helper(fd, 0, 0),
+        Err(libc::EINVAL),
+        "RUN_HELPER before SETUP"
+    );
+    setup(&f, &mut params(2, 8, 16)).unwrap();
+    let bad = [
+        ("RUN_LANE index = workers", FASTIO_RUN_LANE, 2, 0),
+        ("RUN_LANE index u32::MAX", FASTIO_RUN_LANE, u32::MAX, 0),
+        ("RUN_LANE flags 1", FASTIO_RUN_LANE, 0, 1),
+        ("RUN_LANE flags 1<<31", FASTIO_RUN_LANE, 0, 1 << 31),
+        (
+            "RUN_HELPER index = default helpers",
+            FASTIO_RUN_HELPER,
+            kmod::DEFAULT_HELPERS,
+            0,
+        ),
+        ("RUN_HELPER flags 1", FASTIO_RUN_HELPER, 0, 1),
+    ];
+    for (what, cmd, index, flags) in bad {
+        let r = if cmd == FASTIO_RUN_LANE {
+            kmod::run_lane(fd, index, flags)
+        } else {
+            kmod::run_helper(fd, index, flags)
+        };
+        assert_eq!(r, Err(libc::EINVAL), "{what}");
+    }
+}
+
+/// A lane or helper that has a thread refuses a second one (EBUSY); SHUTDOWN makes
+/// every thread return 0, waiting requests complete with -ECANCELED, and RUN_* after it
+/// are ESHUTDOWN.
+#[test]
+fn run_busy_and_shutdown() {
+    if !common::have_module("kmod_abi::run_busy_and_shutdown") || !abi2("run_busy_and_shutdown") {
+        return;
+    }
+    let mut ctx = Ctx::started(SetupParams {
+        helpers: 1,
+        ..params(1, 8, 16)
+    });
+    let fd = ctx.fd();
+    // A NOP completes: lane 0's thread is in the kernel.
+    assert_eq!(ctx.call(0, kmod::nop(1), Duration::from_secs(10)), Some(0));
+    assert_eq!(
+        kmod::run_lane(fd, 0, 0),
+        Err(libc::EBUSY),
+        "second RUN_LANE of lane 0"
+    );
+    // A READ of a tmpfs file is blocking work: it completes once helper 0 is attached.
+    let path = std::path::PathBuf::from(format!("/tmp/fastio-abi-run-{}", std::process::id()));
+    std::fs::write(&path, b"hello").unwrap();
+    let file = File::open(&path).unwrap();
+    ctx.register(file.as_raw_fd(), 0).unwrap();
+    let mut buf = [0u8; 16];
+    let r = ctx.call(
+        0,
+        kmod::read(0, buf.as_mut_ptr(), 16, 0, 2),
+        Duration::from_secs(10),
+    );
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(r, Some(5), "READ of a tmpfs file (helper work)");
+    assert_eq!(
+        kmod::run_helper(fd, 0, 0),
+        Err(libc::EBUSY),
+        "second RUN_HELPER of helper 0"
+    );
+    // A RECV waits for readiness; SHUTDOWN cancels it and ends the threads.
+    let (_peer, sock) = std::os::unix::net::UnixStream::pair().unwrap();
+    ctx.register(sock.as_raw_fd(), 1).unwrap();
+    ctx.submit(0, kmod::recv(1, buf.as_mut_ptr(), 16, 3));
+    assert!(ctx.wait_stats(Duration::from_secs(10), |s| s.parked >= 1));
+    let results = ctx.shutdown_and_join();
+    assert_eq!(
+        results,
+        vec![
+            ("fastio-lane-0".to_string(), Ok(())),
+            ("fastio-help-0".to_string(), Ok(()))
+        ],
+        "RUN_LANE and RUN_HELPER return 0 after SHUTDOWN"
+    );
+    let c = ctx.wait_for(3, Duration::from_secs(10));
+    assert_eq!(
+        c.map(|c| c.res),
+        Some(-libc::ECANCELED),
+        "the waiting RECV after SHUTDOWN"
+    );
+    assert_eq!(
+        kmod::run_lane(fd, 0, 0),
+        Err(libc::ESHUTDOWN),
+        "RUN_LANE after SHUTDOWN"
+    );
+    assert_eq!(
+        kmod::run_helper(fd, 0, 0),
+        Err(libc::ESHUTDOWN),
+        "RUN_HELPER after SHUTDOWN"
+    );
+}
+
+/// No-op handler: a signal that interrupts a thread in the kernel without killing it.
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// A signal to a lane thread makes RUN_LANE return EINTR (no SA_RESTART); called again,
+/// the thread serves its lane as before.
+#[test]
+fn a_signal_interrupts_run_lane_and_it_is_called_again() {
+    if !common::have_module("kmod_abi::run_eintr") || !abi2("run_eintr") {
+        return;
+    }
+    // SAFETY: a no-op handler without SA_RESTART for SIGUSR2 (nothing else in the test
+    // process uses it).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = ignore_signal as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()), 0);
+    }
+    let mut ctx = Ctx::started(params(1, 8, 16));
+    ctx.wait_threads_running(Duration::from_secs(10));
+    assert_eq!(ctx.call(0, kmod::nop(1), Duration::from_secs(10)), Some(0));
+    let tid = ctx
+        .thread_tids()
+        .into_iter()
+        .find(|(n, _)| n == "fastio-lane-0")
+        .unwrap()
+        .1;
+    let before = ctx.eintr_count();
+    // SAFETY: tgkill of our own thread with a handled signal.
+    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGUSR2) };
+    common::wait_until(
+        "RUN_LANE interrupted (EINTR)",
+        Duration::from_secs(10),
+        || ctx.eintr_count() > before,
+    );
+    assert_eq!(
+        ctx.call(0, kmod::nop(2), Duration::from_secs(10)),
+        Some(0),
+        "NOP after the lane thread called RUN_LANE again"
     );
 }

@@ -1,65 +1,38 @@
 //! fastio.ko context lifecycle at scale and across processes, with raw system calls:
-//! 1,000 contexts opened and closed in a loop (the module is loaded with
-//! `max_contexts=64`, so one context that outlived its descriptor and mapping would
-//! exhaust the limit long before the end), a context descriptor passed to another process
-//! by SCM_RIGHTS is refused there, and a process killed with SIGKILL in the middle of a
-//! NOP flood leaves no worker behind.
+//! 1,000 contexts opened, given their lane and helper threads, shut down and closed in a
+//! loop (the module is loaded with `max_contexts=64`, so one context that outlived its
+//! descriptor and mapping would exhaust the limit long before the end), and a context
+//! descriptor passed to another process by SCM_RIGHTS is refused there. (A process killed
+//! in the middle of a NOP flood: kmod_lifetime.)
 //!
 //! Runs where /dev/fastio exists (inside the VM: `make vm-test`); elsewhere each test
 //! prints SKIP and returns.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fastio::backend::DEVICE_PATH;
-use fastio::uapi::{
-    EnterArgs, FilesUpdate, SetupParams, ABI_VERSION, ENTER_SQ_WAKEUP, FASTIO_ENTER,
-    FASTIO_REGISTER_FILES, FASTIO_SETUP,
-};
-use fastio::{BackendKind, Config, Proactor};
+use fastio::uapi::{EnterArgs, SetupParams, ENTER_SQ_WAKEUP};
 
 mod common;
+#[path = "common/kmod.rs"]
+mod kmod;
+
+use kmod::Ctx;
 
 /// Set (to the role) when this binary is re-run as a helper child.
 const ROLE_VAR: &str = "FASTIO_CONTEXTS_CHILD";
 
-fn open_device() -> File {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(DEVICE_PATH)
-        .unwrap_or_else(|e| panic!("{DEVICE_PATH}: {e}"))
-}
-
-/// One ioctl on `fd`; `Ok(result)` or `Err(errno)`.
-fn ioctl<T>(fd: RawFd, cmd: u32, arg: &mut T) -> Result<i32, i32> {
-    // SAFETY: every caller passes the argument type that `cmd` encodes; the addresses
-    // inside point to live arrays.
-    let r = unsafe { libc::ioctl(fd, cmd as libc::c_ulong, arg as *mut T) };
-    if r < 0 {
-        Err(io::Error::last_os_error().raw_os_error().unwrap_or(0))
-    } else {
-        Ok(r)
-    }
-}
-
-/// SETUP of a one-lane context (8/16 entries, 4 file slots); returns the mmap size.
-fn setup_small(f: &File) -> Result<usize, i32> {
-    let mut p = SetupParams {
-        abi_version: ABI_VERSION,
-        workers: 1,
-        sq_entries: 8,
-        cq_entries: 16,
+/// A one-lane context (8/16 entries, 4 file slots, idle 1 ms).
+fn small() -> SetupParams {
+    SetupParams {
         idle_ms: 1,
         max_files: 4,
-        ..SetupParams::default()
-    };
-    ioctl(f.as_raw_fd(), FASTIO_SETUP, &mut p)?;
-    Ok(p.mmap_size as usize)
+        ..kmod::params(1, 8, 16)
+    }
 }
 
 /// Maps the whole ring area of the context behind `file`; `Err(errno)` on refusal.
@@ -70,10 +43,11 @@ fn map_rings(file: &File, len: usize) -> Result<memmap2::MmapRaw, i32> {
         .map_err(|e| e.raw_os_error().unwrap_or(0))
 }
 
-/// 1,000 contexts, each set up (one worker thread), mapped and released, alternating the
-/// order of munmap and close (the mapping holds the file: the context must end at
-/// whichever comes last). With `max_contexts=64` a leaked context would make SETUP fail
-/// with EMFILE; at the end no worker of this process remains and vmalloc usage is back.
+/// 1,000 contexts, each set up, mapped, given its threads (one NOP goes through), shut
+/// down and released, alternating the order of munmap and close (the mapping holds the
+/// file: the context must end at whichever comes last). With `max_contexts=64` a leaked
+/// context would make SETUP fail with EMFILE; at the end no worker of this process
+/// remains, the module's reference count and vmalloc usage are back.
 #[test]
 fn thousand_contexts_open_and_close() {
     if !common::have_module("thousand_contexts_open_and_close") {
@@ -81,17 +55,24 @@ fn thousand_contexts_open_and_close() {
     }
     let me = std::process::id();
     let vmalloc_before = common::meminfo_kib("VmallocUsed");
+    let refcnt_before = kmod::module_refcnt();
     let t0 = Instant::now();
-    for i in 0..1000 {
-        let f = open_device();
-        let len = setup_small(&f).unwrap_or_else(|e| panic!("context {i}: SETUP: errno {e}"));
-        let ring = map_rings(&f, len).unwrap_or_else(|e| panic!("context {i}: mmap: errno {e}"));
+    for i in 0..1000u64 {
+        let mut ctx = Ctx::new(small()).unwrap_or_else(|e| panic!("context {i}: errno {e}"));
+        ctx.start_threads();
+        let r = ctx.call(0, kmod::nop(i), Duration::from_secs(10));
+        assert_eq!(r, Some(0), "context {i}: NOP");
+        let results = ctx.shutdown_and_join();
+        assert!(
+            results.iter().all(|(_, r)| r.is_ok()),
+            "context {i}: {results:?}"
+        );
         if i % 2 == 0 {
-            drop(ring);
-            drop(f);
+            ctx.unmap();
+            ctx.close_fd();
         } else {
-            drop(f);
-            drop(ring);
+            ctx.close_fd();
+            ctx.unmap();
         }
     }
     let elapsed = t0.elapsed();
@@ -100,9 +81,16 @@ fn thousand_contexts_open_and_close() {
         Duration::from_secs(10),
         || common::workers_of(me).is_empty(),
     );
+    if let Some(r0) = refcnt_before {
+        common::wait_until(
+            "the module reference count back",
+            Duration::from_secs(10),
+            || kmod::module_refcnt() == Some(r0),
+        );
+    }
     let vmalloc_after = common::meminfo_kib("VmallocUsed");
     println!(
-        "1000 contexts set up, mapped and released in {:.2} s ({:.2} ms each); \
+        "1000 contexts set up, mapped, served and released in {:.2} s ({:.2} ms each); \
          VmallocUsed {vmalloc_before} KiB -> {vmalloc_after} KiB",
         elapsed.as_secs_f64(),
         elapsed.as_secs_f64()
@@ -114,65 +102,7 @@ fn thousand_contexts_open_and_close() {
         vmalloc_after.saturating_sub(vmalloc_before)
     );
     // And the module still hands out contexts.
-    let f = open_device();
-    setup_small(&f).expect("SETUP after the loop");
-}
-
-/// A one-byte message with room for one control message: `iov` and `space` are the
-/// byte and the control buffer it points to, which must outlive its use.
-fn one_byte_msg(byte: &mut [u8; 1], iov: &mut libc::iovec, space: &mut [u64; 8]) -> libc::msghdr {
-    iov.iov_base = byte.as_mut_ptr().cast();
-    iov.iov_len = 1;
-    // SAFETY: msghdr is plain data; zero is a valid start.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = space.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(space);
-    msg
-}
-
-/// Receives one descriptor by SCM_RIGHTS on `sock`.
-fn recv_fd(sock: &UnixStream) -> OwnedFd {
-    let (mut byte, mut space) = ([0u8; 1], [0u64; 8]);
-    // SAFETY: iovec is plain data; one_byte_msg fills it.
-    let mut iov: libc::iovec = unsafe { std::mem::zeroed() };
-    let mut msg = one_byte_msg(&mut byte, &mut iov, &mut space);
-    // SAFETY: `msg` points to live buffers for the duration of the call.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
-    assert_eq!(n, 1, "recvmsg: {}", io::Error::last_os_error());
-    // SAFETY: recvmsg filled the control buffer; CMSG_FIRSTHDR stays inside it.
-    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    assert!(!cmsg.is_null(), "no control message");
-    // SAFETY: `cmsg` points to a header inside `space`, checked non-null above.
-    let (level, kind) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type) };
-    assert_eq!((level, kind), (libc::SOL_SOCKET, libc::SCM_RIGHTS));
-    // SAFETY: an SCM_RIGHTS message carries ints; the first is the descriptor, which
-    // now belongs to this process.
-    unsafe { OwnedFd::from_raw_fd(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast())) }
-}
-
-/// Sends `fd` by SCM_RIGHTS on `sock`.
-fn send_fd(sock: &UnixStream, fd: RawFd) {
-    let (mut byte, mut space) = ([0u8; 1], [0u64; 8]);
-    // SAFETY: iovec is plain data; one_byte_msg fills it.
-    let mut iov: libc::iovec = unsafe { std::mem::zeroed() };
-    let mut msg = one_byte_msg(&mut byte, &mut iov, &mut space);
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as _;
-    // SAFETY: the control buffer is large enough for one header with one int (checked
-    // by CMSG_SPACE above against `space`); every pointer stays inside it.
-    unsafe {
-        assert!(msg.msg_controllen <= std::mem::size_of::<[u64; 8]>());
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), fd);
-    }
-    // SAFETY: `msg` points to live buffers for the duration of the call.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
-    assert_eq!(n, 1, "sendmsg: {}", io::Error::last_os_error());
+    Ctx::new(small()).expect("SETUP after the loop");
 }
 
 /// Not a test by itself: with FASTIO_CONTEXTS_CHILD=receiver (set by
@@ -186,49 +116,43 @@ fn child_receiver() {
     // SAFETY: the parent made stdin a Unix stream socket for this child; it is owned
     // here from now on.
     let sock = unsafe { UnixStream::from_raw_fd(0) };
-    let ctx = File::from(recv_fd(&sock));
+    let ctx = File::from(kmod::recv_fd(&sock));
     let fd = ctx.as_raw_fd();
     let code = |r: Result<i32, i32>| match r {
         Ok(_) => "accepted".to_string(),
         Err(e) => e.to_string(),
     };
-    let mut enter = EnterArgs {
+    let enter = EnterArgs {
         flags: ENTER_SQ_WAKEUP,
         ..EnterArgs::default()
     };
     // The test harness prints "test child_receiver ... " without a newline first.
     println!();
-    println!("enter={}", code(ioctl(fd, FASTIO_ENTER, &mut enter)));
-    let fds = [0 as RawFd];
-    let slots = [0u32];
-    let mut upd = FilesUpdate {
-        fds: fds.as_ptr() as u64,
-        slots: slots.as_ptr() as u64,
-        count: 1,
-        resv: 0,
-    };
-    println!(
-        "register={}",
-        code(ioctl(fd, FASTIO_REGISTER_FILES, &mut upd))
-    );
+    println!("enter={}", code(kmod::enter(fd, enter)));
+    println!("register={}", code(kmod::register(fd, &[0 as RawFd], &[0])));
     let len: usize = std::env::var("FASTIO_CONTEXTS_LEN")
         .unwrap()
         .parse()
         .unwrap();
     println!("mmap={}", code(map_rings(&ctx, len).map(|_| 0)));
+    if !kmod::is_v1() {
+        println!("run_lane={}", code(kmod::run_lane(fd, 0, 0)));
+        println!("run_helper={}", code(kmod::run_helper(fd, 0, 0)));
+        println!("shutdown={}", code(kmod::shutdown(fd)));
+    }
     println!("done");
 }
 
 /// A context descriptor sent to another process by SCM_RIGHTS gives that process no
-/// access: ENTER, REGISTER_FILES and mmap all fail with EPERM there, and the owner's
-/// context keeps working.
+/// access: ENTER, REGISTER_FILES, mmap (and on ABI 2 RUN_LANE, RUN_HELPER, SHUTDOWN) all
+/// fail with EPERM there, and the owner's context keeps working.
 #[test]
 fn a_context_passed_by_scm_rights_is_refused() {
     if !common::have_module("a_context_passed_by_scm_rights_is_refused") {
         return;
     }
-    let f = open_device();
-    let len = setup_small(&f).expect("SETUP");
+    let mut ctx = Ctx::started(small());
+    let len = ctx.p.mmap_size as usize;
     let (ours, theirs) = UnixStream::pair().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -243,100 +167,25 @@ fn a_context_passed_by_scm_rights_is_refused() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    send_fd(&ours, f.as_raw_fd());
+    kmod::send_fd(&ours, ctx.fd()).expect("sendmsg");
     let out = BufReader::new(child.stdout.take().unwrap());
     let lines: Vec<String> = out.lines().map_while(Result::ok).collect();
     assert!(child.wait().unwrap().success(), "child failed: {lines:?}");
     let eperm = libc::EPERM.to_string();
-    for what in ["enter", "register", "mmap"] {
+    let mut refused = vec!["enter", "register", "mmap"];
+    if !kmod::is_v1() {
+        refused.extend(["run_lane", "run_helper", "shutdown"]);
+    }
+    for what in refused {
         let got = lines
             .iter()
             .find_map(|l| l.strip_prefix(&format!("{what}=")))
             .unwrap_or_else(|| panic!("child did not report {what}: {lines:?}"));
         assert_eq!(got, eperm, "{what} by the receiving process: {lines:?}");
     }
-    let mut enter = EnterArgs {
-        flags: ENTER_SQ_WAKEUP,
-        ..EnterArgs::default()
-    };
     assert_eq!(
-        ioctl(f.as_raw_fd(), FASTIO_ENTER, &mut enter),
-        Ok(0),
+        ctx.call(0, kmod::nop(1), Duration::from_secs(10)),
+        Some(0),
         "the owner's context after the receiver tried"
     );
-}
-
-/// Not a test by itself: with FASTIO_CONTEXTS_CHILD=flood, submits NOPs on two lanes
-/// without pause until killed, after saying "flooding".
-#[test]
-fn child_flooder() {
-    if std::env::var(ROLE_VAR).as_deref() != Ok("flood") {
-        return;
-    }
-    let cfg = Config {
-        backend: BackendKind::Kmod,
-        max_ker_worker: 2,
-        idle_ms: 1000,
-        ..Config::default()
-    };
-    let mut p = Proactor::new(&cfg).expect("open kmod context");
-    let mut next = 0u64;
-    let mut said = false;
-    loop {
-        while p.nop(next).is_ok() {
-            next += 1;
-        }
-        p.submit().unwrap();
-        p.wait(1, Some(Duration::from_secs(5))).unwrap();
-        p.completions().for_each(drop);
-        if !said && next > 10_000 {
-            println!("flooding");
-            use std::io::Write;
-            std::io::stdout().flush().unwrap();
-            said = true;
-        }
-    }
-}
-
-/// SIGKILL of a process in the middle of a NOP flood (requests in the rings, workers
-/// busy): its workers are gone shortly after, and the module still serves new contexts.
-#[test]
-fn sigkill_mid_flood_frees_the_context() {
-    if !common::have_module("sigkill_mid_flood_frees_the_context") {
-        return;
-    }
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_flooder",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ROLE_VAR, "flood")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    assert!(
-        out.lines()
-            .map_while(Result::ok)
-            .any(|l| l.contains("flooding")),
-        "the child never started flooding"
-    );
-    assert_eq!(common::workers_of(pid).len(), 2, "2 workers while flooding");
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let t0 = Instant::now();
-    common::wait_until(
-        "the killed flooder's workers gone",
-        Duration::from_secs(10),
-        || common::workers_of(pid).is_empty(),
-    );
-    println!(
-        "workers gone {:.1} ms after the killed process was reaped",
-        t0.elapsed().as_secs_f64() * 1000.0
-    );
-    let f = open_device();
-    setup_small(&f).expect("SETUP after the kill");
 }

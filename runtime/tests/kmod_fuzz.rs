@@ -19,210 +19,46 @@
 //! as root (inside the VM: `make vm-test`); elsewhere it prints SKIP and the reason.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fastio::backend::DEVICE_PATH;
-use fastio::ring::{CqConsumer, Geometry, RingMemory, SqProducer};
 use fastio::uapi::{
-    decode, EnterArgs, FilesUpdate, IoVec, Op, SetupParams, SlotArg, Sqe, Stats, ABI_VERSION,
-    ACCEPT_NONBLOCK, ENTER_GETEVENTS, ENTER_SQ_WAKEUP, FASTIO_ENTER, FASTIO_GET_STATS,
-    FASTIO_INSTALL_FD, FASTIO_REGISTER_FILES, FASTIO_SETUP, FASTIO_UNREGISTER_FILE, MAX_RW_LEN,
-    OFF_CURRENT, OP_ACCEPT, OP_ASYNC_CANCEL, OP_CLOSE, OP_NOP, OP_READ, OP_RECV, OP_SEND, OP_WRITE,
-    OP_WRITEV, RECV_FLAGS, SEND_FLAGS,
+    IoVec, SetupParams, Sqe, FASTIO_INSTALL_FD, FASTIO_UNREGISTER_FILE, OFF_CURRENT, OP_CLOSE,
+    OP_READ, OP_WRITEV,
 };
 
 mod common;
+#[path = "common/kmod.rs"]
+mod kmod;
+#[path = "common/random_sqes.rs"]
+mod random_sqes;
+
+use kmod::Ctx;
+use random_sqes::{check_result, op_name, Fenced, Gen, Rng};
 
 const LANES: u32 = 2;
 const SQ_ENTRIES: u32 = 64;
 const CQ_ENTRIES: u32 = 128;
 const MAX_FILES: u32 = 16;
 const SCRATCH: usize = 256 << 10;
-const GUARD: usize = 64 << 10;
 const IOV_AREA: usize = 32 << 10;
 /// Longest time without any completion while requests are in flight.
 const STALL: Duration = Duration::from_secs(20);
 /// Slab growth allowed after everything is closed.
 const SLAB_TOLERANCE_KIB: u64 = 1024;
 
-/// xorshift64*: small, fast, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    /// True with `pct` percent probability.
-    fn pct(&mut self, pct: u64) -> bool {
-        self.below(100) < pct
-    }
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[self.below(v.len() as u64) as usize]
-    }
-}
-
-/// One ioctl; `Ok(result)` or `Err(errno)`.
-///
-/// # Safety
-///
-/// `T` must be `cmd`'s argument type; user addresses inside must be live (or
-/// deliberately bad).
-unsafe fn ioctl<T>(fd: RawFd, cmd: u32, arg: &mut T) -> Result<i32, i32> {
-    // SAFETY: forwarded to the caller.
-    let r = unsafe { libc::ioctl(fd, cmd as libc::c_ulong, arg as *mut T) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
-    } else {
-        Ok(r)
-    }
-}
-
-/// A raw context: the device, its rings, and the userspace ends of each lane.
-struct RawContext {
-    lanes: Vec<(SqProducer, CqConsumer)>,
-    _mem: Arc<RingMemory>,
-    dev: File,
-}
-
-impl RawContext {
-    fn open() -> RawContext {
-        let dev = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(DEVICE_PATH)
-            .unwrap();
-        let mut p = SetupParams {
-            abi_version: ABI_VERSION,
-            workers: LANES,
-            sq_entries: SQ_ENTRIES,
-            cq_entries: CQ_ENTRIES,
-            idle_ms: 2,
-            max_files: MAX_FILES,
-            ..SetupParams::default()
-        };
-        // SAFETY: SETUP takes a SetupParams without user addresses.
-        unsafe { ioctl(dev.as_raw_fd(), FASTIO_SETUP, &mut p) }.expect("SETUP");
-        let g = Geometry::new(LANES, SQ_ENTRIES, CQ_ENTRIES).unwrap();
-        assert_eq!(p.mmap_size as usize, g.mmap_size());
-        let map = memmap2::MmapOptions::new()
-            .len(g.mmap_size())
-            .map_raw(&dev)
-            .unwrap();
-        // SAFETY: the mapping is the context's ring memory in the uapi layout (checked
-        // size), kept by `_mem` while the lanes use it.
-        let mem = unsafe { RingMemory::from_map(map, g) }.unwrap();
-        let lanes = (0..LANES)
-            .map(|l| {
-                // SAFETY: the only userspace ends of each lane of this fresh mapping; the
-                // kernel is its only worker side.
-                unsafe {
-                    let r = mem.lane(l);
-                    (r.sq_producer(), r.cq_consumer())
-                }
-            })
-            .collect();
-        RawContext {
-            lanes,
-            _mem: mem,
-            dev,
-        }
-    }
-
-    fn fd(&self) -> RawFd {
-        self.dev.as_raw_fd()
-    }
-
-    /// Registers `fd` into `slot`; `Err(errno)` (EBUSY when the slot is taken).
-    fn register(&self, fd: RawFd, slot: u32) -> Result<i32, i32> {
-        let (fds, slots) = ([fd], [slot]);
-        let mut u = FilesUpdate {
-            fds: fds.as_ptr() as u64,
-            slots: slots.as_ptr() as u64,
-            count: 1,
-            resv: 0,
-        };
-        // SAFETY: the arrays live for the call.
-        unsafe { ioctl(self.fd(), FASTIO_REGISTER_FILES, &mut u) }
-    }
-
-    fn slot_ioctl(&self, cmd: u32, slot: u32, flags: u32) -> Result<i32, i32> {
-        // SAFETY: SlotArg carries no addresses.
-        unsafe { ioctl(self.fd(), cmd, &mut SlotArg { slot, flags }) }
-    }
-
-    fn enter(&self, flags: u32, lane: u32, min: u32, timeout: Duration) -> Result<i32, i32> {
-        let mut a = EnterArgs {
-            flags,
-            lane,
-            min_complete: min,
-            timeout_ns: timeout.as_nanos() as u64,
-            ..EnterArgs::default()
-        };
-        // SAFETY: EnterArgs carries no addresses.
-        unsafe { ioctl(self.fd(), FASTIO_ENTER, &mut a) }
-    }
-
-    fn stats(&self) -> Stats {
-        let mut s = Stats::default();
-        // SAFETY: the kernel writes a Stats.
-        unsafe { ioctl(self.fd(), FASTIO_GET_STATS, &mut s) }.expect("GET_STATS");
-        s
-    }
-}
-
-/// `len` bytes of fresh memory between two PROT_NONE guards; returns (base, mapping).
-struct Fenced {
-    map: *mut libc::c_void,
-    total: usize,
-    base: u64,
-}
-
-impl Fenced {
-    fn new(len: usize) -> Fenced {
-        let total = len + 2 * GUARD;
-        // SAFETY: a fresh private anonymous mapping; nothing else is affected.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                total,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(map, libc::MAP_FAILED);
-        let base = map as u64 + GUARD as u64;
-        // SAFETY: the middle of our own mapping.
-        let r = unsafe {
-            libc::mprotect(
-                base as *mut libc::c_void,
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-            )
-        };
-        assert_eq!(r, 0);
-        Fenced { map, total, base }
-    }
-}
-
-impl Drop for Fenced {
-    fn drop(&mut self) {
-        // SAFETY: our mapping; nothing in flight uses it any more (checked by the caller).
-        unsafe { libc::munmap(self.map, self.total) };
-    }
+/// The fuzzed context: LANES lanes of SQ_ENTRIES/CQ_ENTRIES, MAX_FILES slots, idle
+/// 2 ms, its lane and helper threads running.
+fn open_context() -> Ctx {
+    Ctx::started(SetupParams {
+        idle_ms: 2,
+        max_files: MAX_FILES,
+        ..kmod::params(LANES, SQ_ENTRIES, CQ_ENTRIES)
+    })
 }
 
 /// Sets `SO_LINGER {on, 0}`: close sends RST and leaves no TIME_WAIT socket behind.
@@ -409,12 +245,12 @@ impl Ledger {
     /// Stages the SQE `make` builds for the next user_data on `lane`; false (nothing
     /// staged) when the lane has as many requests in flight as its CQ holds, or its SQ
     /// is full.
-    fn push(&mut self, ctx: &mut RawContext, lane: u32, make: impl FnOnce(u64) -> Sqe) -> bool {
+    fn push(&mut self, ctx: &mut Ctx, lane: u32, make: impl FnOnce(u64) -> Sqe) -> bool {
         if self.inflight[lane as usize] >= CQ_ENTRIES {
             return false;
         }
         let sqe = make(self.next_ud);
-        if !ctx.lanes[lane as usize].0.push(&sqe) {
+        if !ctx.push(lane, &sqe) {
             return false;
         }
         self.outstanding.insert(self.next_ud, (lane, sqe));
@@ -426,20 +262,17 @@ impl Ledger {
     }
 
     /// Publishes the staged SQEs, waking the workers that sleep.
-    fn publish(&self, ctx: &mut RawContext) {
+    fn publish(&self, ctx: &mut Ctx) {
         for lane in 0..LANES {
-            if ctx.lanes[lane as usize].0.publish() {
-                ctx.enter(ENTER_SQ_WAKEUP, lane, 0, Duration::ZERO)
-                    .expect("ENTER(SQ_WAKEUP)");
-            }
+            ctx.publish(lane);
         }
     }
 
     /// Reaps every lane, checking each CQE; returns how many came.
-    fn reap(&mut self, ctx: &mut RawContext) -> u32 {
+    fn reap(&mut self, ctx: &mut Ctx) -> u32 {
         let mut n = 0;
-        for (lane, (_, cq)) in ctx.lanes.iter_mut().enumerate() {
-            n += cq.drain(|cqe| {
+        for lane in 0..LANES {
+            for cqe in ctx.reap(lane) {
                 let (l, sqe) = self.outstanding.remove(&cqe.user_data).unwrap_or_else(|| {
                     panic!(
                         "CQE for unknown or already completed user_data {:#x} (res {}) \
@@ -447,239 +280,16 @@ impl Ledger {
                         cqe.user_data, cqe.res
                     )
                 });
-                assert_eq!(l as usize, lane, "CQE on another lane than its SQE");
-                self.inflight[lane] -= 1;
-                check_result(&sqe, cqe.res);
+                assert_eq!(l, lane, "CQE on another lane than its SQE");
+                self.inflight[lane as usize] -= 1;
+                check_result(&sqe, cqe.res, MAX_FILES);
                 self.completed += 1;
                 self.by_op.entry(op_name(sqe.opcode)).or_default().1 += 1;
                 *self.by_result.entry(cqe.res.min(1)).or_default() += 1;
-            });
+                n += 1;
+            }
         }
         n
-    }
-}
-
-fn op_name(opcode: u8) -> String {
-    match opcode {
-        OP_NOP => "NOP".into(),
-        OP_ACCEPT => "ACCEPT".into(),
-        OP_RECV => "RECV".into(),
-        OP_SEND => "SEND".into(),
-        OP_READ => "READ".into(),
-        OP_WRITE => "WRITE".into(),
-        OP_WRITEV => "WRITEV".into(),
-        OP_CLOSE => "CLOSE".into(),
-        OP_ASYNC_CANCEL => "ASYNC_CANCEL".into(),
-        _ => "bad-opcode".into(),
-    }
-}
-
-/// What the CQE of `sqe` may say, given the ABI's decoder.
-fn check_result(sqe: &Sqe, res: i32) {
-    let ctx = || format!("{sqe:?} completed with {res}");
-    assert!(res >= -4095, "{}: not an errno", ctx());
-    match decode(sqe, MAX_FILES) {
-        Err(e) => assert_eq!(res, -e.errno(), "{}: refused SQE", ctx()),
-        Ok(Op::Nop) => assert_eq!(res, 0, "{}", ctx()),
-        Ok(Op::Close { .. }) => assert!(res == 0 || res == -libc::EBADF, "{}", ctx()),
-        Ok(Op::AsyncCancel { .. }) => assert!(res == 0 || res == -libc::ENOENT, "{}", ctx()),
-        Ok(Op::Accept { dest, .. }) => {
-            assert!(res < 0 || res == dest as i32, "{}", ctx())
-        }
-        Ok(
-            Op::Recv { len, .. }
-            | Op::Send { len, .. }
-            | Op::Read { len, .. }
-            | Op::Write { len, .. },
-        ) => assert!(res < 0 || res as u32 <= len, "{}", ctx()),
-        Ok(Op::Writev { .. }) => assert!(res <= MAX_RW_LEN as i32, "{}", ctx()),
-    }
-}
-
-/// The request generator.
-struct Gen {
-    rng: Rng,
-    scratch: u64,
-    guard: u64,
-    iov_area: u64,
-    iov_next: usize,
-}
-
-impl Gen {
-    fn addr(&mut self) -> u64 {
-        let r = self.rng.below(100);
-        match r {
-            0..=69 => self.scratch + self.rng.below(SCRATCH as u64),
-            70..=75 => 0,
-            76..=81 => self.guard + self.rng.below(GUARD as u64),
-            82..=87 => self.rng.pick(&[
-                0xffff_8880_0000_0000,
-                0xffff_ffff_8100_0000,
-                0xffff_ffff_ffff_f000,
-                0x0000_8000_0000_0000,
-                u64::MAX,
-            ]),
-            88..=93 => self.scratch + SCRATCH as u64 - 1 - self.rng.below(4096),
-            _ => self.rng.next(),
-        }
-    }
-
-    fn len(&mut self) -> u32 {
-        match self.rng.below(100) {
-            0..=14 => 0,
-            15..=59 => 1 + self.rng.below(4096) as u32,
-            60..=74 => 1 + self.rng.below(SCRATCH as u64) as u32,
-            _ => {
-                let any = self.rng.next() as u32;
-                self.rng.pick(&[u32::MAX, MAX_RW_LEN, MAX_RW_LEN + 1, any])
-            }
-        }
-    }
-
-    fn off(&mut self) -> u64 {
-        match self.rng.below(100) {
-            0..=49 => self.rng.below(1 << 20),
-            50..=64 => OFF_CURRENT,
-            65..=74 => 0,
-            75..=79 => i64::MAX as u64 - self.rng.below(1 << 16),
-            _ => self.rng.next(),
-        }
-    }
-
-    fn slot(&mut self) -> u32 {
-        match self.rng.below(100) {
-            0..=84 => self.rng.below(MAX_FILES as u64) as u32,
-            85..=92 => MAX_FILES + self.rng.below(1000) as u32,
-            _ => self
-                .rng
-                .pick(&[u32::MAX, 1 << 20, MAX_FILES, i32::MAX as u32]),
-        }
-    }
-
-    /// Writes an iovec array into the iovec area; returns its address.
-    fn iovecs(&mut self, count: u32) -> u64 {
-        let n = (count as usize).min(1024);
-        let bytes = n * std::mem::size_of::<IoVec>();
-        if self.iov_next + bytes > IOV_AREA {
-            self.iov_next = 0;
-        }
-        let at = self.iov_area + self.iov_next as u64;
-        self.iov_next += bytes.next_multiple_of(64);
-        for i in 0..n {
-            let v = IoVec {
-                base: match self.rng.below(100) {
-                    0..=84 => self.scratch + self.rng.below(SCRATCH as u64),
-                    _ => self.addr(),
-                },
-                len: match self.rng.below(100) {
-                    0..=89 => self.rng.below(4097),
-                    90..=94 => u64::MAX,
-                    _ => self.rng.next() >> self.rng.below(64),
-                },
-            };
-            // SAFETY: `at + i * 16` lies inside the iovec area (checked above), which
-            // is ours; the kernel only reads it.
-            unsafe { ((at as *mut IoVec).add(i)).write_unaligned(v) };
-        }
-        at
-    }
-
-    fn sqe(&mut self, user_data: u64) -> Sqe {
-        let opcode = if self.rng.pct(12) {
-            self.rng.next() as u8
-        } else if self.rng.pct(5) {
-            OP_ASYNC_CANCEL
-        } else {
-            self.rng.pick(&[
-                OP_NOP, OP_NOP, OP_ACCEPT, OP_ACCEPT, OP_RECV, OP_RECV, OP_RECV, OP_RECV, OP_SEND,
-                OP_SEND, OP_SEND, OP_READ, OP_READ, OP_READ, OP_WRITE, OP_WRITE, OP_WRITE,
-                OP_WRITEV, OP_WRITEV, OP_CLOSE,
-            ])
-        };
-        let mut s = Sqe {
-            opcode,
-            user_data,
-            ..Sqe::ZERO
-        };
-        // Mostly well-formed for the opcode, sometimes anything goes.
-        let sloppy = self.rng.pct(10);
-        match opcode {
-            OP_NOP => {}
-            OP_ACCEPT => {
-                s.slot = if self.rng.pct(60) { 0 } else { self.slot() };
-                s.aux = if self.rng.pct(85) {
-                    self.rng.below(MAX_FILES as u64) as u32
-                } else {
-                    self.rng.next() as u32
-                };
-                s.op_flags = self.rng.pick(&[0, 0, ACCEPT_NONBLOCK, 1 << 3]);
-            }
-            OP_RECV | OP_SEND => {
-                s.slot = self.slot();
-                s.addr = self.addr();
-                s.len = self.len();
-                let allowed = if opcode == OP_RECV {
-                    RECV_FLAGS
-                } else {
-                    SEND_FLAGS
-                };
-                s.op_flags = match self.rng.below(100) {
-                    0..=69 => 0,
-                    70..=94 => self.rng.next() as u32 & allowed,
-                    _ => self.rng.next() as u32,
-                };
-            }
-            OP_READ | OP_WRITE => {
-                s.slot = self.slot();
-                s.addr = self.addr();
-                s.len = self.len();
-                s.off = self.off();
-            }
-            OP_WRITEV => {
-                s.slot = self.slot();
-                s.len = match self.rng.below(100) {
-                    0..=74 => 1 + self.rng.below(8) as u32,
-                    75..=79 => 1024,
-                    80..=84 => 0,
-                    85..=89 => 1025,
-                    _ => self.rng.next() as u32,
-                };
-                s.addr = if self.rng.pct(85) {
-                    self.iovecs(s.len)
-                } else {
-                    self.addr()
-                };
-                s.off = self.off();
-            }
-            OP_CLOSE => s.slot = self.rng.below(MAX_FILES as u64) as u32,
-            // A recent request (maybe still parked), or garbage.
-            OP_ASYNC_CANCEL => {
-                s.addr = if self.rng.pct(80) {
-                    user_data.saturating_sub(self.rng.below(32))
-                } else {
-                    self.rng.next()
-                }
-            }
-            _ => {
-                s.slot = self.slot();
-                s.addr = self.addr();
-                s.len = self.len();
-            }
-        }
-        if sloppy {
-            match self.rng.below(9) {
-                0 => s.flags = 1 + self.rng.below(255) as u8,
-                1 => s.ioprio = 1 + self.rng.below(65535) as u16,
-                2 => s.resv0 = 1 + self.rng.below(u32::MAX as u64 - 1) as u32,
-                3 => s.resv[0] = 1 + self.rng.below(u64::MAX - 1),
-                4 => s.resv[1] = 1 + self.rng.below(u64::MAX - 1),
-                5 => s.aux = self.rng.next() as u32,
-                6 => s.op_flags = self.rng.next() as u32,
-                7 => s.off = self.rng.next(),
-                _ => s.slot = self.slot(),
-            }
-        }
-        s
     }
 }
 
@@ -711,16 +321,7 @@ fn random_sqes_each_complete_once_and_leave_nothing_behind() {
     if !common::have_module(test) || !common::have_root(test) {
         return;
     }
-    let seed = std::env::var("FASTIO_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = random_sqes::seed_from_env("FASTIO_FUZZ_SEED");
     let secs = fuzz_secs();
     println!("kmod_fuzz: seed {seed} (FASTIO_FUZZ_SEED replays), {secs} s");
     let me = std::process::id();
@@ -729,18 +330,12 @@ fn random_sqes_each_complete_once_and_leave_nothing_behind() {
     let scratch = Fenced::new(SCRATCH);
     let iov = Fenced::new(IOV_AREA);
     let mut files = files();
-    let mut ctx = RawContext::open();
+    let mut ctx = open_context();
     for (slot, fd) in &files.base {
         ctx.register(fd.as_raw_fd(), *slot)
             .unwrap_or_else(|e| panic!("register slot {slot}: errno {e}"));
     }
-    let mut gen = Gen {
-        rng: Rng(seed),
-        scratch: scratch.base,
-        guard: scratch.base + SCRATCH as u64,
-        iov_area: iov.base,
-        iov_next: 0,
-    };
+    let mut gen = Gen::new(seed, &scratch, SCRATCH, &iov, IOV_AREA, MAX_FILES);
     let mut book = Ledger::new();
     let t0 = Instant::now();
     let mut last_progress = Instant::now();
@@ -768,7 +363,7 @@ fn random_sqes_each_complete_once_and_leave_nothing_behind() {
                 book.outstanding.values().take(8).collect::<Vec<_>>()
             );
             if book.inflight.iter().all(|&n| n >= CQ_ENTRIES / 2) {
-                let _ = ctx.enter(ENTER_GETEVENTS, 0, 1, Duration::from_millis(2));
+                let _ = kmod::getevents(ctx.fd(), 1, Duration::from_millis(2));
             }
         }
         files.pump(&mut gen.rng);
@@ -788,12 +383,12 @@ fn random_sqes_each_complete_once_and_leave_nothing_behind() {
             }
             // The slot ioctls, on random slots, while requests run.
             let slot = gen.rng.below(MAX_FILES as u64 + 2) as u32;
-            if let Ok(fd) = ctx.slot_ioctl(FASTIO_INSTALL_FD, slot, 0) {
+            if let Ok(fd) = kmod::slot_ioctl(ctx.fd(), FASTIO_INSTALL_FD, slot, 0) {
                 // SAFETY: INSTALL_FD returned a new descriptor of ours.
                 drop(unsafe { OwnedFd::from_raw_fd(fd) });
             }
             if slot >= 11 && gen.rng.pct(30) {
-                let _ = ctx.slot_ioctl(FASTIO_UNREGISTER_FILE, slot, 0);
+                let _ = kmod::slot_ioctl(ctx.fd(), FASTIO_UNREGISTER_FILE, slot, 0);
             }
             let st = ctx.stats();
             assert!(st.pending <= book.outstanding.len() as u64, "{st:?}");
@@ -827,7 +422,7 @@ fn random_sqes_each_complete_once_and_leave_nothing_behind() {
         }
         book.publish(&mut ctx);
         if book.reap(&mut ctx) == 0 {
-            let _ = ctx.enter(ENTER_GETEVENTS, 0, 1, Duration::from_millis(10));
+            let _ = kmod::getevents(ctx.fd(), 1, Duration::from_millis(10));
         }
         files.pump(&mut gen.rng);
     }
@@ -891,44 +486,29 @@ fn garbage_ring_memory_is_survived() {
         return;
     }
     let me = std::process::id();
-    let ctx = RawContext::open();
-    let g = Geometry::new(LANES, SQ_ENTRIES, CQ_ENTRIES).unwrap();
-    let map = memmap2::MmapOptions::new()
-        .len(g.mmap_size())
-        .map_raw(&ctx.dev)
-        .unwrap();
-    let words = g.mmap_size() / 8;
+    let ctx = open_context();
+    let (base, len) = ctx.mapping();
     let mut rng = Rng(0x6a09_e667_f3bc_c909 ^ me as u64);
     let t0 = Instant::now();
     let mut rounds = 0u64;
     while t0.elapsed() < Duration::from_secs(3) {
         rounds += 1;
-        for _ in 0..256 {
-            let i = rng.below(words as u64) as usize;
-            // SAFETY: `i` < words: inside our mapping of the ring memory, which the
-            // kernel treats as untrusted; volatile because the workers read it.
-            unsafe {
-                (map.as_mut_ptr() as *mut u64)
-                    .add(i)
-                    .write_volatile(rng.next())
-            };
-        }
+        // SAFETY: the context's own ring mapping, which the kernel treats as untrusted.
+        unsafe { random_sqes::scribble(base, len, &mut rng, 256) };
         let lane = if rng.pct(50) {
             fastio::uapi::LANE_ALL
         } else {
             rng.below(LANES as u64) as u32
         };
-        ctx.enter(ENTER_SQ_WAKEUP, lane, 0, Duration::ZERO)
-            .expect("ENTER(SQ_WAKEUP)");
+        kmod::wake(ctx.fd(), lane).expect("ENTER(SQ_WAKEUP)");
         let min = rng.below(300) as u32;
-        match ctx.enter(ENTER_GETEVENTS, 0, min, Duration::from_micros(200)) {
+        match kmod::getevents(ctx.fd(), min, Duration::from_micros(200)) {
             Ok(_) => {}
             Err(e) => assert_eq!(e, libc::ETIME, "GETEVENTS on garbage rings"),
         }
     }
     let st = ctx.stats();
     println!("garbage ring: {rounds} rounds of 256 random words; kernel stats {st:?}");
-    drop(map);
     drop(ctx);
     common::wait_workers_gone(me, Duration::from_secs(10));
 }
@@ -946,45 +526,49 @@ fn fuzz_findings_stay_fixed() {
     if !common::have_module(test) {
         return;
     }
-    let cfg = fastio::Config {
-        backend: fastio::BackendKind::Kmod,
-        max_ker_worker: 1,
-        sq_entries: 8,
-        cq_entries: 8,
+    let mut ctx = Ctx::started(SetupParams {
         max_files: 4,
-        ..fastio::Config::default()
-    };
-    let mut p = fastio::Proactor::new(&cfg).unwrap();
+        ..kmod::params(1, 8, 8)
+    });
     let path = PathBuf::from(format!("/tmp/fastio-fuzz-findings-{}", std::process::id()));
     let file = common::rw_file(&path);
-    let slot = p.register(&file).unwrap();
+    ctx.register(file.as_raw_fd(), 0).unwrap();
 
-    p.writev(slot, vec![vec![7u8; 12 << 10]], Some(0), 1)
-        .unwrap();
-    assert_eq!(p.wait(1, Some(Duration::from_secs(30))).unwrap(), 1);
-    let c = p.next_completion().unwrap();
-    assert_eq!(c.result, 12 << 10, "WRITEV of one iovec");
+    let data = vec![7u8; 12 << 10];
+    let iov = [IoVec {
+        base: data.as_ptr() as u64,
+        len: data.len() as u64,
+    }];
+    let writev = Sqe {
+        opcode: OP_WRITEV,
+        slot: 0,
+        addr: iov.as_ptr() as u64,
+        len: 1,
+        off: 0,
+        user_data: 1,
+        ..Sqe::ZERO
+    };
+    let r = ctx.call(0, writev, Duration::from_secs(30));
+    assert_eq!(r, Some(12 << 10), "WRITEV of one iovec");
 
     // The buffer: 8 KiB from the last mapped page of a fenced area into its guard.
     let area = Fenced::new(SCRATCH);
-    let sqe = Sqe {
+    let read = Sqe {
         opcode: OP_READ,
-        slot: slot.index(),
+        slot: 0,
         addr: area.base + SCRATCH as u64 - 4096,
         len: 8192,
         off: OFF_CURRENT,
         user_data: 2,
         ..Sqe::ZERO
     };
-    // SAFETY: the address lies in `area`, which outlives the request (we wait for it).
-    unsafe { p.submit_raw(0, sqe) }.unwrap();
-    assert_eq!(p.wait(1, Some(Duration::from_secs(30))).unwrap(), 1);
-    let c = p.next_completion().unwrap();
+    let r = ctx.call(0, read, Duration::from_secs(30));
     assert_eq!(
-        c.result, 4096,
+        r,
+        Some(4096),
         "READ at the file position into a buffer that ends in an unmapped page"
     );
-    drop(p);
+    ctx.close();
     drop(area);
     std::fs::remove_file(&path).unwrap();
 }

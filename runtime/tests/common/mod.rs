@@ -24,13 +24,36 @@ pub fn flavor_selected(test: &str, flavor: &str, kind: BackendKind) -> bool {
     chosen
 }
 
-/// Names of the kernel worker threads (`fastio-<pid>-<lane>`) of process `pid`.
+/// Names of the lane workers of process `pid`: its threads named `fastio-lane-<lane>`
+/// (ABI 2: the runtime's threads that serve the lanes inside the kernel) and, on the old
+/// module (ABI 1), the kernel threads named `fastio-<pid>-<lane>`.
 pub fn workers_of(pid: u32) -> Vec<String> {
-    let prefix = format!("fastio-{pid}-");
-    let mut out = vec![];
+    let mut out = threads_of(pid, "fastio-lane-");
+    let v1 = format!("fastio-{pid}-");
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.starts_with(&prefix) {
+        if comm.starts_with(&v1) {
+            out.push(comm.trim().to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Names of the helper threads (`fastio-help-<i>`, ABI 2) of process `pid`.
+pub fn helpers_of(pid: u32) -> Vec<String> {
+    threads_of(pid, "fastio-help-")
+}
+
+/// Names of the threads of process `pid` that start with `prefix`, sorted.
+pub fn threads_of(pid: u32, prefix: &str) -> Vec<String> {
+    let mut out = vec![];
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for entry in tasks.flatten() {
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.starts_with(prefix) {
             out.push(comm.trim().to_string());
         }
     }
@@ -171,7 +194,7 @@ pub fn wait_until(
     t0.elapsed()
 }
 
-/// Waits (at most `limit`) until process `pid` has no kernel worker left.
+/// Waits (at most `limit`) until process `pid` has no lane worker left.
 pub fn wait_workers_gone(pid: u32, limit: std::time::Duration) {
     wait_until(&format!("the workers of {pid} gone"), limit, || {
         workers_of(pid).is_empty()
