@@ -11,8 +11,7 @@
 
 use fastio::uapi::{
     decode, IoVec, Op, Sqe, ACCEPT_NONBLOCK, MAX_RW_LEN, OFF_CURRENT, OP_ACCEPT, OP_ASYNC_CANCEL,
-    OP_CLOSE, OP_NOP,
-    OP_READ, OP_RECV, OP_SEND, OP_WRITE, OP_WRITEV, RECV_FLAGS, SEND_FLAGS,
+    OP_CLOSE, OP_NOP, OP_READ, OP_RECV, OP_SEND, OP_WRITE, OP_WRITEV, RECV_FLAGS, SEND_FLAGS,
 };
 
 /// The seed in environment variable `var` (to replay a run), else one from the clock.
