@@ -182,36 +182,41 @@ impl Tasks {
     }
 }
 
-/// Why a task gave no result.
+/// Why a task gave no result: it panicked. `Send + Sync` (so it converts into
+/// `io::Error`), with the panic's message and payload.
 pub struct JoinError {
-    panic: Box<dyn Any + Send>,
+    message: String,
+    panic: std::sync::Mutex<Box<dyn Any + Send>>,
 }
 
 impl JoinError {
     pub(crate) fn new(panic: Box<dyn Any + Send>) -> JoinError {
-        JoinError { panic }
+        JoinError {
+            message: panic_message(&*panic).to_owned(),
+            panic: std::sync::Mutex::new(panic),
+        }
     }
 
     /// The panic's message, if it was a string.
     pub fn message(&self) -> &str {
-        panic_message(&*self.panic)
+        &self.message
     }
 
     /// The panic payload, to resume it with `std::panic::resume_unwind`.
     pub fn into_panic(self) -> Box<dyn Any + Send> {
-        self.panic
+        self.panic.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl fmt::Debug for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "JoinError(task panicked: {:?})", self.message())
+        write!(f, "JoinError(task panicked: {:?})", self.message)
     }
 }
 
 impl fmt::Display for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "task panicked: {}", self.message())
+        write!(f, "task panicked: {}", self.message)
     }
 }
 
@@ -277,7 +282,7 @@ impl<F: Future> Future for Catching<F> {
                     "fastio::rt: a task panicked: {}; the runtime keeps serving",
                     panic_message(&*panic)
                 );
-                Err(JoinError { panic })
+                Err(JoinError::new(panic))
             }
         };
         let waker = {
