@@ -9,8 +9,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::TcpListener as StdListener;
-use std::sync::Arc;
+use std::net::SocketAddr;
 
 use fastio::rt::{self, Pool, PoolOptions, TcpListener, TcpStream};
 
@@ -22,8 +21,9 @@ pub fn config() -> io::Result<fastio::Config> {
 }
 
 /// The servers' `main`: `ADDR [WORKERS]` from the command line (defaults
-/// `default_addr`, 2), a [`Pool`] of that many workers, each accepting on the one
-/// listening socket and running `handler` as a task per connection.
+/// `default_addr`, 2), a [`Pool`] of that many workers, each with its own listening
+/// socket on the address (`SO_REUSEPORT`: the kernel spreads the connections) and a
+/// task per connection running `handler`.
 pub fn serve_pool<H, F>(name: &str, default_addr: &str, handler: H) -> io::Result<()>
 where
     H: Fn(TcpStream) -> F + Copy + Send + 'static,
@@ -36,14 +36,13 @@ where
         .map_or(Ok(2), |w| w.parse())
         .map_err(io::Error::other)?;
     let config = config()?;
-    let listener = Arc::new(StdListener::bind(&addr)?);
-    eprintln!("{name}: listening on {addr} with {workers} worker(s)");
+    let addr: SocketAddr = addr.parse().map_err(io::Error::other)?;
+    eprintln!("{name}: listening on {addr} with {workers} worker(s), SO_REUSEPORT");
     let pool = Pool::new(&config, PoolOptions { workers, pin: None })?;
     let servers: Vec<_> = (0..workers)
         .map(|w| {
-            let listener = Arc::clone(&listener);
             pool.spawn_with_on(w, move || async move {
-                let l = TcpListener::from_std(&listener)?;
+                let l = TcpListener::bind_reuseport(addr)?;
                 loop {
                     let conn = l.accept().await?;
                     rt::spawn(handler(conn));

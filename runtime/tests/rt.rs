@@ -517,7 +517,53 @@ fn pool_spawn_on_and_switch() {
         }
         let counts: Vec<u32> = per_worker.into_iter().map(|h| h.join().unwrap()).collect();
         assert_eq!(counts.iter().sum::<u32>(), 30, "[{name}]");
-        println!("rt_pool [{name}]: connections per worker {counts:?}");
+        println!("rt_pool [{name}]: shared listener, connections per worker {counts:?}");
+        // SO_REUSEPORT: one listening socket per worker on the same port; the kernel
+        // spreads connections by hash.
+        let port = StdListener::bind(localhost())
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let ready = Arc::new(std::sync::Barrier::new(4));
+        let served: Vec<_> = (0..3)
+            .map(|w| {
+                let ready = Arc::clone(&ready);
+                pool.spawn_with_on(w, move || async move {
+                    let listener = TcpListener::bind_reuseport(addr).unwrap();
+                    rt::unblock(move || ready.wait()).await;
+                    let mut n = 0u32;
+                    loop {
+                        let c = listener.accept().await.unwrap();
+                        let (r, buf) = c.read(Vec::with_capacity(16)).await;
+                        if &buf[..r.unwrap()] == b"stop" {
+                            return n;
+                        }
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        ready.wait();
+        let conns: Vec<_> = (0..60).map(|_| StdStream::connect(addr).unwrap()).collect();
+        drop(conns);
+        // Stop each worker through its own socket: connect until every one has returned.
+        let deadline = Instant::now() + LIMIT;
+        while served.iter().any(|h| !h.is_finished()) {
+            assert!(
+                Instant::now() < deadline,
+                "[{name}] reuseport workers never stopped"
+            );
+            // A socket of a worker that stopped may still take (and reset) a connection.
+            if let Ok(mut s) = StdStream::connect(addr) {
+                let _ = s.write_all(b"stop");
+            }
+        }
+        let counts: Vec<u32> = served.into_iter().map(|h| h.join().unwrap()).collect();
+        println!("rt_pool [{name}]: SO_REUSEPORT, connections per worker {counts:?}");
+        // The 60 were queued before any "stop", and each socket accepts in order.
+        assert_eq!(counts.iter().sum::<u32>(), 60, "[{name}]");
     }
 }
 

@@ -106,9 +106,10 @@ pub(crate) struct Driver {
     wake_slot: Slot,
     wake_buf: Box<[u8; 8]>,
     wake_armed: bool,
-    /// Orphans whose requests did not complete at shutdown: leaked, never freed under
-    /// the executor.
+    /// Set by `shutdown`: no more eventfd READs.
     shutting_down: bool,
+    /// Orphans whose requests completed, for the runtime to drop outside the driver.
+    graveyard: Vec<Box<dyn Any>>,
 }
 
 fn errno_of(r: &Rejected) -> i32 {
@@ -135,6 +136,7 @@ impl Driver {
             wake_buf: Box::new([0; 8]),
             wake_armed: false,
             shutting_down: false,
+            graveyard: Vec::new(),
         };
         d.arm_wake();
         Ok(d)
@@ -276,6 +278,7 @@ impl Driver {
     /// owned (its buffer).
     pub(crate) fn drop_op(&mut self, ud: u64, owner: Box<dyn Any>) {
         let Some(e) = self.entry(ud) else {
+            self.graveyard.push(owner);
             return;
         };
         match e.state {
@@ -283,9 +286,15 @@ impl Driver {
                 // Never handed to the executor: nothing can touch the buffer.
                 self.busy.retain(|q| *q != Queued::Op(ud));
                 self.free_entry(ud);
+                self.graveyard.push(owner);
             }
-            State::Done(_) => {
+            State::Done(r) => {
                 self.free_entry(ud);
+                self.graveyard.push(owner);
+                // A finished ACCEPT whose result nobody took: close the connection.
+                if let Some(slot) = r.accepted {
+                    self.close_detached(slot);
+                }
             }
             State::InFlight => {
                 e.orphan = Some(owner);
@@ -356,8 +365,16 @@ impl Driver {
             return;
         };
         if e.orphaned {
-            // The future is gone; now the executor is done with its buffer too.
-            self.free_entry(ud);
+            // The future is gone; now the executor is done with its buffer too. It is
+            // dropped by the caller of `turn`, outside the driver (a buffer type may
+            // own anything, even an I/O object whose drop needs the driver).
+            if let Some(orphan) = self.free_entry(ud).and_then(|e| e.orphan) {
+                self.graveyard.push(orphan);
+            }
+            // An ACCEPT nobody waits for any more: its connection is not wanted.
+            if let Some(slot) = c.accepted {
+                self.close_detached(slot);
+            }
             return;
         }
         e.state = State::Done(OpResult {
@@ -442,6 +459,11 @@ impl Driver {
         }
         self.fire_timers();
         Ok(())
+    }
+
+    /// What completed orphans owned: the caller drops it with the driver released.
+    pub(crate) fn take_graveyard(&mut self) -> Vec<Box<dyn Any>> {
+        std::mem::take(&mut self.graveyard)
     }
 
     /// Requests waiting inside the runtime for room on their lane.

@@ -210,11 +210,16 @@ impl Runtime {
                 job();
             }
             let idle = !main_woken && !self.inner.remote.has_work();
-            if let Err(e) = self.inner.driver.borrow_mut().turn(idle) {
-                // The backend itself failed (e.g. a kmod worker died): nothing can make
-                // progress any more.
-                panic!("fastio::rt: the proactor failed: {e}");
-            }
+            let dead = {
+                let mut d = self.inner.driver.borrow_mut();
+                if let Err(e) = d.turn(idle) {
+                    // The backend itself failed (e.g. a kmod worker died): nothing can
+                    // make progress any more.
+                    panic!("fastio::rt: the proactor failed: {e}");
+                }
+                d.take_graveyard()
+            };
+            drop(dead);
         }
     }
 

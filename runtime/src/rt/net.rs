@@ -123,6 +123,15 @@ impl TcpListener {
         Self::from_std(&l)
     }
 
+    /// Binds `addr` with `SO_REUSEPORT` and listens: every worker of a [`super::Pool`]
+    /// binding the same address gets its own socket, and the kernel spreads incoming
+    /// connections over them by hash. A listener shared by all workers
+    /// ([`TcpListener::from_std`]) instead hands each connection to whichever ACCEPT
+    /// waits first, which on io_uring is often the same worker every time.
+    pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
+        Self::from_std(&reuseport_listener(addr)?)
+    }
+
     /// Registers a listening socket (the slot keeps its own reference: `l` may be
     /// dropped, or registered in other runtimes too).
     pub fn from_std(l: &std::net::TcpListener) -> io::Result<TcpListener> {
@@ -243,4 +252,74 @@ impl TcpStream {
         drop(fd);
         io.close().await
     }
+}
+
+/// A listening socket on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT` (backlog 1024).
+fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    let family = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain syscall; the result is checked and then owned.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        // SAFETY: setsockopt with a valid int option on our socket.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: sockaddr_storage is plain data; the address written into it matches the
+    // family and the length passed to bind.
+    let r = unsafe {
+        let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+        let len = match addr {
+            SocketAddr::V4(a) => {
+                let sin =
+                    &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = a.port().to_be();
+                sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                let sin6 =
+                    &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = a.port().to_be();
+                sin6.sin6_addr.s6_addr = a.ip().octets();
+                sin6.sin6_flowinfo = a.flowinfo();
+                sin6.sin6_scope_id = a.scope_id();
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        libc::bind(
+            sock.as_raw_fd(),
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: listen(2) on our bound socket.
+    if unsafe { libc::listen(sock.as_raw_fd(), 1024) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(std::net::TcpListener::from(sock))
 }

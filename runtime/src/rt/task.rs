@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -44,6 +44,9 @@ pub(crate) struct Remote {
     notified: AtomicBool,
     /// Asked to stop (pool workers).
     pub(crate) stop: AtomicBool,
+    /// Entries pushed to `ready` or `jobs` since the runtime last took them: lets the
+    /// runtime see "no work" without taking the locks.
+    pending: AtomicUsize,
 }
 
 impl Remote {
@@ -60,6 +63,7 @@ impl Remote {
             jobs: Mutex::new(Vec::new()),
             notified: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            pending: AtomicUsize::new(0),
         }))
     }
 
@@ -96,17 +100,23 @@ impl Remote {
 
     pub(crate) fn schedule(&self, id: usize) {
         lock(&self.ready).push(id);
+        self.pending.fetch_add(1, Ordering::SeqCst);
         self.notify();
     }
 
     pub(crate) fn push_job(&self, job: Job) {
         lock(&self.jobs).push(job);
+        self.pending.fetch_add(1, Ordering::SeqCst);
         self.notify();
     }
 
     /// Takes the woken tasks and the jobs (into the given vectors, reused).
     pub(crate) fn take(&self, ready: &mut Vec<usize>, jobs: &mut Vec<Job>) {
         self.notified.store(false, Ordering::SeqCst);
+        // Reset before taking: what is pushed after the swap counts again.
+        if self.pending.swap(0, Ordering::SeqCst) == 0 {
+            return;
+        }
         std::mem::swap(&mut *lock(&self.ready), ready);
         let mut j = lock(&self.jobs);
         if !j.is_empty() {
@@ -114,8 +124,9 @@ impl Remote {
         }
     }
 
+    /// Whether tasks were woken or jobs pushed since the last `take`.
     pub(crate) fn has_work(&self) -> bool {
-        !lock(&self.ready).is_empty() || !lock(&self.jobs).is_empty()
+        self.pending.load(Ordering::SeqCst) != 0
     }
 }
 
