@@ -426,9 +426,13 @@ fn pool_config() -> Vec<(String, Config)> {
         .collect()
 }
 
-/// A pool of `workers` on `config`, or None (SKIP line) where the backend cannot run.
-fn open_pool(test: &str, name: &str, config: &Config, workers: usize) -> Option<Pool> {
-    let opts = PoolOptions { workers, pin: None };
+/// A pool of `workers` on `config` (pinned from CPU 0 when `pin`), or None (SKIP line)
+/// where the backend cannot run.
+fn open_pool(test: &str, name: &str, config: &Config, workers: usize, pin: bool) -> Option<Pool> {
+    let opts = PoolOptions {
+        workers,
+        pin: pin.then_some(0),
+    };
     match Pool::new(config, opts) {
         Ok(p) => Some(p),
         Err(e) if config.backend != BackendKind::Kmod => {
@@ -444,7 +448,7 @@ fn open_pool(test: &str, name: &str, config: &Config, workers: usize) -> Option<
 #[test]
 fn pool_spawn_on_and_switch() {
     for (name, config) in pool_config() {
-        let Some(pool) = open_pool("rt_pool", &name, &config, 3) else {
+        let Some(pool) = open_pool("rt_pool", &name, &config, 3, false) else {
             continue;
         };
         let hs: Vec<_> = (0..30)
@@ -572,10 +576,16 @@ fn pool_spawn_on_and_switch() {
 #[test]
 fn handle_from_eight_threads() {
     for (name, config) in pool_config() {
-        let Some(pool) = open_pool("rt_handle", &name, &config, 1) else {
+        let Some(pool) = open_pool("rt_handle", &name, &config, 1, true) else {
             continue;
         };
         let h = pool.handle(0);
+        // The worker is pinned: one CPU in its affinity mask.
+        let width = h
+            .spawn(async { std::thread::available_parallelism().unwrap().get() })
+            .join()
+            .unwrap();
+        assert_eq!(width, 1, "[{name}] pinned worker");
         let t0 = Instant::now();
         let threads: Vec<_> = (0..8u64)
             .map(|t| {
