@@ -501,10 +501,9 @@ impl Driver {
             }
             self.cancel(ud);
         }
-        // The eventfd READ too (it would otherwise wait forever).
-        if self.wake_armed {
-            let _ = self.p.cancel(UD_WAKE, UD_CANCEL);
-        }
+        // The eventfd READ would wait forever: CLOSE its slot, which cancels what waits
+        // on it on every backend (also one whose executor cannot ASYNC_CANCEL yet).
+        self.close_detached(self.wake_slot);
         let deadline = Instant::now() + Duration::from_secs(2);
         while (self.live_ops() > 0 || self.wake_armed || !self.busy.is_empty())
             && Instant::now() < deadline
