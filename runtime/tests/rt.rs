@@ -612,6 +612,14 @@ fn handle_from_eight_threads() {
             t.join().unwrap();
         }
         assert!(t0.elapsed() < LIMIT);
-        println!("rt_handle [{name}]: 4000 requests in {:?}", t0.elapsed());
+        let b = h.batch_stats();
+        println!(
+            "rt_handle [{name}]: 4000 requests in {:?}, taken in {} batches",
+            t0.elapsed(),
+            b.batches
+        );
+        // 4001 with the affinity probe; what arrived together was taken together.
+        assert_eq!(b.jobs, 4001, "[{name}]");
+        assert!(b.batches < b.jobs, "[{name}] no batching: {b:?}");
     }
 }

@@ -96,7 +96,8 @@ pub use self::buf::{IoBuf, IoBufMut, Slice};
 pub use self::fs::File;
 pub use self::net::{TcpListener, TcpStream};
 pub use self::pool::{
-    current_worker, switch_to, unblock, Handle, Pool, PoolOptions, RemoteJoinHandle, Unblock,
+    current_worker, switch_to, unblock, BatchStats, Handle, Pool, PoolOptions, RemoteJoinHandle,
+    SwitchTo, Unblock,
 };
 pub use self::task::{JoinError, JoinHandle};
 pub use self::time::{interval, sleep, sleep_until, timeout, Elapsed, Interval, Sleep};

@@ -193,9 +193,26 @@ impl fmt::Debug for Handle {
     }
 }
 
+/// How the work sent through [`Handle`]s reached a runtime.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Pieces of work (spawns) taken.
+    pub jobs: u64,
+    /// Turns of the runtime that took them: `jobs / batches` is the mean batch.
+    pub batches: u64,
+}
+
 impl Handle {
     pub(crate) fn new(remote: Arc<Remote>) -> Handle {
         Handle { remote }
+    }
+
+    /// Work taken by the runtime so far, and in how many batches.
+    pub fn batch_stats(&self) -> BatchStats {
+        BatchStats {
+            jobs: self.remote.jobs_taken.load(Ordering::Relaxed),
+            batches: self.remote.job_batches.load(Ordering::Relaxed),
+        }
     }
 
     /// Runs `fut` as a task of the runtime. In a [`Pool`], the task may move to another

@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -47,6 +47,9 @@ pub(crate) struct Remote {
     /// Entries pushed to `ready` or `jobs` since the runtime last took them: lets the
     /// runtime see "no work" without taking the locks.
     pending: AtomicUsize,
+    /// Jobs taken, and the batches they were taken in.
+    pub(crate) jobs_taken: AtomicU64,
+    pub(crate) job_batches: AtomicU64,
 }
 
 impl Remote {
@@ -64,6 +67,8 @@ impl Remote {
             notified: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             pending: AtomicUsize::new(0),
+            jobs_taken: AtomicU64::new(0),
+            job_batches: AtomicU64::new(0),
         }))
     }
 
@@ -121,6 +126,10 @@ impl Remote {
         let mut j = lock(&self.jobs);
         if !j.is_empty() {
             std::mem::swap(&mut *j, jobs);
+            drop(j);
+            self.jobs_taken
+                .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            self.job_batches.fetch_add(1, Ordering::Relaxed);
         }
     }
 
