@@ -68,6 +68,13 @@
 //! an executor, notices the deadline, so a timer fires when that thread wakes (its
 //! resolution is the wait's, microseconds, not the executors' idle spin).
 //!
+//! # Never block a runtime thread
+//!
+//! Requests go to the rings when the runtime turns (between task polls): a task that
+//! blocks its thread (a blocking `read`, `join`, `sleep` of std) stops every task of the
+//! runtime and keeps even its already queued requests (a CLOSE of a dropped stream) from
+//! being submitted. Run such calls with [`unblock`].
+//!
 //! # What is synchronous
 //!
 //! The ABI has no OPENAT, FSYNC, CONNECT or SHUTDOWN yet: [`File::open`],
