@@ -373,6 +373,48 @@ fn ten_thousand_tasks() {
     });
 }
 
+/// Requests refused as Busy wait inside the runtime and keep their order: 2000 tasks,
+/// spawned in order, each send one numbered record on the same connection, far more
+/// than a lane takes at once; the peer reads them in order.
+#[test]
+fn busy_refusals_keep_submission_order() {
+    each_runtime("rt_busy_order", |fl, rt| {
+        let n = 2000u32;
+        let l = StdListener::bind(localhost()).unwrap();
+        let mut peer = StdStream::connect(l.local_addr().unwrap()).unwrap();
+        peer.set_read_timeout(Some(LIMIT)).unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut all = vec![0u8; n as usize * 4];
+            peer.read_exact(&mut all).unwrap();
+            all.chunks(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect::<Vec<u32>>()
+        });
+        rt.block_on(bounded("busy order", LIMIT, async {
+            let listener = TcpListener::from_std(&l).unwrap();
+            let conn = std::rc::Rc::new(listener.accept().await.unwrap());
+            let hs: Vec<_> = (0..n)
+                .map(|i| {
+                    let conn = conn.clone();
+                    rt::spawn(async move {
+                        let (r, _) = conn.write_all(i.to_le_bytes().to_vec()).await;
+                        r.unwrap();
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.await.unwrap();
+            }
+        }));
+        let got = reader.join().unwrap();
+        assert!(
+            got.iter().copied().eq(0..n),
+            "[{}] records out of order",
+            fl.name
+        );
+    });
+}
+
 /// A task that panics is reported through its handle; the runtime keeps serving a
 /// connection, and new tasks run.
 #[test]
