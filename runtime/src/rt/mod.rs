@@ -303,7 +303,8 @@ impl Drop for Runtime {
 /// Makes a runtime current on this thread for the guard's life.
 struct Enter {
     prev: Option<Rc<Inner>>,
-    prev_remote: usize,
+    remote: Arc<Remote>,
+    prev_remote: (usize, Vec<usize>),
 }
 
 impl Enter {
@@ -311,6 +312,7 @@ impl Enter {
         let prev = CURRENT.with(|c| c.replace(Some(Rc::clone(inner))));
         Enter {
             prev,
+            remote: Arc::clone(&inner.remote),
             prev_remote: inner.remote.enter(),
         }
     }
@@ -320,7 +322,7 @@ impl Drop for Enter {
     fn drop(&mut self) {
         let prev = self.prev.take();
         CURRENT.with(|c| *c.borrow_mut() = prev);
-        Remote::leave(self.prev_remote);
+        self.remote.leave(std::mem::take(&mut self.prev_remote));
     }
 }
 

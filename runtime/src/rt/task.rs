@@ -26,8 +26,10 @@ pub(crate) type Job = Box<dyn FnOnce() + Send>;
 
 thread_local! {
     /// The `Remote` of the runtime running on this thread (its address), so that a
-    /// wake from the runtime's own thread skips the eventfd.
+    /// wake from the runtime's own thread skips the eventfd and the lock.
     static RUNNING: Cell<usize> = const { Cell::new(0) };
+    /// Tasks woken on this thread by the runtime running on it: no lock, no atomic.
+    static LOCAL_READY: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -80,13 +82,26 @@ impl Remote {
         self as *const Remote as usize
     }
 
-    /// Marks this runtime as the one running on the calling thread; returns the previous.
-    pub(crate) fn enter(&self) -> usize {
-        RUNNING.with(|r| r.replace(self.addr()))
+    /// Marks this runtime as the one running on the calling thread; returns what `leave`
+    /// puts back (the previous runtime and its locally woken tasks).
+    pub(crate) fn enter(&self) -> (usize, Vec<usize>) {
+        let prev = RUNNING.with(|r| r.replace(self.addr()));
+        (
+            prev,
+            LOCAL_READY.with(|q| std::mem::take(&mut *q.borrow_mut())),
+        )
     }
 
-    pub(crate) fn leave(prev: usize) {
-        RUNNING.with(|r| r.set(prev));
+    /// Ends `enter`: tasks woken locally and not run yet go to the shared queue (they
+    /// run at the next `block_on`), and the previous runtime's state comes back.
+    pub(crate) fn leave(&self, prev: (usize, Vec<usize>)) {
+        let left = LOCAL_READY.with(|q| std::mem::replace(&mut *q.borrow_mut(), prev.1));
+        if !left.is_empty() {
+            let n = left.len();
+            lock(&self.ready).extend(left);
+            self.pending.fetch_add(n, Ordering::SeqCst);
+        }
+        RUNNING.with(|r| r.set(prev.0));
     }
 
     /// Wakes the runtime if the caller is another thread.
@@ -104,6 +119,10 @@ impl Remote {
     }
 
     pub(crate) fn schedule(&self, id: usize) {
+        if RUNNING.with(Cell::get) == self.addr() {
+            LOCAL_READY.with(|q| q.borrow_mut().push(id));
+            return;
+        }
         lock(&self.ready).push(id);
         self.pending.fetch_add(1, Ordering::SeqCst);
         self.notify();
@@ -116,13 +135,15 @@ impl Remote {
     }
 
     /// Takes the woken tasks and the jobs (into the given vectors, reused).
+    /// Called on the runtime's thread, between `enter` and `leave`.
     pub(crate) fn take(&self, ready: &mut Vec<usize>, jobs: &mut Vec<Job>) {
+        LOCAL_READY.with(|q| std::mem::swap(&mut *q.borrow_mut(), ready));
         self.notified.store(false, Ordering::SeqCst);
         // Reset before taking: what is pushed after the swap counts again.
         if self.pending.swap(0, Ordering::SeqCst) == 0 {
             return;
         }
-        std::mem::swap(&mut *lock(&self.ready), ready);
+        ready.append(&mut lock(&self.ready));
         let mut j = lock(&self.jobs);
         if !j.is_empty() {
             std::mem::swap(&mut *j, jobs);
@@ -133,9 +154,10 @@ impl Remote {
         }
     }
 
-    /// Whether tasks were woken or jobs pushed since the last `take`.
+    /// Whether tasks were woken or jobs pushed since the last `take` (on the runtime's
+    /// thread).
     pub(crate) fn has_work(&self) -> bool {
-        self.pending.load(Ordering::SeqCst) != 0
+        self.pending.load(Ordering::SeqCst) != 0 || LOCAL_READY.with(|q| !q.borrow().is_empty())
     }
 }
 
