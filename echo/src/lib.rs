@@ -1,12 +1,16 @@
 //! Echo servers and the echo_bench load client, as a library so that the binaries and
 //! the tests share one implementation.
 //!
-//! - [`proactor_server`]: the FastIO echo server rebuilt on the fastio proactor.
+//! - [`async_server`]: the FastIO echo server on the async runtime (`fastio::rt`), the
+//!   default of `proactor_echo_server`.
+//! - [`proactor_server`]: the same server as a hand-written completion loop on the
+//!   proactor (`proactor_echo_server --raw`).
 //! - [`epoll_server`]: the classic epoll baseline.
 //! - [`mod@bench`]: the load client behind `echo_bench`.
 //! - [`check`]: end-to-end checks (byte-verified echo, misbehaving clients) used by the
 //!   tests against every server.
 
+pub mod async_server;
 pub mod bench;
 pub mod check;
 pub mod epoll_server;

@@ -64,11 +64,21 @@ pub fn serve(
     opts: &EchoOptions,
     shutdown: &AtomicBool,
 ) -> io::Result<ServeStats> {
+    serve_threads(config, shutdown, || {
+        serve_one(listener, config, opts, shutdown)
+    })
+}
+
+/// Runs `one` on `config.max_usr_worker` threads and sums their statistics; the first
+/// thread to fail (or panic) sets `shutdown` so the others stop too.
+pub(crate) fn serve_threads(
+    config: &Config,
+    shutdown: &AtomicBool,
+    one: impl Fn() -> io::Result<ServeStats> + Sync,
+) -> io::Result<ServeStats> {
     let threads = config.max_usr_worker.max(1) as usize;
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| s.spawn(|| serve_one(listener, config, opts, shutdown)))
-            .collect();
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(&one)).collect();
         let mut total = ServeStats::default();
         let mut first_err = None;
         for h in handles {
@@ -85,10 +95,7 @@ pub fn serve(
                 }
             }
         }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(total),
-        }
+        first_err.map_or(Ok(total), Err)
     })
 }
 

@@ -13,8 +13,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use fastio::{BackendKind, Config, Proactor};
-use fastio_echo::check;
 use fastio_echo::proactor_server::{serve, EchoOptions, ServeStats};
+use fastio_echo::{async_server, check};
 
 #[path = "../../runtime/tests/common/mod.rs"]
 mod common;
@@ -27,8 +27,14 @@ struct Server {
     handle: Option<JoinHandle<std::io::Result<ServeStats>>>,
 }
 
+/// The server's two forms: the async runtime (the default) and the raw loop (`--raw`).
+const MODES: [(&str, Serve); 2] = [("async", async_server::serve), ("raw", serve)];
+
+type Serve =
+    fn(&std::net::TcpListener, &Config, &EchoOptions, &AtomicBool) -> std::io::Result<ServeStats>;
+
 impl Server {
-    fn start(config: Config) -> Server {
+    fn start(config: Config, serve: Serve) -> Server {
         let listener = fastio_echo::net::listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -93,19 +99,24 @@ fn each_backend(test: &str, f: impl Fn(SocketAddr) -> Result<(), String>) {
                 continue;
             }
         }
-        let server = Server::start(cfg);
-        let t0 = Instant::now();
-        if let Err(e) = f(server.addr) {
-            panic!("{test} [{name}]: {e}");
+        for (mode, serve) in MODES {
+            let server = Server::start(cfg.clone(), serve);
+            let t0 = Instant::now();
+            if let Err(e) = f(server.addr) {
+                panic!("{test} [{name}, {mode}]: {e}");
+            }
+            let stats = server.stop();
+            assert!(
+                stats.accepted > 0,
+                "{test} [{name}, {mode}]: nothing accepted"
+            );
+            println!(
+                "{test} [{name}, {mode}]: ok in {:.2?} ({} connections, {} bytes echoed)",
+                t0.elapsed(),
+                stats.accepted,
+                stats.bytes
+            );
         }
-        let stats = server.stop();
-        assert!(stats.accepted > 0, "{test} [{name}]: nothing accepted");
-        println!(
-            "{test} [{name}]: ok in {:.2?} ({} connections, {} bytes echoed)",
-            t0.elapsed(),
-            stats.accepted,
-            stats.bytes
-        );
         ran += 1;
     }
     // Nothing ran only because of the filter: that is the filter's intent, not a failure.

@@ -18,7 +18,6 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use common::Flavor;
-use fastio::backend::DEVICE_PATH;
 use fastio::{BackendKind, Config, Proactor, RejectReason};
 
 fn flavors() -> Vec<Flavor> {
@@ -34,39 +33,7 @@ fn flavors() -> Vec<Flavor> {
 
 /// Runs `f` once per flavor that can open here; prints a skip line for the others.
 fn each_backend(test: &str, f: impl Fn(&Flavor, &mut Proactor)) {
-    let mut ran = 0;
-    for fl in flavors() {
-        if !common::backend_selected(test, fl.config.backend) {
-            continue;
-        }
-        let kmod = fl.config.backend == BackendKind::Kmod;
-        if kmod && !std::path::Path::new(DEVICE_PATH).exists() {
-            println!(
-                "SKIP {test} [{}]: {DEVICE_PATH} not present (the module runs in the VM: \
-                 make vm-test)",
-                fl.name
-            );
-            continue;
-        }
-        match Proactor::new(&fl.config) {
-            Ok(mut p) => {
-                if fl.config.backend == BackendKind::Uring && fl.config.sqpoll != p.backend().sqpoll
-                {
-                    println!("SKIP {test} [{}]: SQPOLL refused here", fl.name);
-                    continue;
-                }
-                f(&fl, &mut p);
-                ran += 1;
-            }
-            // The device is there, so the module is meant to be tested: fail loudly.
-            Err(e) if kmod => panic!("{test} [{}]: {DEVICE_PATH} exists but: {e}", fl.name),
-            Err(e) => println!("SKIP {test} [{}]: backend cannot run here: {e}", fl.name),
-        }
-    }
-    assert!(
-        ran > 0 || std::env::var_os("FASTIO_TEST_BACKENDS").is_some(),
-        "{test}: no backend could run"
-    );
+    common::each_flavor(test, flavors(), Proactor::new, |p| p.backend().sqpoll, f);
 }
 
 /// Whether `result` says that the kernel module does not implement the request's opcode

@@ -39,7 +39,8 @@ def server_config(name):
     kmod-wN), or None for epoll."""
     if name == "epoll":
         return None
-    m = re.fullmatch(r"(uring-sqpoll|uring|threads|kmod)(?:-w(\d+))?", name)
+    # `-raw`: proactor_echo_server --raw (the completion loop instead of fastio::rt).
+    m = re.fullmatch(r"(uring-sqpoll|uring|threads|kmod)(?:-w(\d+))?(?:-raw)?", name)
     if not m:
         raise ValueError(f"unknown server {name}")
     backend, workers = m.group(1), int(m.group(2) or 1)
@@ -64,7 +65,8 @@ def server_argv(ctx, name):
     keys = server_config(name)
     if keys is None:
         return [ctx.exe("epoll_echo_server"), "{port}"]
-    return [ctx.exe("proactor_echo_server"), "{port}", "--config", write_config(ctx, name, keys)]
+    argv = [ctx.exe("proactor_echo_server"), "{port}", "--config", write_config(ctx, name, keys)]
+    return argv + (["--raw"] if name.endswith("-raw") else [])
 
 
 def echo_server(ctx, name):

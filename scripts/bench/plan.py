@@ -86,6 +86,22 @@ def echo_jobs(env, cfg, kmod_reason):
     return jobs
 
 
+def rawcmp_servers(env):
+    """The proactor servers whose two forms (async runtime, --raw loop) are compared."""
+    return [s for s in echo_servers(env) if s != "epoll"]
+
+
+def rawcmp_jobs(env, cfg, kmod_reason):
+    """proactor_echo_server on fastio::rt against its --raw loop, at the headline cell,
+    in one interleaved group so that both forms see the same machine."""
+    secs = cfg["echo_secs"][env]
+    cells = [("echo", f"rawcmp/{s}{form}/c{HEAD_CONNS}/l{HEAD_LEN}",
+              {"server": s + form, "conns": HEAD_CONNS, "length": HEAD_LEN, "secs": secs},
+              secs + 1.5, kmod_skip(s, kmod_reason))
+             for s in rawcmp_servers(env) for form in ("", "-raw")]
+    return interleave(cells, cfg["reps"])
+
+
 def syscall_jobs(env, cfg, kmod_reason, strace):
     secs = cfg["echo_secs"][env]
     no_strace = None if strace else "strace not installed (apt-get install strace)"
@@ -141,6 +157,7 @@ def jobs(env, quick, repo, kmod_reason=None, shim_reason=None):
         kmod_reason = "host kernel has no module support (kmod runs in the VM only)"
     shim = find_shim(repo)
     return (nop_jobs(env, cfg, kmod_reason) + echo_jobs(env, cfg, kmod_reason)
+            + rawcmp_jobs(env, cfg, kmod_reason)
             + syscall_jobs(env, cfg, kmod_reason, shutil.which("strace") is not None)
             + scaling_jobs(env, cfg, kmod_reason) + idle_jobs(env, cfg, kmod_reason)
             + redis_jobs(env, cfg, kmod_reason, shim, shim_reason))

@@ -195,6 +195,21 @@ def echo_section(r, env):
     return with_problems(lines, r, env, "echo/")
 
 
+def rawcmp_section(r, env):
+    h, ln = plan.HEAD_CONNS, plan.HEAD_LEN
+    lines = [f"### Async runtime vs raw loop — {ENV_TITLE[env]} (echo -c {h} -l {ln})", "",
+             "proactor_echo_server on `fastio::rt` (its default) against its hand-written "
+             "completion loop (`--raw`), the two forms interleaved run by run. The goal is an "
+             "async/raw ratio of at least 0.95 on every backend.", ""]
+    rows = []
+    for s in plan.rawcmp_servers(env):
+        a, raw = f"rawcmp/{s}/c{h}/l{ln}", f"rawcmp/{s}-raw/c{h}/l{ln}"
+        rows.append([title(s), r.stat(env, a, "rps"), r.stat(env, raw, "rps"),
+                     ratio(r.med(env, a, "rps"), r.med(env, raw, "rps"))])
+    lines += table(["server", "async req/s median (min–max)", "--raw req/s", "async/raw"], rows)
+    return with_problems(lines, r, env, "rawcmp/")
+
+
 def cost_section(r, env):
     h, ln = plan.HEAD_CONNS, plan.HEAD_LEN
     lines = [f"### Cost per request — {ENV_TITLE[env]} (echo -c {h} -l {ln})", "",
@@ -354,8 +369,8 @@ def write(results, repo):
     lines += reading(r)
     for env in r.envs:
         lines += [f"## {ENV_TITLE[env]}", ""]
-        for section in (nop_section, echo_section, cost_section, scaling_section,
-                        idle_section, redis_section):
+        for section in (nop_section, echo_section, rawcmp_section, cost_section,
+                        scaling_section, idle_section, redis_section):
             lines += section(r, env)
     with open(os.path.join(repo, "BENCHMARKS.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines).rstrip() + "\n")

@@ -4,8 +4,9 @@
 # exits with the guest's status (a kernel WARNING/BUG/Oops in the log fails the run too:
 # scripts/vm/run.sh checks the guest's kernel log).
 #
-# The test programs are the test binaries of the runtime (package fastio) and of the echo
-# servers (package fastio-echo) and of the Redis adaptor (package fastio-redis-shim) that
+# The test programs are the test binaries of the runtime (package fastio: the proactor and
+# the async runtime `rt`), of the echo servers (package fastio-echo), of the Redis adaptor
+# (package fastio-redis-shim) and of the examples (package fastio-examples: `http`) that
 # cover the kmod backend; inside the guest they run with
 # FASTIO_TEST_BACKENDS=kmod, so the backend-generic suites test only the module there (the
 # host run covers io_uring and threads). The guest gets a fresh 128 MiB ext4 scratch disk
@@ -13,8 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-TESTS=(proactor wakeup_boundary kmod_abi kmod_lifetime kmod_contexts kmod_hostile proactor_echo kmod_idle kmod_faults kmod_uncached kmod_creds kmod_fuzz redis_cli redis_bench redis_faults shim_probe echo_preload)
-PACKAGES=(-p fastio -p fastio-echo -p fastio-redis-shim)
+TESTS=(proactor rt wakeup_boundary kmod_abi kmod_lifetime kmod_contexts kmod_hostile proactor_echo kmod_idle kmod_faults kmod_uncached kmod_creds kmod_fuzz redis_cli redis_bench redis_faults shim_probe echo_preload http)
+PACKAGES=(-p fastio -p fastio-echo -p fastio-redis-shim -p fastio-examples)
 [ -f kmod/fastio.ko ] || { echo "vm-test: kmod/fastio.ko missing: make kmod" >&2; exit 2; }
 
 mkdir -p build

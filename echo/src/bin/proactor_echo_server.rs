@@ -1,5 +1,6 @@
-//! `proactor_echo_server PORT [--config PATH] [--backend KIND]`: the FastIO echo server
-//! on the fastio proactor. Stops cleanly on SIGINT/SIGTERM.
+//! `proactor_echo_server PORT [--config PATH] [--backend KIND] [--raw]`: the FastIO echo
+//! server on the fastio async runtime (`--raw`: the hand-written completion loop on the
+//! proactor, for comparison). Stops cleanly on SIGINT/SIGTERM.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use fastio::{BackendKind, Config};
-use fastio_echo::proactor_server::{serve, EchoOptions};
+use fastio_echo::proactor_server::EchoOptions;
 
 /// Echo server on the fastio proactor (kmod, io_uring or threads backend).
 #[derive(Parser, Debug)]
@@ -28,6 +29,10 @@ struct Args {
     /// Receive buffer per connection, in bytes.
     #[arg(long, default_value_t = 16 * 1024)]
     buf_size: usize,
+    /// Serve with the hand-written completion loop on the proactor instead of the async
+    /// runtime.
+    #[arg(long)]
+    raw: bool,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +72,19 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         buf_size: args.buf_size,
         ..EchoOptions::default()
     };
+    let serve = if args.raw {
+        fastio_echo::proactor_server::serve
+    } else {
+        fastio_echo::async_server::serve
+    };
+    eprintln!(
+        "proactor_echo_server: {}",
+        if args.raw {
+            "raw completion loop (--raw)"
+        } else {
+            "async runtime (fastio::rt)"
+        }
+    );
     let stats = serve(&listener, &config, &opts, shutdown)?;
     eprintln!(
         "proactor_echo_server: shut down: {} connection(s) accepted, {} closed, {} byte(s) echoed, {} accept error(s)",

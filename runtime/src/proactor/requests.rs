@@ -222,6 +222,46 @@ impl Proactor {
         self.queue_full(lane, sqe, ud, None, Vec::new(), Vec::new(), Origin::Raw)
     }
 
+    /// Queues a RECV, SEND, READ or WRITE of `len` bytes at `addr`, with the slot
+    /// bookkeeping of the typed requests (the slot must be open; it is not reused until
+    /// this request has completed) but no buffer held by the proactor: the caller owns
+    /// the memory. For the async runtime, whose buffers are any [`crate::rt::IoBuf`].
+    ///
+    /// # Safety
+    ///
+    /// `addr..addr + len` must stay valid (and, for RECV and READ, writable and not
+    /// otherwise accessed) until the completion with this `user_data` has been taken
+    /// from the proactor.
+    pub(crate) unsafe fn queue_at(
+        &mut self,
+        opcode: u8,
+        slot: Slot,
+        addr: u64,
+        len: u32,
+        offset: Option<u64>,
+        user_data: u64,
+    ) -> Result<(), Rejected> {
+        debug_assert!(matches!(opcode, OP_RECV | OP_SEND | OP_READ | OP_WRITE));
+        if let Err(r) = self.check_open(slot) {
+            return Err(reject(r, None, Vec::new()));
+        }
+        let sqe = Sqe {
+            opcode,
+            slot: slot.0,
+            addr,
+            len,
+            // Sockets have no offset (the field must be 0).
+            off: if matches!(opcode, OP_READ | OP_WRITE) {
+                off(offset)
+            } else {
+                0
+            },
+            ..Sqe::ZERO
+        };
+        let lane = self.lane_of(slot.0);
+        self.queue(lane, sqe, user_data, None, Vec::new())
+    }
+
     fn buf_op(
         &mut self,
         opcode: u8,

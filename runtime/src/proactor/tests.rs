@@ -208,3 +208,40 @@ fn unsubmitted_requests_stay_staged() {
     let st = st.lock().unwrap_or_else(|e| e.into_inner());
     assert_eq!((st.submitted.len(), st.submits), (3, 3));
 }
+
+/// ASYNC_CANCEL goes to its target's lane with the target's token in `addr`; its
+/// completion and the target's come back separately. A target the proactor does not
+/// know is answered at once with -ENOENT, without a request.
+#[test]
+fn cancel_names_the_targets_token_and_unknown_targets_are_enoent() {
+    let (mut p, st) = mock(16, 1);
+    let f = null();
+    let slot = p.register(&f).unwrap();
+    p.recv(slot, vec![0; 4], 0..4, 7).unwrap();
+    p.cancel(7, 8).unwrap();
+    p.submit().unwrap();
+    let recv = token(&st, OP_RECV);
+    let cancel = {
+        let st = st.lock().unwrap_or_else(|e| e.into_inner());
+        *st.submitted
+            .iter()
+            .find(|s| s.opcode == fastio_uapi::OP_ASYNC_CANCEL)
+            .expect("cancel pushed")
+    };
+    assert_eq!(cancel.addr, recv, "the target is the RECV's token");
+    assert_eq!((cancel.slot, cancel.len, cancel.off), (0, 0, 0));
+    post(&st, recv, -libc::ECANCELED);
+    post(&st, cancel.user_data, 0);
+    assert_eq!(p.reap(), 2);
+    let mut got: Vec<(u64, i32, bool)> = p
+        .completions()
+        .map(|c| (c.user_data, c.result, c.buf.is_some()))
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![(7, -libc::ECANCELED, true), (8, 0, false)]);
+    // Nothing with user_data 7 in flight any more.
+    p.cancel(7, 9).unwrap();
+    let c = p.next_completion().expect("answered at once");
+    assert_eq!((c.user_data, c.result), (9, -libc::ENOENT));
+    assert_eq!(p.in_flight(), 0);
+}

@@ -114,6 +114,51 @@ pub fn flavors(base: Config) -> Vec<Flavor> {
     ]
 }
 
+/// Runs `f` once per flavor in `flavors` that can run here, on what `open` makes of its
+/// config; prints a SKIP line for the others (not selected, module not loaded, backend
+/// unavailable, SQPOLL refused: `sqpoll` says whether the opened value got it). A kmod
+/// flavor whose device exists but fails to open is a failure, not a skip.
+pub fn each_flavor<T>(
+    test: &str,
+    flavors: Vec<Flavor>,
+    open: impl Fn(&Config) -> std::io::Result<T>,
+    sqpoll: impl Fn(&T) -> bool,
+    f: impl Fn(&Flavor, &mut T),
+) {
+    let dev = fastio::backend::DEVICE_PATH;
+    let mut ran = 0;
+    for fl in flavors {
+        if !backend_selected(test, fl.config.backend) {
+            continue;
+        }
+        let kmod = fl.config.backend == BackendKind::Kmod;
+        if kmod && !std::path::Path::new(dev).exists() {
+            println!(
+                "SKIP {test} [{}]: {dev} not present (the module runs in the VM: make vm-test)",
+                fl.name
+            );
+            continue;
+        }
+        match open(&fl.config) {
+            Ok(mut v) => {
+                if fl.config.backend == BackendKind::Uring && fl.config.sqpoll != sqpoll(&v) {
+                    println!("SKIP {test} [{}]: SQPOLL refused here", fl.name);
+                    continue;
+                }
+                f(&fl, &mut v);
+                ran += 1;
+            }
+            // The device is there, so the module is meant to be tested: fail loudly.
+            Err(e) if kmod => panic!("{test} [{}]: {dev} exists but: {e}", fl.name),
+            Err(e) => println!("SKIP {test} [{}]: backend cannot run here: {e}", fl.name),
+        }
+    }
+    assert!(
+        ran > 0 || std::env::var_os("FASTIO_TEST_BACKENDS").is_some(),
+        "{test}: no backend could run"
+    );
+}
+
 /// Whether a kernel-module test runs here: `FASTIO_TEST_BACKENDS` (when set) names kmod
 /// and `/dev/fastio` exists. Prints the SKIP line (with the reason) when not.
 pub fn have_module(test: &str) -> bool {
