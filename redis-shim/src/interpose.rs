@@ -172,7 +172,7 @@ fn start() -> bool {
 
 fn open() -> Result<Shim, String> {
     let (config, source) = fastio::Config::resolve(None).map_err(|e| e.to_string())?;
-    let settings = Settings::from_env()?;
+    let settings = Settings::resolve(source.path())?;
     eprintln!("fastio-redis-shim: config {source}; {settings}");
     Shim::new(&config, settings).map_err(|e| format!("cannot open the proactor: {e}"))
 }

@@ -213,11 +213,8 @@ impl Shim {
                 return Err(WriteError::Errno(libc::EIO));
             };
             let live = self.queued.saturating_sub(self.orphaned);
-            let room = (self
-                .settings
-                .max_queued_per_socket
-                .saturating_sub(conn_queued))
-            .min(self.settings.max_queued.saturating_sub(live));
+            let room = (self.settings.socket_allowance.saturating_sub(conn_queued))
+                .min(self.settings.max_queued.saturating_sub(live));
             if room > 0 {
                 let n = room.min(len);
                 let Some(conn) = self.conns.get_mut(&slot) else {
