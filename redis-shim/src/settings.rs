@@ -3,8 +3,8 @@
 //!
 //! | `fastio.conf` key | environment variable | default | meaning |
 //! |---|---|---|---|
-//! | `shim_socket_allowance` | `FASTIO_SHIM_SOCKET_ALLOWANCE` | a quarter of `shim_max_queued` | Bytes the shim may hold for one socket. Beyond it a write waits while its socket makes progress, takes what fits (a short write), or after 10 ms without progress fails with `EAGAIN`, as a full socket would. At least `4K`. |
-//! | `shim_max_queued` | `FASTIO_SHIM_MAX_QUEUED` | `64M` | Bytes the shim may hold for all open sockets together; beyond it a write waits as beyond the allowance. The bytes still queued for sockets the program has closed are not counted; they have a bound of their own, the same size (a socket closed beyond it is aborted at once). At least `64K`. |
+//! | `shim_socket_allowance` | `FASTIO_SHIM_SOCKET_ALLOWANCE` | `256K` | Bytes the shim may hold for one socket: written by the program, not yet taken by the kernel. A write takes at most what is left of it (a short write) and fails with `EAGAIN` when nothing is left, so the rest stays in the program's own output buffer, where its policies (Redis's `client-output-buffer-limit`) and its accounting (`CLIENT LIST` omem, `INFO` memory) see it. At least `4K`. |
+//! | `shim_max_queued` | `FASTIO_SHIM_MAX_QUEUED` | `64M` | Bytes the shim may hold for all open sockets together. Beyond it, a write on a socket with nothing queued goes to the kernel directly (in order, since nothing of that socket waits), and one on a socket with bytes queued fails with `EAGAIN`. The bytes still queued for sockets the program has closed are not counted; they have a bound of their own, the same size (a socket closed beyond it is aborted at once). At least `64K`. |
 //! | `shim_close_linger_ms` | `FASTIO_SHIM_CLOSE_LINGER_MS` | `10000` | How long a socket the program has closed may go without sending any of its queued bytes (a peer that does not read) before the shim aborts it: the rest is dropped and the slot released, as the kernel eventually aborts an orphaned socket. |
 //! | | `FASTIO_SHIM_STATS` | unset | A file the shim writes its counters to when the process exits. |
 //! | | `FASTIO_SHIM_DISABLE` | unset | `1`: load, but pass every call to the C library. |
@@ -38,6 +38,8 @@ pub const MAX_QUEUED_KEY: &str = "shim_max_queued";
 /// Key: the linger of a closed socket that makes no progress, in milliseconds.
 pub const CLOSE_LINGER_KEY: &str = "shim_close_linger_ms";
 
+/// Default per-socket allowance (256 KiB).
+pub const DEFAULT_SOCKET_ALLOWANCE: usize = 256 << 10;
 /// Default cap on queued bytes (64 MiB).
 pub const DEFAULT_MAX_QUEUED: usize = 64 << 20;
 /// Default linger of a closed socket that makes no progress.
@@ -63,7 +65,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
-            socket_allowance: DEFAULT_MAX_QUEUED / 4,
+            socket_allowance: DEFAULT_SOCKET_ALLOWANCE,
             max_queued: DEFAULT_MAX_QUEUED,
             close_linger: DEFAULT_CLOSE_LINGER,
             stats_path: None,
@@ -75,20 +77,13 @@ impl Settings {
     /// The defaults, then the `shim_*` keys of the configuration file `conf` (if any),
     /// then the environment.
     pub fn resolve(conf: Option<&Path>) -> Result<Settings, String> {
-        // 0 until a key or variable sets it (never valid otherwise).
-        let mut s = Settings {
-            socket_allowance: 0,
-            ..Settings::default()
-        };
+        let mut s = Settings::default();
         if let Some(path) = conf {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             s.apply_conf(&text, &path.display().to_string())?;
         }
         s.apply_env(|k| std::env::var(k).ok())?;
-        if s.socket_allowance == 0 {
-            s.socket_allowance = (s.max_queued / 4).max(MIN_SOCKET_ALLOWANCE);
-        }
         Ok(s)
     }
 

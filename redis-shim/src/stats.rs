@@ -21,12 +21,15 @@ pub struct Stats {
     pub requests: u64,
     /// Requests that sent less than asked (the rest was requeued).
     pub short_sends: u64,
-    /// Writes accepted only in part because the cap was reached.
+    /// Writes accepted only in part: the socket's allowance (or the cap) was reached.
     pub partial_writes: u64,
-    /// Writes that waited for queued bytes to drain (backpressure).
-    pub backpressure_waits: u64,
-    /// Writes refused with EAGAIN after the socket made no progress under the cap.
+    /// Writes refused with EAGAIN: nothing left of the socket's allowance (or the cap).
     pub eagain: u64,
+    /// Writes on sockets with nothing queued that went to the kernel directly because
+    /// the cap of all open sockets was reached.
+    pub passthrough: u64,
+    /// `shutdown` calls carried out after the socket's queued bytes.
+    pub deferred_shutdowns: u64,
     /// Failed queued writes.
     pub send_errors: u64,
     /// Errors reported to the program on a later call.
@@ -62,8 +65,9 @@ impl fmt::Display for Stats {
             ("requests", self.requests),
             ("short_sends", self.short_sends),
             ("partial_writes", self.partial_writes),
-            ("backpressure_waits", self.backpressure_waits),
             ("eagain", self.eagain),
+            ("passthrough", self.passthrough),
+            ("deferred_shutdowns", self.deferred_shutdowns),
             ("send_errors", self.send_errors),
             ("errors_reported", self.errors_reported),
             ("closed", self.closed),

@@ -1,0 +1,237 @@
+//! The interposed C library functions (`#[no_mangle]`), and the global shim state.
+//!
+//! # Who takes which path
+//!
+//! - Every call first reads the lock-free [`fdtable`]: a descriptor that is not a queued
+//!   socket goes straight to the C library, from any thread.
+//! - Only the *owner* thread, the first that writes to a non-blocking stream socket or
+//!   waits in `epoll_wait`/`epoll_pwait` (Redis's event loop), classifies descriptors,
+//!   registers sockets and flushes in the waits (`poll` flushes too, but only on the
+//!   owner: it never makes a thread the owner). Other threads (Redis's bio
+//!   threads, the `threads` backend's own workers) never classify anything and never
+//!   block on the shim's lock for descriptors that are not queued sockets, so the
+//!   runtime's workers, which call `send`/`epoll_wait` on their own duplicates of the
+//!   sockets, are never interposed.
+//! - Nothing inside the shim waits for a peer (only the drains before `exit` and `exec`
+//!   do), so the lock is never held for long.
+//! - While a thread runs inside the shim (holding its lock, or waiting for it), every
+//!   call it makes (the runtime's syscalls, `eprintln!`), and every call of a signal
+//!   handler that interrupts it, goes to the C library: a thread-local flag, set before
+//!   the lock is taken and cleared after it is released. `exit` from such a handler
+//!   skips the exit drain rather than wait for the lock its own thread holds.
+//! - After `fork` in a process whose shim is running, the child never touches the
+//!   parent's rings: every call goes to the C library (`pthread_atfork`).
+
+mod fds;
+mod io;
+mod wait;
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, Once, PoisonError, TryLockError};
+use std::time::{Duration, Instant};
+
+use libc::{c_int, ssize_t};
+
+use crate::fdtable::{self, Kind};
+use crate::settings::{self, Settings};
+use crate::shim::Shim;
+
+/// Nothing done yet.
+const UNINIT: u8 = 0;
+/// The owner thread is opening the proactor.
+const STARTING: u8 = 1;
+/// Running.
+const ACTIVE: u8 = 2;
+/// Every call goes to the C library (a forked child, a failed start, or disabled).
+const OFF: u8 = 3;
+
+static PHASE: AtomicU8 = AtomicU8::new(UNINIT);
+static OWNER: AtomicUsize = AtomicUsize::new(0);
+static STATE: Mutex<Option<Shim>> = Mutex::new(None);
+static HOOKS: Once = Once::new();
+
+/// How long the process's exit waits for queued writes.
+const EXIT_DRAIN: Duration = Duration::from_secs(5);
+/// How long the process's exit waits for the shim's lock (held by another thread).
+const EXIT_LOCK: Duration = Duration::from_secs(1);
+
+thread_local! {
+    static IN_SHIM: Cell<bool> = const { Cell::new(false) };
+}
+
+fn this_thread() -> usize {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() as usize }
+}
+
+fn in_shim() -> bool {
+    IN_SHIM.with(Cell::get)
+}
+
+fn active() -> bool {
+    PHASE.load(Ordering::Acquire) == ACTIVE
+}
+
+fn is_owner() -> bool {
+    OWNER.load(Ordering::Relaxed) == this_thread()
+}
+
+/// Holds the shim's lock and marks the thread as inside the shim.
+struct Inside {
+    /// The lock; `None` only while dropping.
+    guard: Option<MutexGuard<'static, Option<Shim>>>,
+}
+
+impl Inside {
+    fn enter() -> Inside {
+        IN_SHIM.with(|f| f.set(true));
+        Inside {
+            guard: Some(STATE.lock().unwrap_or_else(PoisonError::into_inner)),
+        }
+    }
+
+    /// Like [`Inside::enter`], but gives up (None) when the lock stays taken for `limit`
+    /// (zero: one try).
+    fn try_enter(limit: Duration) -> Option<Inside> {
+        IN_SHIM.with(|f| f.set(true));
+        let deadline = Instant::now() + limit;
+        loop {
+            let guard = match STATE.try_lock() {
+                Ok(g) => g,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                Err(TryLockError::WouldBlock) => {
+                    IN_SHIM.with(|f| f.set(false));
+                    return None;
+                }
+            };
+            return Some(Inside { guard: Some(guard) });
+        }
+    }
+
+    fn shim(&mut self) -> Option<&mut Shim> {
+        self.guard.as_mut().and_then(|g| g.as_mut())
+    }
+
+    fn install(&mut self, shim: Shim) {
+        if let Some(g) = self.guard.as_mut() {
+            **g = Some(shim);
+        }
+    }
+}
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        // The lock first: a signal handler that runs before the flag is cleared still
+        // sees the thread inside, and does not wait for a lock its thread holds.
+        drop(self.guard.take());
+        IN_SHIM.with(|f| f.set(false));
+    }
+}
+
+/// Starts the shim on this thread (which becomes the owner). True when it runs.
+fn start() -> bool {
+    match PHASE.load(Ordering::Acquire) {
+        ACTIVE => return is_owner(),
+        UNINIT => {}
+        _ => return false,
+    }
+    if PHASE
+        .compare_exchange(UNINIT, STARTING, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return false;
+    }
+    OWNER.store(this_thread(), Ordering::Relaxed);
+    let mut inside = Inside::enter();
+    let ok = if settings::disabled_by_env() {
+        eprintln!("fastio-redis-shim: disabled by {}=1", settings::DISABLE_VAR);
+        false
+    } else {
+        match open() {
+            Ok(shim) => {
+                inside.install(shim);
+                true
+            }
+            Err(e) => {
+                eprintln!("fastio-redis-shim: not active, every call goes to the C library: {e}");
+                false
+            }
+        }
+    };
+    drop(inside);
+    if ok {
+        HOOKS.call_once(|| {
+            // SAFETY: registering plain extern "C" handlers without arguments.
+            unsafe {
+                libc::pthread_atfork(None, None, Some(after_fork_in_child));
+                libc::atexit(at_exit);
+            }
+        });
+    }
+    PHASE.store(if ok { ACTIVE } else { OFF }, Ordering::Release);
+    ok
+}
+
+fn open() -> Result<Shim, String> {
+    let (config, source) = fastio::Config::resolve(None).map_err(|e| e.to_string())?;
+    let settings = Settings::resolve(source.path())?;
+    eprintln!("fastio-redis-shim: config {source}; {settings}");
+    Shim::new(&config, settings).map_err(|e| format!("cannot open the proactor: {e}"))
+}
+
+extern "C" fn after_fork_in_child() {
+    // The child has one thread and a copy of the parent's rings: it must not use them.
+    PHASE.store(OFF, Ordering::Release);
+}
+
+extern "C" fn at_exit() {
+    // `exit` from a signal handler that interrupted this thread inside the shim: the
+    // lock is this thread's, so there is no drain (the kernel still sends what the
+    // executors were given).
+    if !active() || in_shim() {
+        return;
+    }
+    let Some(mut inside) = Inside::try_enter(EXIT_LOCK) else {
+        return;
+    };
+    let Some(shim) = inside.shim() else { return };
+    shim.drain_all(EXIT_DRAIN);
+    if let Some(path) = shim.settings().stats_path.clone() {
+        if let Err(e) = std::fs::write(&path, shim.stats().to_string()) {
+            eprintln!("fastio-redis-shim: cannot write {}: {e}", path.display());
+        }
+    }
+}
+
+/// Forgets what `fd` was when it is closed or replaced (or after a new descriptor got
+/// the number): a queued socket's bytes still go out, from its slot.
+fn forget(fd: c_int) {
+    let k = fdtable::kind(fd);
+    if k == Kind::Unknown {
+        return;
+    }
+    if k.is_managed() && active() && !in_shim() {
+        let mut inside = Inside::enter();
+        if let Some(s) = inside.shim() {
+            s.detach(fd);
+            return;
+        }
+    }
+    fdtable::set(fd, Kind::Unknown);
+}
+
+fn set_errno(e: c_int) {
+    // SAFETY: __errno_location returns this thread's errno.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// Fails a call with errno `e`.
+fn fail_call(e: c_int) -> ssize_t {
+    set_errno(e);
+    -1
+}
