@@ -23,15 +23,18 @@
 //!   completions and finish short sends, then sleep on the program's events only (in
 //!   short slices while a completion that something waits behind is due), so a client
 //!   whose peer never reads costs the others nothing.
-//! - `close` keeps the socket in its slot until the queued bytes are sent, then releases
-//!   the slot; `dup2`/`dup3`/`accept` forget what a reused number was. A closed socket
-//!   whose bytes make no progress for the linger time (a peer that does not read) is
-//!   aborted: the rest is dropped and the slot released. Since the slot holds its own
-//!   reference to the socket, `close` does not remove the socket from the program's
-//!   epoll sets until then: the program must `EPOLL_CTL_DEL` it before closing (Redis
-//!   does), or it may get events for a number it closed.
-//! - `shutdown` of the writing side comes after the queued bytes. `exit` sends what is
-//!   queued first (bounded).
+//! - `close` (and `close_range`, `closefrom`, `fclose`, `dup2`/`dup3` over the number,
+//!   `syscall(SYS_close, ...)`) keeps the socket in its slot until the queued bytes are
+//!   sent, then releases the slot; `accept` forgets what a reused number was. Each
+//!   write checks that the number still names its socket (its cookie), so a number
+//!   closed where the shim could not see it never sends to the old socket. A closed
+//!   socket whose bytes make no progress for the linger time (a peer that does not
+//!   read) is aborted: the rest is dropped and the slot released. Since the slot holds
+//!   its own reference to the socket, `close` does not remove the socket from the
+//!   program's epoll sets until then: the program must `EPOLL_CTL_DEL` it before
+//!   closing (Redis does), or it may get events for a number it closed.
+//! - `shutdown` of the writing side comes after the queued bytes. `exec` and `exit` send
+//!   what is queued first (bounded).
 //! - A copy of a queued socket's descriptor (`dup`, `F_DUPFD`) gets a queue of its own:
 //!   bytes written through the two descriptors are in no set order.
 //! - A failed queued write (EPIPE, ECONNRESET...) is reported by the next `write`-family

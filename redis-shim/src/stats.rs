@@ -28,6 +28,9 @@ pub struct Stats {
     /// Writes on sockets with nothing queued that went to the kernel directly because
     /// the cap of all open sockets was reached.
     pub passthrough: u64,
+    /// Entries dropped because their number no longer named their socket (closed or
+    /// replaced in a way the shim did not see, found by the identity check).
+    pub stale: u64,
     /// `shutdown` calls carried out after the socket's queued bytes.
     pub deferred_shutdowns: u64,
     /// Failed queued writes.
@@ -67,6 +70,7 @@ impl fmt::Display for Stats {
             ("partial_writes", self.partial_writes),
             ("eagain", self.eagain),
             ("passthrough", self.passthrough),
+            ("stale", self.stale),
             ("deferred_shutdowns", self.deferred_shutdowns),
             ("send_errors", self.send_errors),
             ("errors_reported", self.errors_reported),

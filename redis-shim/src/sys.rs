@@ -1,6 +1,6 @@
-//! System calls made without the C library: the event loop's short waits
-//! (`epoll_pwait2`, with a timeout finer than a millisecond, which older C libraries
-//! lack).
+//! System calls made without the C library: for the interposed `syscall` (which must not
+//! call itself, and may run before `dlsym` is usable) and for the event loop's short
+//! waits (`epoll_pwait2`, `ppoll` with a timeout finer than a millisecond).
 
 use std::time::Duration;
 
@@ -57,6 +57,23 @@ pub unsafe fn raw(n: c_long, a: [c_long; 6]) -> c_long {
         );
     }
     ret
+}
+
+/// As [`raw`], with the C library's convention: -1 and `errno` on failure.
+///
+/// # Safety
+///
+/// The arguments must be valid for the system call `n`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub unsafe fn call(n: c_long, a: [c_long; 6]) -> c_long {
+    // SAFETY: forwarded.
+    let r = unsafe { raw(n, a) };
+    if (-4095..0).contains(&r) {
+        // SAFETY: __errno_location returns this thread's errno.
+        unsafe { *libc::__errno_location() = -r as c_int };
+        return -1;
+    }
+    r
 }
 
 /// A `timespec` of `d`.

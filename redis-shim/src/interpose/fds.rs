@@ -1,10 +1,18 @@
-//! The ways a descriptor number is closed or replaced (`close`, `dup2`, `dup3`), or
-//! handed out again (`accept`): a queued socket's number that goes away is forgotten;
-//! the socket's queued bytes still go out from its slot, then the slot is released.
+//! Every way a descriptor number is closed or replaced (`close`, `close_range`,
+//! `closefrom`, `fclose`, `dup2`, `dup3`, `syscall` with those numbers), handed out
+//! again (`accept`), or the process image replaced (the `exec` family).
+//!
+//! A queued socket's number that goes away is forgotten: the socket's queued bytes still
+//! go out from its slot, then the slot is released. What cannot be interposed (a raw
+//! system call, a close inside the C library) is caught by the identity check of each
+//! write and by the shim's periodic sweep (see [`crate::fdtable`]).
+//! Before `exec` the shim sends what is queued, as at exit: the rings do not survive
+//! the new image. (`execl`, `execlp` and `execle` take variable arguments and cannot be
+//! interposed here; their bytes still queued are lost.)
 
-use libc::{c_int, sockaddr, socklen_t};
+use libc::{c_char, c_int, c_long, c_uint, sockaddr, socklen_t};
 
-use super::forget;
+use super::{drain_before_end, forget, forget_range};
 use crate::real;
 
 /// `close(2)`: the socket's queued writes still go out (the slot holds the socket),
@@ -18,6 +26,52 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     forget(fd);
     // SAFETY: forwarding the caller's argument.
     unsafe { real::close(fd) }
+}
+
+/// `close_range(2)`: as `close` for each number closed (not for
+/// `CLOSE_RANGE_CLOEXEC`, which closes nothing now).
+///
+/// # Safety
+///
+/// The C function's contract.
+#[no_mangle]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    // SAFETY: forwarding the caller's arguments.
+    let r = unsafe { real::close_range(first, last, flags) };
+    if r == 0 && flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+        forget_range(first, last);
+    }
+    r
+}
+
+/// `closefrom(3)`: as `close` for every number from `low` on.
+///
+/// # Safety
+///
+/// The C function's contract.
+#[no_mangle]
+pub unsafe extern "C" fn closefrom(low: c_int) {
+    forget_range(low.max(0) as u32, u32::MAX);
+    // SAFETY: forwarding the caller's argument.
+    unsafe { real::closefrom(low) }
+}
+
+/// `fclose(3)`: closes the stream's descriptor, as `close`.
+///
+/// # Safety
+///
+/// The C function's contract.
+#[no_mangle]
+pub unsafe extern "C" fn fclose(stream: *mut libc::FILE) -> c_int {
+    if !stream.is_null() {
+        // SAFETY: the caller passes an open stream.
+        let fd = unsafe { libc::fileno(stream) };
+        if fd >= 0 {
+            forget(fd);
+        }
+    }
+    // SAFETY: forwarding the caller's argument.
+    unsafe { real::fclose(stream) }
 }
 
 /// `dup2(2)`: when it succeeds, what `new` was is closed by the kernel, so it is
@@ -86,4 +140,135 @@ pub unsafe extern "C" fn accept4(
         forget(r);
     }
     r
+}
+
+/// `execve(2)`: sends what is queued first.
+///
+/// # Safety
+///
+/// The C function's contract.
+#[no_mangle]
+pub unsafe extern "C" fn execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    drain_before_end();
+    // SAFETY: forwarding the caller's arguments.
+    unsafe { real::execve(path, argv, envp) }
+}
+
+/// `execv(3)`: sends what is queued first.
+///
+/// # Safety
+///
+/// The C function's contract.
+#[no_mangle]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    drain_before_end();
+    // SAFETY: forwarding the caller's arguments.
+    unsafe { real::execv(path, argv) }
+}
+
+/// `execvp(3)`: sends what is queued first.
+///
+/// # Safety
+///
+/// The C function's contract.
+#[no_mangle]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    drain_before_end();
+    // SAFETY: forwarding the caller's arguments.
+    unsafe { real::execvp(file, argv) }
+}
+
+/// `execvpe(3)`: sends what is queued first.
+///
+/// # Safety
+///
+/// The C function's contract.
+#[no_mangle]
+pub unsafe extern "C" fn execvpe(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    drain_before_end();
+    // SAFETY: forwarding the caller's arguments.
+    unsafe { real::execvpe(file, argv, envp) }
+}
+
+/// `fexecve(3)`: sends what is queued first.
+///
+/// # Safety
+///
+/// The C function's contract.
+#[no_mangle]
+pub unsafe extern "C" fn fexecve(
+    fd: c_int,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    drain_before_end();
+    // SAFETY: forwarding the caller's arguments.
+    unsafe { real::fexecve(fd, argv, envp) }
+}
+
+/// `syscall(2)`: the system calls that close or replace descriptors (`close`,
+/// `close_range`, `dup2`, `dup3`) forget them as their C library functions do, and
+/// `execve`/`execveat` send what is queued first; every call is made here, without the
+/// C library. Declared with six fixed arguments after the number: on x86-64 and AArch64
+/// a variadic caller passes them where a fixed-argument callee reads them, and missing
+/// ones are never used by the system calls that do not take them.
+///
+/// # Safety
+///
+/// The C function's contract.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[no_mangle]
+pub unsafe extern "C" fn syscall(
+    n: c_long,
+    a1: c_long,
+    a2: c_long,
+    a3: c_long,
+    a4: c_long,
+    a5: c_long,
+    a6: c_long,
+) -> c_long {
+    let args = [a1, a2, a3, a4, a5, a6];
+    // SAFETY: forwarding the caller's arguments.
+    let call = || unsafe { crate::sys::call(n, args) };
+    match n {
+        libc::SYS_close => {
+            forget(a1 as c_int);
+            call()
+        }
+        libc::SYS_close_range => {
+            let r = call();
+            if r == 0 && (a3 as c_int) & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+                forget_range(a1 as u32, a2 as u32);
+            }
+            r
+        }
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_dup2 => {
+            let r = call();
+            if r >= 0 && a1 != a2 {
+                forget(a2 as c_int);
+            }
+            r
+        }
+        libc::SYS_dup3 => {
+            let r = call();
+            if r >= 0 && a1 != a2 {
+                forget(a2 as c_int);
+            }
+            r
+        }
+        libc::SYS_execve | libc::SYS_execveat => {
+            drain_before_end();
+            call()
+        }
+        _ => call(),
+    }
 }

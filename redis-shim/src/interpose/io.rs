@@ -6,45 +6,88 @@ use std::sync::atomic::Ordering;
 use libc::{c_int, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
 
 use super::{
-    active, fail_call, in_shim, is_owner, set_errno, start, Inside, ACTIVE, OFF, PHASE, STARTING,
+    active, fail_call, in_shim, is_owner, reconcile, set_errno, start, Inside, ACTIVE, OFF, PHASE,
+    STARTING,
 };
 use crate::fdtable::{self, Kind};
 use crate::real;
 use crate::shim::{Shutdown, WriteError};
 
-/// Whether the shim handles a write-family call on `fd` (classifying and registering
-/// the socket on the owner thread's first write).
-fn manages_write(fd: c_int) -> bool {
+/// Where a write-family call goes.
+enum Route {
+    /// The C library.
+    Plain,
+    /// The shim's queue.
+    Queue,
+}
+
+/// Where a write-family call on `fd` goes: classifies and registers the socket on the
+/// owner thread's first write, and drops an entry whose number no longer names its
+/// socket (closed or replaced in a way the shim did not see).
+fn route(fd: c_int) -> Route {
     let phase = PHASE.load(Ordering::Acquire);
     if phase == OFF || phase == STARTING && !is_owner() {
-        return false;
+        return Route::Plain;
     }
     if in_shim() {
-        return false;
+        return Route::Plain;
     }
-    match fdtable::kind(fd) {
-        Kind::Plain => false,
-        Kind::Queued | Kind::Failed => phase == ACTIVE,
-        Kind::Unknown => {
-            if phase == ACTIVE && !is_owner() {
-                return false;
+    let (kind, _, id) = fdtable::entry(fd);
+    match kind {
+        Kind::Plain => return Route::Plain,
+        Kind::Queued | Kind::Failed | Kind::Stale if phase != ACTIVE => return Route::Plain,
+        Kind::Queued | Kind::Failed if fdtable::identity(fd) == Some(id) => return Route::Queue,
+        // The number no longer names the socket: the owner thread forgets the entry;
+        // another thread (which may be a worker the shim's own lock waits for) marks it.
+        Kind::Queued | Kind::Failed | Kind::Stale => {
+            if !stale(fd) {
+                return Route::Plain;
             }
-            if !fdtable::is_queueable_socket(fd) {
-                fdtable::set(fd, Kind::Plain);
-                return false;
-            }
-            if !start() {
-                return false;
-            }
-            let mut inside = Inside::enter();
-            inside.shim().is_some_and(|s| s.register(fd))
         }
+        Kind::Unknown => {}
+    }
+    if phase == ACTIVE && !is_owner() {
+        return Route::Plain;
+    }
+    if !fdtable::is_queueable_socket(fd) {
+        fdtable::set(fd, Kind::Plain);
+        return Route::Plain;
+    }
+    if !start() {
+        return Route::Plain;
+    }
+    let mut inside = Inside::enter();
+    if inside.shim().is_some_and(|s| s.register(fd)) {
+        Route::Queue
+    } else {
+        Route::Plain
     }
 }
 
-/// Whether `fd` is a queued socket this call must deal with.
+/// `fd` no longer names the socket its entry maps: the owner thread forgets the entry
+/// (true); another thread (which may be a worker the shim's own lock waits for) only
+/// marks it stale (false).
+fn stale(fd: c_int) -> bool {
+    if is_owner() {
+        reconcile(fd);
+        true
+    } else {
+        fdtable::invalidate(fd);
+        false
+    }
+}
+
+/// Whether `fd` is a queued socket this call must deal with (checking its identity).
 fn queued(fd: c_int) -> bool {
-    fdtable::kind(fd) == Kind::Queued && active() && !in_shim()
+    let (kind, _, id) = fdtable::entry(fd);
+    if kind != Kind::Queued || !active() || in_shim() {
+        return false;
+    }
+    if fdtable::identity(fd) == Some(id) {
+        return true;
+    }
+    stale(fd);
+    false
 }
 
 /// Reports errno `e` for a write-family call, raising SIGPIPE for EPIPE as the kernel
@@ -85,7 +128,12 @@ fn queue_write(
 /// A read-family call: reports a failed queued write on `fd` first, if one waits,
 /// else runs `real_call`.
 fn read_call(fd: c_int, real_call: impl FnOnce() -> ssize_t) -> ssize_t {
-    if fdtable::kind(fd) == Kind::Failed && active() && !in_shim() {
+    let (kind, _, id) = fdtable::entry(fd);
+    if kind == Kind::Failed && active() && !in_shim() {
+        if fdtable::identity(fd) != Some(id) {
+            stale(fd);
+            return real_call();
+        }
         let mut inside = Inside::enter();
         let e = inside.shim().and_then(|s| s.take_error(fd));
         drop(inside);
@@ -239,11 +287,11 @@ const QUEUEABLE_FLAGS: c_int = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | libc::M
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
     // SAFETY: forwarding the caller's arguments.
     let real_call = || unsafe { real::write(fd, buf, count) };
-    if !manages_write(fd) {
-        return real_call();
+    match route(fd) {
+        Route::Plain => real_call(),
+        // SAFETY: the caller passes `count` readable bytes at `buf`.
+        Route::Queue => unsafe { buf_write(fd, buf, count, 0, true, real_call) },
     }
-    // SAFETY: the caller passes `count` readable bytes at `buf`.
-    unsafe { buf_write(fd, buf, count, 0, true, real_call) }
 }
 
 /// `writev(2)`, queued for sockets the shim manages.
@@ -255,7 +303,7 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> 
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
     // SAFETY: forwarding the caller's arguments.
     let real_call = || unsafe { real::writev(fd, iov, iovcnt) };
-    if !manages_write(fd) {
+    if matches!(route(fd), Route::Plain) {
         return real_call();
     }
     let Ok(cnt) = usize::try_from(iovcnt) else {
@@ -274,12 +322,14 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> 
 pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
     // SAFETY: forwarding the caller's arguments.
     let real_call = || unsafe { real::send(fd, buf, len, flags) };
-    if !manages_write(fd) {
-        return real_call();
+    match route(fd) {
+        Route::Plain => real_call(),
+        Route::Queue => {
+            let ok = flags & !QUEUEABLE_FLAGS == 0;
+            // SAFETY: the caller passes `len` readable bytes at `buf`.
+            unsafe { buf_write(fd, buf, len, flags, ok, real_call) }
+        }
     }
-    let ok = flags & !QUEUEABLE_FLAGS == 0;
-    // SAFETY: the caller passes `len` readable bytes at `buf`.
-    unsafe { buf_write(fd, buf, len, flags, ok, real_call) }
 }
 
 /// `sendto(2)`: on a stream socket without an address, a `send`.
@@ -298,12 +348,14 @@ pub unsafe extern "C" fn sendto(
 ) -> ssize_t {
     // SAFETY: forwarding the caller's arguments.
     let real_call = || unsafe { real::sendto(fd, buf, len, flags, addr, alen) };
-    if !manages_write(fd) {
-        return real_call();
+    match route(fd) {
+        Route::Plain => real_call(),
+        Route::Queue => {
+            let ok = addr.is_null() && flags & !QUEUEABLE_FLAGS == 0;
+            // SAFETY: the caller passes `len` readable bytes at `buf`.
+            unsafe { buf_write(fd, buf, len, flags, ok, real_call) }
+        }
     }
-    let ok = addr.is_null() && flags & !QUEUEABLE_FLAGS == 0;
-    // SAFETY: the caller passes `len` readable bytes at `buf`.
-    unsafe { buf_write(fd, buf, len, flags, ok, real_call) }
 }
 
 /// `sendmsg(2)`: queued when the message has no address and no control data.
@@ -318,7 +370,7 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
     if msg.is_null() {
         return real_call();
     }
-    if !manages_write(fd) {
+    if matches!(route(fd), Route::Plain) {
         return real_call();
     }
     // SAFETY: the caller passes a valid msghdr.

@@ -20,14 +20,16 @@
 //!   the lock is taken and cleared after it is released. `exit` from such a handler
 //!   skips the exit drain rather than wait for the lock its own thread holds.
 //! - After `fork` in a process whose shim is running, the child never touches the
-//!   parent's rings: every call goes to the C library (`pthread_atfork`).
+//!   parent's rings: every call goes to the C library (`pthread_atfork`); a `vfork`
+//!   child (same memory, other process) is told apart by its pid and leaves the shim's
+//!   state alone.
 
 mod fds;
 mod io;
 mod wait;
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, Once, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -48,10 +50,11 @@ const OFF: u8 = 3;
 
 static PHASE: AtomicU8 = AtomicU8::new(UNINIT);
 static OWNER: AtomicUsize = AtomicUsize::new(0);
+static OWNER_PID: AtomicI32 = AtomicI32::new(0);
 static STATE: Mutex<Option<Shim>> = Mutex::new(None);
 static HOOKS: Once = Once::new();
 
-/// How long the process's exit waits for queued writes.
+/// How long the process's exit (or an `exec`) waits for queued writes.
 const EXIT_DRAIN: Duration = Duration::from_secs(5);
 /// How long the process's exit waits for the shim's lock (held by another thread).
 const EXIT_LOCK: Duration = Duration::from_secs(1);
@@ -75,6 +78,13 @@ fn active() -> bool {
 
 fn is_owner() -> bool {
     OWNER.load(Ordering::Relaxed) == this_thread()
+}
+
+/// Whether this is not the process that started the shim (a `vfork` child, which shares
+/// the parent's memory until it calls `exec` or `_exit`).
+fn in_child() -> bool {
+    // SAFETY: getpid has no preconditions.
+    OWNER_PID.load(Ordering::Relaxed) != unsafe { libc::getpid() }
 }
 
 /// Holds the shim's lock and marks the thread as inside the shim.
@@ -147,6 +157,8 @@ fn start() -> bool {
         return false;
     }
     OWNER.store(this_thread(), Ordering::Relaxed);
+    // SAFETY: getpid has no preconditions.
+    OWNER_PID.store(unsafe { libc::getpid() }, Ordering::Relaxed);
     let mut inside = Inside::enter();
     let ok = if settings::disabled_by_env() {
         eprintln!("fastio-redis-shim: disabled by {}=1", settings::DISABLE_VAR);
@@ -189,22 +201,44 @@ extern "C" fn after_fork_in_child() {
     PHASE.store(OFF, Ordering::Release);
 }
 
-extern "C" fn at_exit() {
-    // `exit` from a signal handler that interrupted this thread inside the shim: the
-    // lock is this thread's, so there is no drain (the kernel still sends what the
-    // executors were given).
-    if !active() || in_shim() {
+/// Sends what is queued before the process ends or replaces its image: waits while
+/// peers take the bytes (bounded). Nothing when the thread is inside the shim (a signal
+/// handler interrupted it: the lock is its own), or in a `vfork` child.
+fn drain_before_end() {
+    if !active() || in_shim() || in_child() {
         return;
     }
     let Some(mut inside) = Inside::try_enter(EXIT_LOCK) else {
         return;
     };
+    if let Some(shim) = inside.shim() {
+        shim.drain_all(EXIT_DRAIN);
+    }
+}
+
+extern "C" fn at_exit() {
+    drain_before_end();
+    if !active() || in_shim() || in_child() {
+        return;
+    }
+    let Some(mut inside) = Inside::try_enter(Duration::ZERO) else {
+        return;
+    };
     let Some(shim) = inside.shim() else { return };
-    shim.drain_all(EXIT_DRAIN);
     if let Some(path) = shim.settings().stats_path.clone() {
         if let Err(e) = std::fs::write(&path, shim.stats().to_string()) {
             eprintln!("fastio-redis-shim: cannot write {}: {e}", path.display());
         }
+    }
+}
+
+/// Takes the shim's lock to forget what `fd` mapped to, and counts it as stale.
+fn reconcile(fd: c_int) {
+    let mut inside = Inside::enter();
+    if let Some(s) = inside.shim() {
+        s.forget_stale(fd);
+    } else {
+        fdtable::set(fd, Kind::Unknown);
     }
 }
 
@@ -215,7 +249,17 @@ fn forget(fd: c_int) {
     if k == Kind::Unknown {
         return;
     }
-    if k.is_managed() && active() && !in_shim() {
+    if k.is_managed() && active() {
+        if in_child() {
+            return;
+        }
+        if in_shim() || !is_owner() {
+            // The shim's own thread (or a signal handler that interrupted it), or
+            // another thread (which may be a worker the lock's holder waits for): the
+            // owner forgets it later.
+            fdtable::invalidate(fd);
+            return;
+        }
         let mut inside = Inside::enter();
         if let Some(s) = inside.shim() {
             s.detach(fd);
@@ -223,6 +267,13 @@ fn forget(fd: c_int) {
         }
     }
     fdtable::set(fd, Kind::Unknown);
+}
+
+/// [`forget`] for every number in `first..=last`.
+fn forget_range(first: u32, last: u32) {
+    for fd in fdtable::known_in(first, last) {
+        forget(fd);
+    }
 }
 
 fn set_errno(e: c_int) {

@@ -100,6 +100,7 @@ impl Shim {
         self.stats.send_errors += 1;
         conn.failed = true;
         conn.shut = None;
+        let id = conn.id;
         let dropped = conn.queue.clear(None, Vec::new(), &mut self.pool);
         match conn.fd.take() {
             Some(fd) => {
@@ -108,7 +109,7 @@ impl Shim {
                     crate::epreg::unmask(fd, true);
                 }
                 self.unqueue(dropped, false);
-                self.set_entry(fd, FdEntry::Failed(errno));
+                self.set_entry(fd, FdEntry::Failed(errno), id);
             }
             None => self.discard(dropped),
         }

@@ -40,6 +40,8 @@ struct Conn {
     slot: Slot,
     /// The program's descriptor; `None` once the program closed it (or its write failed).
     fd: Option<i32>,
+    /// The socket's identity ([`fdtable::identity`]).
+    id: u64,
     queue: WriteQueue,
     /// In the dirty list (has, or may have, a request to issue).
     dirty: bool,
@@ -115,6 +117,8 @@ pub struct Shim {
     stats: Stats,
     /// The clock at the start of the last [`Shim::pump`] (read once per pump).
     now: Instant,
+    /// When [`Shim::pump`] next checks every open socket's identity.
+    next_sweep: Instant,
 }
 
 impl Shim {
@@ -125,6 +129,7 @@ impl Shim {
             backend: proactor.backend().to_string(),
             ..Stats::default()
         };
+        let now = Instant::now();
         Ok(Shim {
             proactor,
             settings,
@@ -139,7 +144,8 @@ impl Shim {
             orphaned: 0,
             pool: Pool::default(),
             stats,
-            now: Instant::now(),
+            now,
+            next_sweep: now + plan::SWEEP_EVERY,
         })
     }
 
@@ -155,25 +161,28 @@ impl Shim {
             .unwrap_or(FdEntry::None)
     }
 
-    fn set_entry(&mut self, fd: i32, e: FdEntry) {
+    fn set_entry(&mut self, fd: i32, e: FdEntry, id: u64) {
         let Ok(i) = usize::try_from(fd) else { return };
         if i >= self.fds.len() {
             self.fds.resize(i + 1, FdEntry::None);
         }
         self.fds[i] = e;
-        fdtable::set(
-            fd,
-            match e {
-                FdEntry::None => Kind::Unknown,
-                FdEntry::Slot(_) => Kind::Queued,
-                FdEntry::Failed(_) => Kind::Failed,
-            },
-        );
+        match e {
+            FdEntry::None => fdtable::set(fd, Kind::Unknown),
+            FdEntry::Slot(s) => fdtable::set_socket(fd, Kind::Queued, s, id),
+            FdEntry::Failed(_) => fdtable::set_socket(fd, Kind::Failed, 0, id),
+        }
     }
 
     /// Registers the socket `fd` (its first write). False when the proactor cannot take
-    /// it; the descriptor is then left to the C library.
+    /// it; the descriptor is then left to the C library. Whatever the number mapped to
+    /// before is forgotten first (a socket closed where the shim did not see it).
     pub fn register(&mut self, fd: i32) -> bool {
+        self.detach(fd);
+        let Some(id) = fdtable::identity(fd) else {
+            fdtable::set(fd, Kind::Plain);
+            return false;
+        };
         // SAFETY: the program passed `fd` to a write call just now, so it is open; the
         // borrow lasts only for the registration, which takes its own reference.
         let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
@@ -184,6 +193,7 @@ impl Shim {
                     Conn {
                         slot,
                         fd: Some(fd),
+                        id,
                         queue: WriteQueue::default(),
                         dirty: false,
                         closing: false,
@@ -195,7 +205,7 @@ impl Shim {
                         masked: false,
                     },
                 );
-                self.set_entry(fd, FdEntry::Slot(slot.index()));
+                self.set_entry(fd, FdEntry::Slot(slot.index()), id);
                 self.stats.registered += 1;
                 true
             }
@@ -213,7 +223,7 @@ impl Shim {
     pub fn take_error(&mut self, fd: i32) -> Option<i32> {
         match self.entry(fd) {
             FdEntry::Failed(e) => {
-                self.set_entry(fd, FdEntry::None);
+                self.set_entry(fd, FdEntry::None, 0);
                 fdtable::set(fd, Kind::Plain);
                 self.stats.errors_reported += 1;
                 Some(e)
@@ -287,7 +297,16 @@ impl Shim {
         if let FdEntry::Slot(s) = self.entry(fd) {
             self.orphan(s);
         }
-        self.set_entry(fd, FdEntry::None);
+        self.set_entry(fd, FdEntry::None, 0);
+    }
+
+    /// `fd` no longer names the socket (or failed socket) it maps to: forget the
+    /// mapping, as [`Shim::detach`] does, and count it.
+    pub fn forget_stale(&mut self, fd: i32) {
+        if self.entry(fd) != FdEntry::None {
+            self.stats.stale += 1;
+        }
+        self.detach(fd);
     }
 
     /// Before a call on `fd` that must come after its queued bytes but is not queued (a
@@ -395,10 +414,12 @@ impl Shim {
         let _ = self.proactor.submit();
     }
 
-    /// Reaps completions, handles them, and flushes what they made ready.
+    /// Reaps completions, handles them, and flushes what they made ready; once a second
+    /// also checks that every open socket's number still names it.
     pub fn pump(&mut self) {
         self.now = Instant::now();
         self.stats.flushes += 1;
+        self.sweep();
         self.expire_lingering();
         self.flush();
         self.proactor.reap();

@@ -1,4 +1,5 @@
-//! What the event loop's wait needs from the proactor, and the drain at exit.
+//! What the event loop's wait needs from the proactor, the identity sweep, and the
+//! drain at exit.
 //!
 //! The event loop must never wait for a completion while the program's own events may
 //! be ready: a slow peer would then slow every client. So the interposed wait always
@@ -11,18 +12,21 @@
 //!   than [`FRESH`] ago: its completion is due any moment, so the wait
 //!   is cut into short slices.
 //! - [`Wake::At`]: such requests exist but are older (a peer that does not read): look
-//!   again every [`SLOW_REAP`], or at the next linger deadline.
+//!   again every [`SLOW_REAP`], or at the next linger deadline or identity sweep.
 //! - [`Wake::Idle`]: nothing needs a completion soon; the bytes in flight go out
 //!   whether or not anyone reaps their completion.
 
 use std::time::{Duration, Instant};
 
 use super::Shim;
+use crate::fdtable::{self, Kind};
 
 /// How long after its issue a request counts as due any moment.
 pub const FRESH: Duration = Duration::from_millis(2);
 /// How often the completions of older requests are looked at.
 pub const SLOW_REAP: Duration = Duration::from_millis(5);
+/// How often every open socket's identity is checked (see [`Shim::sweep`]).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long the exit drain waits without any completion before it gives up.
 const EXIT_IDLE: Duration = Duration::from_millis(500);
 /// One slice of the exit drain's wait.
@@ -60,7 +64,34 @@ impl Shim {
             let t = now + SLOW_REAP;
             at = Some(at.map_or(t, |a| a.min(t)));
         }
+        if !self.conns.is_empty() {
+            at = Some(at.map_or(self.next_sweep, |a| a.min(self.next_sweep)));
+        }
         at.map_or(Wake::Idle, Wake::At)
+    }
+
+    /// Once per [`SWEEP_EVERY`]: every open socket whose number no longer names it
+    /// (closed, or closed and reused, in a way the shim did not see; or marked stale)
+    /// is detached, so that its slot is released once its bytes are sent and its peer
+    /// sees the end of the stream.
+    pub(super) fn sweep(&mut self) {
+        if self.now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = self.now + SWEEP_EVERY;
+        let stale: Vec<i32> = self
+            .conns
+            .values()
+            .filter_map(|c| {
+                let fd = c.fd?;
+                let gone = fdtable::kind(fd) == Kind::Stale || fdtable::identity(fd) != Some(c.id);
+                gone.then_some(fd)
+            })
+            .collect();
+        for fd in stale {
+            self.stats.stale += 1;
+            self.detach(fd);
+        }
     }
 
     /// Waits up to `timeout` for at least one completion and handles what came; true
