@@ -34,12 +34,14 @@
 //!   program's epoll sets until then: the program must `EPOLL_CTL_DEL` it before
 //!   closing (Redis does), or it may get events for a number it closed.
 //! - `shutdown` of the writing side comes after the queued bytes. `exec` and `exit` send
-//!   what is queued first (bounded).
+//!   what is queued first (bounded; not from a signal handler, which never waits).
 //! - A copy of a queued socket's descriptor (`dup`, `F_DUPFD`) gets a queue of its own:
 //!   bytes written through the two descriptors are in no set order.
 //! - A failed queued write (EPIPE, ECONNRESET...) is reported by the next `write`-family
 //!   or `read`/`recv` call on the descriptor, with the same errno (and SIGPIPE for EPIPE
 //!   unless `MSG_NOSIGNAL`, as the kernel would).
+//! - A signal handler that writes to a queued socket while its thread is inside the shim
+//!   neither waits for the shim's lock nor overtakes the queued bytes ([`signals`]).
 //! - A `fork` child never touches the parent's rings.
 //!
 //! The backend comes from `fastio.conf` ([`fastio::Config::resolve`]: `$FASTIO_CONF`,
@@ -57,5 +59,6 @@ pub mod queue;
 mod real;
 pub mod settings;
 pub mod shim;
+pub mod signals;
 pub mod stats;
 pub mod sys;

@@ -31,6 +31,10 @@ pub struct Stats {
     /// Entries dropped because their number no longer named their socket (closed or
     /// replaced in a way the shim did not see, found by the identity check).
     pub stale: u64,
+    /// Writes of signal handlers that interrupted the shim, queued after it.
+    pub deferred: u64,
+    /// Of those, the ones whose socket was gone by then (dropped).
+    pub deferred_dropped: u64,
     /// `shutdown` calls carried out after the socket's queued bytes.
     pub deferred_shutdowns: u64,
     /// Failed queued writes.
@@ -71,6 +75,8 @@ impl fmt::Display for Stats {
             ("eagain", self.eagain),
             ("passthrough", self.passthrough),
             ("stale", self.stale),
+            ("deferred", self.deferred),
+            ("deferred_dropped", self.deferred_dropped),
             ("deferred_shutdowns", self.deferred_shutdowns),
             ("send_errors", self.send_errors),
             ("errors_reported", self.errors_reported),

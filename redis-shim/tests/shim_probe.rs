@@ -8,23 +8,21 @@
 //! the closed number at once or `dup2` replaces it (a failed `dup2` changes nothing); an
 //! error is reported through `read`. Another role checks that sockets closed while their
 //! peers never read are aborted after the linger time without blocking the writes of
-//! open sockets; and that `exit` from a signal handler that interrupts a thread inside
-//! the shim does not hang.
+//! open sockets.
 
 mod support;
 
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread;
 use std::time::{Duration, Instant};
 
+use support::flavors;
 use support::probe::*;
-use support::{common, flavors, pattern, reset, shim_path, TempDir};
+use support::{pattern, reset};
 
 const ROLE: &str = "FASTIO_SHIM_PROBE";
 const LINGER_ROLE: &str = "FASTIO_SHIM_LINGER_PROBE";
-const EXIT_ROLE: &str = "FASTIO_SHIM_EXIT_PROBE";
 
 /// The socket allowance the children run with (`FASTIO_SHIM_SOCKET_ALLOWANCE`).
 const ALLOWANCE: usize = 1 << 20;
@@ -286,66 +284,6 @@ fn closed_sockets_whose_peers_never_read_are_aborted_after_the_linger() {
             st.get("registered"),
             "[{}] {st:?}",
             f.name
-        );
-    }
-}
-
-/// Exit status of the `exit_child` role.
-const EXIT_CODE: i32 = 3;
-
-extern "C" fn exit_on_alarm(_: libc::c_int) {
-    // SAFETY: exiting the process from the handler, as Redis's shutdown handler does.
-    unsafe { libc::exit(EXIT_CODE) };
-}
-
-/// A signal handler calls `exit` while the thread writes to a socket whose peer never
-/// reads, in and out of the shim: the exit handler must not wait for the lock its own
-/// thread holds.
-#[test]
-fn exit_child() {
-    let Some((ep, l)) = child_setup(EXIT_ROLE) else {
-        return;
-    };
-    let (s, _c) = pair(&l);
-    let stream = pattern(32 << 20, 11);
-    write_until_eagain(ep, &s, &stream);
-    // SAFETY: installing a handler that exits the process.
-    unsafe {
-        libc::signal(
-            libc::SIGALRM,
-            exit_on_alarm as *const () as libc::sighandler_t,
-        )
-    };
-    // The signal goes to this thread (a process-directed one may land on another).
-    // SAFETY: pthread_self has no preconditions.
-    let me = unsafe { libc::pthread_self() };
-    thread::spawn(move || {
-        // SAFETY: `me` is this thread, which never returns from the loop below.
-        unsafe { libc::pthread_kill(me, libc::SIGALRM) };
-    });
-    loop {
-        raw_write(s.as_raw_fd(), &stream[..1 << 20]);
-        pump(ep, 0);
-    }
-}
-
-#[test]
-fn exit_from_a_signal_handler_inside_the_shim_does_not_hang() {
-    for f in flavors("exit_from_a_signal_handler_inside_the_shim_does_not_hang") {
-        let dir = TempDir::new("exit");
-        let conf = dir.path().join("fastio.conf");
-        std::fs::write(&conf, f.conf_text()).unwrap();
-        let mut cmd = common::rerun("exit_child", EXIT_ROLE, "1");
-        cmd.env("LD_PRELOAD", shim_path()).env("FASTIO_CONF", &conf);
-        // run_command panics if the child hangs.
-        let out = support::run_command(cmd, Duration::from_secs(30));
-        assert_eq!(
-            out.status.code(),
-            Some(EXIT_CODE),
-            "[{}] {}\n{}",
-            f.name,
-            out.text(),
-            out.stderr
         );
     }
 }

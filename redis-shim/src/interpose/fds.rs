@@ -1,6 +1,7 @@
 //! Every way a descriptor number is closed or replaced (`close`, `close_range`,
 //! `closefrom`, `fclose`, `dup2`, `dup3`, `syscall` with those numbers), handed out
-//! again (`accept`), or the process image replaced (the `exec` family).
+//! again (`accept`), or the process image replaced (the `exec` family); and the signal
+//! handlers' installation (`sigaction`, `signal`).
 //!
 //! A queued socket's number that goes away is forgotten: the socket's queued bytes still
 //! go out from its slot, then the slot is released. What cannot be interposed (a raw
@@ -10,10 +11,11 @@
 //! the new image. (`execl`, `execlp` and `execle` take variable arguments and cannot be
 //! interposed here; their bytes still queued are lost.)
 
-use libc::{c_char, c_int, c_long, c_uint, sockaddr, socklen_t};
+use libc::{c_char, c_int, c_long, c_uint, sighandler_t, sockaddr, socklen_t};
 
 use super::{drain_before_end, forget, forget_range};
 use crate::real;
+use crate::signals;
 
 /// `close(2)`: the socket's queued writes still go out (the slot holds the socket),
 /// then its slot is released.
@@ -271,4 +273,75 @@ pub unsafe extern "C" fn syscall(
         }
         _ => call(),
     }
+}
+
+/// `sigaction(2)`: the program's handler runs behind [`signals::trampoline`], which
+/// tells the shim that a handler runs; the old action reported is the program's own.
+///
+/// # Safety
+///
+/// The C function's contract.
+#[no_mangle]
+pub unsafe extern "C" fn sigaction(
+    sig: c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> c_int {
+    if !signals::wrappable(sig) {
+        // SAFETY: forwarding the caller's arguments.
+        return unsafe { real::sigaction(sig, act, old) };
+    }
+    // SAFETY: the caller passes a valid action or null.
+    let (installed, saved) = match unsafe { act.as_ref() } {
+        Some(a) => {
+            let (copy, saved) = signals::wrap(sig, a);
+            (Some(copy), Some(saved))
+        }
+        None => (None, None),
+    };
+    let saved_now = saved.unwrap_or_else(|| signals::wrap_state(sig));
+    let act2 = installed
+        .as_ref()
+        .map_or(std::ptr::null(), |a| a as *const libc::sigaction);
+    // SAFETY: a valid action (or null) and the caller's old-action pointer.
+    let r = unsafe { real::sigaction(sig, act2, old) };
+    if r != 0 {
+        if let Some(s) = saved {
+            signals::restore(sig, s);
+        }
+        return r;
+    }
+    // SAFETY: the caller's old-action pointer, filled in by the kernel.
+    if let Some(o) = unsafe { old.as_mut() } {
+        signals::unwrap_old(o, saved_now);
+    }
+    r
+}
+
+/// `signal(2)`, with the C library's (BSD) semantics: the handler stays installed, the
+/// signal is blocked while it runs, interrupted calls restart. Through [`sigaction`].
+///
+/// # Safety
+///
+/// The C function's contract.
+#[no_mangle]
+pub unsafe extern "C" fn signal(sig: c_int, handler: sighandler_t) -> sighandler_t {
+    // SAFETY: an all-zero sigaction is a valid value.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = handler;
+    act.sa_flags = libc::SA_RESTART;
+    // SAFETY: `act.sa_mask` is a valid sigset_t.
+    unsafe {
+        libc::sigemptyset(&mut act.sa_mask);
+        if libc::sigaddset(&mut act.sa_mask, sig) != 0 {
+            return libc::SIG_ERR;
+        }
+    }
+    // SAFETY: an all-zero sigaction is a valid value.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to two sigactions.
+    if unsafe { sigaction(sig, &act, &mut old) } != 0 {
+        return libc::SIG_ERR;
+    }
+    old.sa_sigaction
 }

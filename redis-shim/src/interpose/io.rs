@@ -12,6 +12,7 @@ use super::{
 use crate::fdtable::{self, Kind};
 use crate::real;
 use crate::shim::{Shutdown, WriteError};
+use crate::signals;
 
 /// Where a write-family call goes.
 enum Route {
@@ -19,6 +20,9 @@ enum Route {
     Plain,
     /// The shim's queue.
     Queue,
+    /// A signal handler interrupted this thread inside the shim: the thread's buffer of
+    /// deferred writes, for the socket `id` in the slot.
+    Defer(u32, u64),
 }
 
 /// Where a write-family call on `fd` goes: classifies and registers the socket on the
@@ -29,10 +33,16 @@ fn route(fd: c_int) -> Route {
     if phase == OFF || phase == STARTING && !is_owner() {
         return Route::Plain;
     }
+    let (kind, slot, id) = fdtable::entry(fd);
     if in_shim() {
+        if kind == Kind::Queued && phase == ACTIVE {
+            if fdtable::identity(fd) == Some(id) {
+                return Route::Defer(slot, id);
+            }
+            fdtable::invalidate(fd);
+        }
         return Route::Plain;
     }
-    let (kind, _, id) = fdtable::entry(fd);
     match kind {
         Kind::Plain => return Route::Plain,
         Kind::Queued | Kind::Failed | Kind::Stale if phase != ACTIVE => return Route::Plain,
@@ -125,6 +135,16 @@ fn queue_write(
     }
 }
 
+/// A signal handler's write of `parts` (`len` bytes) while its thread is inside the
+/// shim: deferred (see [`signals`]), or `EAGAIN` when the thread's buffer is full.
+fn defer<'a>(slot: u32, id: u64, len: usize, parts: impl IntoIterator<Item = &'a [u8]>) -> ssize_t {
+    if signals::with_deferred(|d| d.push(slot, id, len, parts)) {
+        ssize_t::try_from(len).unwrap_or(ssize_t::MAX)
+    } else {
+        fail_call(libc::EAGAIN)
+    }
+}
+
 /// A read-family call: reports a failed queued write on `fd` first, if one waits,
 /// else runs `real_call`.
 fn read_call(fd: c_int, real_call: impl FnOnce() -> ssize_t) -> ssize_t {
@@ -148,6 +168,9 @@ fn read_call(fd: c_int, real_call: impl FnOnce() -> ssize_t) -> ssize_t {
 /// must come after the socket's queued bytes, so while some are queued (after one round
 /// of completions) it fails with `EAGAIN`, as on a full socket.
 fn after_queued(fd: c_int, real_call: impl FnOnce() -> ssize_t) -> ssize_t {
+    if in_shim() && fdtable::kind(fd) == Kind::Queued {
+        return fail_call(libc::EAGAIN);
+    }
     if queued(fd) {
         let mut inside = Inside::enter();
         if inside.shim().is_some_and(|s| !s.quiesce(fd)) {
@@ -164,7 +187,7 @@ const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
 /// The iovec array as a slice, or the errno the kernel would fail the call with:
 /// `too_many` for more than [`IOV_MAX`] iovecs (`EINVAL` for `writev`, `EMSGSIZE` for
 /// `sendmsg`), `EINVAL` for a total length past `isize::MAX`, `EFAULT` for a null array
-/// or buffer. Returns the total length too.
+/// or buffer. Returns the total length too. No allocation (signal handlers use it).
 ///
 /// # Safety
 ///
@@ -211,13 +234,14 @@ unsafe fn iov_bytes<'a>(e: &iovec) -> &'a [u8] {
     unsafe { std::slice::from_raw_parts(e.iov_base.cast::<u8>(), e.iov_len) }
 }
 
-/// Queues an iovec write.
+/// Queues (or defers) an iovec write routed to the shim.
 ///
 /// # Safety
 ///
 /// `iov` must point to `cnt` valid iovecs, each naming readable memory.
 unsafe fn iov_write(
     fd: c_int,
+    how: Route,
     iov: *const iovec,
     cnt: usize,
     too_many: c_int,
@@ -225,17 +249,19 @@ unsafe fn iov_write(
     real_call: impl FnOnce() -> ssize_t,
 ) -> ssize_t {
     // SAFETY: the caller's iovecs.
-    let (v, _) = match unsafe { iov_slice(iov, cnt, too_many) } {
+    let (v, total) = match unsafe { iov_slice(iov, cnt, too_many) } {
         Ok(x) => x,
         Err(e) => return fail_call(e),
     };
     // SAFETY: validated above; the caller's iovecs name readable memory.
-    let parts: Vec<&[u8]> = v
-        .iter()
-        .map(|e| unsafe { iov_bytes(e) })
-        .filter(|p| !p.is_empty())
-        .collect();
-    queue_write(fd, &parts, flags, real_call)
+    let bytes = v.iter().map(|e| unsafe { iov_bytes(e) });
+    match how {
+        Route::Defer(slot, id) => defer(slot, id, total, bytes),
+        _ => {
+            let parts: Vec<&[u8]> = bytes.filter(|p| !p.is_empty()).collect();
+            queue_write(fd, &parts, flags, real_call)
+        }
+    }
 }
 
 /// Builds a byte slice from a buffer argument.
@@ -254,13 +280,15 @@ unsafe fn buf_part<'a>(buf: *const c_void, len: size_t) -> Option<&'a [u8]> {
     Some(unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) })
 }
 
-/// Queues a one-buffer write; `queueable`: the call's flags and address allow it.
+/// Queues (or defers) a one-buffer write routed to the shim; `queueable`: the call's
+/// flags and address allow it.
 ///
 /// # Safety
 ///
 /// `buf` must name `len` readable bytes (or `len` is 0).
 unsafe fn buf_write(
     fd: c_int,
+    how: Route,
     buf: *const c_void,
     len: size_t,
     flags: c_int,
@@ -268,8 +296,9 @@ unsafe fn buf_write(
     real_call: impl FnOnce() -> ssize_t,
 ) -> ssize_t {
     // SAFETY: the caller's buffer.
-    match unsafe { buf_part(buf, len) } {
-        Some(p) if queueable => queue_write(fd, &[p], flags, real_call),
+    match (unsafe { buf_part(buf, len) }, how) {
+        (Some(p), Route::Defer(slot, id)) if queueable => defer(slot, id, p.len(), [p]),
+        (Some(p), _) if queueable => queue_write(fd, &[p], flags, real_call),
         _ => after_queued(fd, real_call),
     }
 }
@@ -290,7 +319,7 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> 
     match route(fd) {
         Route::Plain => real_call(),
         // SAFETY: the caller passes `count` readable bytes at `buf`.
-        Route::Queue => unsafe { buf_write(fd, buf, count, 0, true, real_call) },
+        how => unsafe { buf_write(fd, how, buf, count, 0, true, real_call) },
     }
 }
 
@@ -303,14 +332,15 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> 
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
     // SAFETY: forwarding the caller's arguments.
     let real_call = || unsafe { real::writev(fd, iov, iovcnt) };
-    if matches!(route(fd), Route::Plain) {
+    let how = route(fd);
+    if matches!(how, Route::Plain) {
         return real_call();
     }
     let Ok(cnt) = usize::try_from(iovcnt) else {
         return fail_call(libc::EINVAL);
     };
     // SAFETY: the caller passes `iovcnt` valid iovecs.
-    unsafe { iov_write(fd, iov, cnt, libc::EINVAL, 0, real_call) }
+    unsafe { iov_write(fd, how, iov, cnt, libc::EINVAL, 0, real_call) }
 }
 
 /// `send(2)`, queued for sockets the shim manages (with ordinary flags).
@@ -324,10 +354,10 @@ pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags:
     let real_call = || unsafe { real::send(fd, buf, len, flags) };
     match route(fd) {
         Route::Plain => real_call(),
-        Route::Queue => {
+        how => {
             let ok = flags & !QUEUEABLE_FLAGS == 0;
             // SAFETY: the caller passes `len` readable bytes at `buf`.
-            unsafe { buf_write(fd, buf, len, flags, ok, real_call) }
+            unsafe { buf_write(fd, how, buf, len, flags, ok, real_call) }
         }
     }
 }
@@ -350,10 +380,10 @@ pub unsafe extern "C" fn sendto(
     let real_call = || unsafe { real::sendto(fd, buf, len, flags, addr, alen) };
     match route(fd) {
         Route::Plain => real_call(),
-        Route::Queue => {
+        how => {
             let ok = addr.is_null() && flags & !QUEUEABLE_FLAGS == 0;
             // SAFETY: the caller passes `len` readable bytes at `buf`.
-            unsafe { buf_write(fd, buf, len, flags, ok, real_call) }
+            unsafe { buf_write(fd, how, buf, len, flags, ok, real_call) }
         }
     }
 }
@@ -370,7 +400,8 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
     if msg.is_null() {
         return real_call();
     }
-    if matches!(route(fd), Route::Plain) {
+    let how = route(fd);
+    if matches!(how, Route::Plain) {
         return real_call();
     }
     // SAFETY: the caller passes a valid msghdr.
@@ -382,7 +413,7 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
     // `msg_iovlen` is a size_t with glibc: the whole count, never truncated.
     let cnt: usize = m.msg_iovlen;
     // SAFETY: the msghdr names `msg_iovlen` valid iovecs.
-    unsafe { iov_write(fd, m.msg_iov, cnt, libc::EMSGSIZE, flags, real_call) }
+    unsafe { iov_write(fd, how, m.msg_iov, cnt, libc::EMSGSIZE, flags, real_call) }
 }
 
 /// `read(2)`; reports a failed queued write on the socket first.

@@ -15,10 +15,13 @@
 //! - Nothing inside the shim waits for a peer (only the drains before `exit` and `exec`
 //!   do), so the lock is never held for long.
 //! - While a thread runs inside the shim (holding its lock, or waiting for it), every
-//!   call it makes (the runtime's syscalls, `eprintln!`), and every call of a signal
-//!   handler that interrupts it, goes to the C library: a thread-local flag, set before
-//!   the lock is taken and cleared after it is released. `exit` from such a handler
-//!   skips the exit drain rather than wait for the lock its own thread holds.
+//!   call it makes (the runtime's syscalls, `eprintln!`) goes to the C library: a
+//!   thread-local flag, set before the lock is taken and cleared after it is released.
+//!   A signal handler that interrupts such a thread and writes to a queued socket has
+//!   its bytes deferred ([`crate::signals`]): the thread queues them as it leaves the
+//!   shim, after what it queued itself, so they never overtake queued bytes and the
+//!   handler never waits for the lock its own thread holds. `exit` from a handler
+//!   sends what it can without waiting for peers.
 //! - After `fork` in a process whose shim is running, the child never touches the
 //!   parent's rings: every call goes to the C library (`pthread_atfork`); a `vfork`
 //!   child (same memory, other process) is told apart by its pid and leaves the shim's
@@ -38,6 +41,7 @@ use libc::{c_int, ssize_t};
 use crate::fdtable::{self, Kind};
 use crate::settings::{self, Settings};
 use crate::shim::Shim;
+use crate::signals;
 
 /// Nothing done yet.
 const UNINIT: u8 = 0;
@@ -132,14 +136,35 @@ impl Inside {
             **g = Some(shim);
         }
     }
+
+    /// Queues the writes of signal handlers that ran on this thread inside the shim.
+    fn take_deferred(&mut self) {
+        let mut shim = self.shim();
+        signals::with_deferred(|d| {
+            d.take(|slot, id, bytes| {
+                if let Some(s) = shim.as_deref_mut() {
+                    s.deferred_write(slot, id, bytes);
+                }
+            })
+        });
+    }
 }
 
 impl Drop for Inside {
     fn drop(&mut self) {
-        // The lock first: a signal handler that runs before the flag is cleared still
-        // sees the thread inside, and does not wait for a lock its thread holds.
-        drop(self.guard.take());
-        IN_SHIM.with(|f| f.set(false));
+        loop {
+            self.take_deferred();
+            // The lock first: a signal handler that runs before the flag is cleared
+            // still sees the thread inside, and defers its writes.
+            drop(self.guard.take());
+            IN_SHIM.with(|f| f.set(false));
+            if !signals::with_deferred(signals::Deferred::pending) {
+                return;
+            }
+            // A handler deferred a write after the buffer was taken: take it too.
+            IN_SHIM.with(|f| f.set(true));
+            self.guard = Some(STATE.lock().unwrap_or_else(PoisonError::into_inner));
+        }
     }
 }
 
@@ -202,16 +227,22 @@ extern "C" fn after_fork_in_child() {
 }
 
 /// Sends what is queued before the process ends or replaces its image: waits while
-/// peers take the bytes (bounded). Nothing when the thread is inside the shim (a signal
-/// handler interrupted it: the lock is its own), or in a `vfork` child.
+/// peers take the bytes (bounded), except in a signal handler, which only hands them to
+/// the executors. Nothing when the thread is inside the shim (a handler interrupted it:
+/// the lock is its own), or in a `vfork` child.
 fn drain_before_end() {
     if !active() || in_shim() || in_child() {
         return;
     }
-    let Some(mut inside) = Inside::try_enter(EXIT_LOCK) else {
+    let handler = signals::in_handler();
+    let lock_wait = if handler { Duration::ZERO } else { EXIT_LOCK };
+    let Some(mut inside) = Inside::try_enter(lock_wait) else {
         return;
     };
-    if let Some(shim) = inside.shim() {
+    let Some(shim) = inside.shim() else { return };
+    if handler {
+        shim.pump();
+    } else {
         shim.drain_all(EXIT_DRAIN);
     }
 }
@@ -254,9 +285,8 @@ fn forget(fd: c_int) {
             return;
         }
         if in_shim() || !is_owner() {
-            // The shim's own thread (or a signal handler that interrupted it), or
-            // another thread (which may be a worker the lock's holder waits for): the
-            // owner forgets it later.
+            // A signal handler, the shim's own thread, or another thread (which may be
+            // a worker the lock's holder waits for): the owner forgets it later.
             fdtable::invalidate(fd);
             return;
         }

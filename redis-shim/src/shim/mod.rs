@@ -291,6 +291,32 @@ impl Shim {
         Ok(n)
     }
 
+    /// Queues the bytes a signal handler wrote to the socket `id` in `slot` while its
+    /// thread was inside the shim: after everything queued before, whatever the
+    /// allowance, unless the socket is gone or failed (then they are dropped).
+    pub fn deferred_write(&mut self, slot: u32, id: u64, data: &[u8]) {
+        let Some(conn) = self
+            .conns
+            .get_mut(&slot)
+            .filter(|c| c.id == id && !c.failed && !c.write_shut)
+        else {
+            self.stats.deferred_dropped += 1;
+            return;
+        };
+        conn.queue.push(&[data], data.len(), &mut self.pool);
+        if conn.fd.is_none() {
+            self.orphaned += data.len();
+        }
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(slot);
+        }
+        self.queued += data.len();
+        self.stats.deferred += 1;
+        self.stats.bytes_queued += data.len() as u64;
+        self.stats.peak_queued = self.stats.peak_queued.max(self.queued as u64);
+    }
+
     /// The program closes `fd` (or replaces it): its queued bytes still go out, then the
     /// slot is released (see `lifecycle` on orphans).
     pub fn detach(&mut self, fd: i32) {
