@@ -99,6 +99,16 @@ impl WriteQueue {
         self.in_flight.is_none() && self.waiting.is_empty()
     }
 
+    /// Whether a request is in flight.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Whether bytes wait that are not in flight.
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     /// Whether a request should be issued now: bytes wait and none is in flight.
     pub fn ready(&self) -> bool {
         self.in_flight.is_none() && !self.waiting.is_empty()

@@ -21,12 +21,22 @@ pub struct Stats {
     pub requests: u64,
     /// Requests that sent less than asked (the rest was requeued).
     pub short_sends: u64,
-    /// Writes accepted only in part because the cap was reached.
+    /// Writes accepted only in part: the socket's allowance (or the cap) was reached.
     pub partial_writes: u64,
-    /// Writes that waited for queued bytes to drain (backpressure).
-    pub backpressure_waits: u64,
-    /// Writes refused with EAGAIN after the socket made no progress under the cap.
+    /// Writes refused with EAGAIN: nothing left of the socket's allowance (or the cap).
     pub eagain: u64,
+    /// Writes on sockets with nothing queued that went to the kernel directly because
+    /// the cap of all open sockets was reached.
+    pub passthrough: u64,
+    /// Entries dropped because their number no longer named their socket (closed or
+    /// replaced in a way the shim did not see, found by the identity check).
+    pub stale: u64,
+    /// Writes of signal handlers that interrupted the shim, queued after it.
+    pub deferred: u64,
+    /// Of those, the ones whose socket was gone by then (dropped).
+    pub deferred_dropped: u64,
+    /// `shutdown` calls carried out after the socket's queued bytes.
+    pub deferred_shutdowns: u64,
     /// Failed queued writes.
     pub send_errors: u64,
     /// Errors reported to the program on a later call.
@@ -62,8 +72,12 @@ impl fmt::Display for Stats {
             ("requests", self.requests),
             ("short_sends", self.short_sends),
             ("partial_writes", self.partial_writes),
-            ("backpressure_waits", self.backpressure_waits),
             ("eagain", self.eagain),
+            ("passthrough", self.passthrough),
+            ("stale", self.stale),
+            ("deferred", self.deferred),
+            ("deferred_dropped", self.deferred_dropped),
+            ("deferred_shutdowns", self.deferred_shutdowns),
             ("send_errors", self.send_errors),
             ("errors_reported", self.errors_reported),
             ("closed", self.closed),

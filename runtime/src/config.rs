@@ -31,6 +31,9 @@
 //! `(max_table_entry * max_table_len).next_power_of_two()` (FastIO's `64 * 10` gives
 //! `1024`); an explicit `sq_entries` wins over the legacy keys.
 //!
+//! Keys that start with `shim_` ([`ADAPTOR_KEY_PREFIX`]) belong to the Redis adaptor
+//! (`redis-shim/src/settings.rs` documents and checks them); the runtime skips them.
+//!
 //! # Which file is read
 //!
 //! [`Config::resolve`], used by the binaries, takes the first of: the `--config PATH`
@@ -83,6 +86,10 @@ const CPU: Bounds = (0, 1023);
 const TABLE_ENTRY: Bounds = (1, MAX_ENTRIES);
 /// `max_table_len`.
 const TABLE_LEN: Bounds = (1, 1024);
+
+/// Keys with this prefix are the Redis adaptor's (`libfastio_redis_shim.so` reads and
+/// checks them); [`Config::parse`] skips them.
+pub const ADAPTOR_KEY_PREFIX: &str = "shim_";
 
 /// Every key `fastio.conf` accepts, in the order of the module documentation.
 pub const KEYS: [&str; 15] = [
@@ -293,6 +300,7 @@ impl Config {
                     cfg.max_table_len = e.int(TABLE_LEN)?;
                     legacy.push(e);
                 }
+                name if name.starts_with(ADAPTOR_KEY_PREFIX) => {}
                 _ => return Err(e.unknown_key()),
             }
         }
