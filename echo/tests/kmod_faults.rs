@@ -217,11 +217,22 @@ fn sigkill_during_echo_load_frees_the_context() {
             let (stop, killed, echoed) = (&stop, &killed, &echoed);
             handles.push(s.spawn(move || load(mine, t * per, stop, killed, echoed)));
         }
-        thread::sleep(LOAD_TIME);
+        // Kill once the load really flows (every connection echoed twice, on average) and
+        // at least LOAD_TIME has passed: a loaded host or a debug kernel is slower, and a
+        // fixed time would measure the machine, not the module.
+        let t0 = Instant::now();
+        while (t0.elapsed() < LOAD_TIME || echoed.load(Ordering::Relaxed) < 2 * CONNS as u64)
+            && t0.elapsed() < Duration::from_secs(60)
+        {
+            thread::sleep(Duration::from_millis(10));
+        }
         let before = echoed.load(Ordering::Relaxed);
         killed.store(true, Ordering::SeqCst);
         server.child.kill().expect("SIGKILL the server");
-        println!("SIGKILL after {LOAD_TIME:?} of load: {before} messages echoed so far");
+        println!(
+            "SIGKILL after {:?} of load: {before} messages echoed so far",
+            t0.elapsed()
+        );
         let status = server.child.wait().unwrap();
         println!("server exited: {status}");
         stop.store(true, Ordering::SeqCst);
