@@ -139,6 +139,16 @@ pub struct Proactor {
     slot_inflight: Vec<u32>,
     /// CLOSE completions held until the other requests on their slot have completed.
     held_closes: HashMap<u32, Completion>,
+    /// Tokens that ASYNC_CANCELs in flight name, with how many: such a token is not
+    /// reused until those cancels have completed, or a late cancel would hit the new
+    /// request that took it over.
+    cancel_pins: HashMap<u32, u32>,
+    /// Pinned tokens whose own request completed: freed when the last pin goes.
+    pinned_free: Vec<u32>,
+    /// The target token of each ASYNC_CANCEL in flight, by the cancel's token.
+    cancel_targets: HashMap<u32, u32>,
+    /// The token `queue_full` gave its last request.
+    pub(super) last_token: u32,
     free_slots: Vec<u32>,
     ready: VecDeque<Completion>,
     next_nop_lane: u32,
@@ -169,6 +179,10 @@ impl Proactor {
             slots: vec![SlotState::Free; max_files as usize],
             slot_inflight: vec![0; max_files as usize],
             held_closes: HashMap::new(),
+            cancel_pins: HashMap::new(),
+            pinned_free: Vec::new(),
+            cancel_targets: HashMap::new(),
+            last_token: 0,
             free_slots: (0..max_files).rev().collect(),
             ready: VecDeque::new(),
             next_nop_lane: 0,
@@ -354,6 +368,34 @@ impl Proactor {
         self.ready.pop_front()
     }
 
+    /// Gives `token` back for reuse, unless a cancel in flight still names it.
+    fn release_token(&mut self, token: u32) {
+        if self.cancel_pins.contains_key(&token) {
+            self.pinned_free.push(token);
+        } else {
+            self.free_tokens.push(token);
+        }
+    }
+
+    /// Records an ASYNC_CANCEL (token `cancel`) of `target` in flight.
+    pub(super) fn pin(&mut self, cancel: u32, target: u32) {
+        *self.cancel_pins.entry(target).or_insert(0) += 1;
+        self.cancel_targets.insert(cancel, target);
+    }
+
+    fn unpin(&mut self, target: u32) {
+        if let Some(n) = self.cancel_pins.get_mut(&target) {
+            *n -= 1;
+            if *n == 0 {
+                self.cancel_pins.remove(&target);
+                if let Some(i) = self.pinned_free.iter().position(|&t| t == target) {
+                    self.pinned_free.swap_remove(i);
+                    self.free_tokens.push(target);
+                }
+            }
+        }
+    }
+
     fn finish(&mut self, cqe: Cqe) {
         let token = cqe.user_data as usize;
         let Some(f) = self.inflight.get_mut(token).and_then(Option::take) else {
@@ -363,7 +405,12 @@ impl Proactor {
             );
             return;
         };
-        self.free_tokens.push(token as u32);
+        self.release_token(token as u32);
+        if f.opcode == OP_ASYNC_CANCEL {
+            if let Some(target) = self.cancel_targets.remove(&(token as u32)) {
+                self.unpin(target);
+            }
+        }
         self.lane_inflight[f.lane as usize] -= f.cost;
         self.pending -= 1;
         let mut accepted = None;

@@ -200,7 +200,10 @@ impl Proactor {
             addr: token,
             ..Sqe::ZERO
         };
-        self.queue(lane, sqe, user_data, None, Vec::new())
+        self.queue(lane, sqe, user_data, None, Vec::new())?;
+        // The target's token stays reserved until this cancel has completed.
+        self.pin(self.last_token, token as u32);
+        Ok(())
     }
 
     /// Queues a request built by hand.
@@ -356,6 +359,7 @@ impl Proactor {
             }
         };
         sqe.user_data = token as u64;
+        self.last_token = token;
         if !self.backend.push(lane, &sqe) {
             self.free_tokens.push(token);
             return Err(reject(RejectReason::Busy, buf, bufs));
