@@ -149,9 +149,17 @@ fn a_client_that_never_reads_is_held_to_its_allowance() {
             worst = worst.max(t.elapsed());
             thread::sleep(Duration::from_millis(5));
         }
+        // Inside the VM (QEMU TCG, a lockdep kernel: `make vm-test` sets
+        // FASTIO_TEST_BACKENDS) Redis itself needs far longer to build 128 MiB of
+        // replies in one event-loop turn; a stall of the shim is still seconds more.
+        let limit = if std::env::var_os("FASTIO_TEST_BACKENDS").is_some() {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_secs(1)
+        };
         assert!(
-            worst < Duration::from_secs(1),
-            "[{}] a command took {worst:?}",
+            worst < limit,
+            "[{}] a command took {worst:?} (limit {limit:?})",
             f.name
         );
         // The server holds the replies it could not send in its own output buffer
