@@ -17,7 +17,7 @@
 #                             scribbled rings, kill -9, fork, exec, FIFO and signalfd
 #                             readers, self-registration) looped with insmod/rmmod;
 #                             rmmod, VmallocUsed, Slab and the kernel log checked (60 s)
-#   make bench [QUICK=1]      benchmarks (VM with the module, then host): BENCHMARKS.md,
+#   make bench [QUICK=1] [ONLY=prefixes]  benchmarks (VM with the module, then host): BENCHMARKS.md,
 #                             BENCHMARKS.json, bench/plots/ (full ~40 min, QUICK=1 ~6 min)
 #   make bench-compare        compare BENCHMARKS.json with the committed one (BASE=file,
 #                             THRESHOLD=percent, default 10)
@@ -155,10 +155,12 @@ vm-flow: kmod
 
 # The harness builds what it needs; `make kmod` and the redis-shim build run inside (a
 # failure there marks their cells "not run", it does not stop the run); QUICK=1 (any
-# value but 0) selects the quick mode.
+# value but 0) selects the quick mode; ONLY=rawcmp/,redis/ re-runs the cells whose id starts
+# with one of the prefixes and replaces just those in BENCHMARKS.json/.md. The VM runs the
+# bench kernel (kmod/kernel-bench.config: no lockdep or debug lists), not the test kernel.
 bench:
 	scripts/bench/deps.sh
-	python3 scripts/bench/bench.py run $(if $(filter-out 0,$(QUICK)),--quick)
+	python3 scripts/bench/bench.py run $(if $(filter-out 0,$(QUICK)),--quick) $(if $(ONLY),--only $(ONLY))
 
 bench-compare:
 	python3 scripts/bench/bench.py compare $(if $(BASE),--base $(BASE)) \

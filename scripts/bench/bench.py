@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """fastio-rs benchmark harness (make bench, make bench-compare).
 
-  bench.py run [--quick] [--skip-vm] [--skip-host]   everything: the VM part (kernel
-        module, one VM boot), the host part, then BENCHMARKS.md, BENCHMARKS.json, plots
+  bench.py run [--quick] [--skip-vm] [--skip-host] [--only P,..]   everything: the VM
+        part (kernel module, one VM boot), the host part, then BENCHMARKS.md,
+        BENCHMARKS.json, plots; --only runs the cells whose id starts with one of the
+        prefixes (e.g. rawcmp/,redis/) and replaces just those in the published results
   bench.py guest --out DIR [--quick]   the VM part (run inside the VM by `run`)
   bench.py report [RESULTS]            rewrite BENCHMARKS.md and the plots from results
   bench.py compare [--base F] [--new F] [--threshold PCT]   ratio per cell, regressions
@@ -33,6 +35,7 @@ from runner import Runner, fmt_secs  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PUBLISHED_JSON = os.path.join(REPO, "BENCHMARKS.json")
+BENCH_KERNEL_CONFIG = os.path.join(REPO, "kmod", "kernel-bench.config")
 # Overall limits of the VM part (boot included) and of the host part, in seconds.
 VM_TIMEOUT = {"quick": 420, "full": 1800}
 HOST_BUDGET = {"quick": 240, "full": 1200}
@@ -165,11 +168,17 @@ def build():
 
 def run_vm(quick, out, shim_reason):
     mode = "quick" if quick else "full"
+    # The VM part runs on the bench kernel (no lockdep or list/object debugging); make kmod
+    # and run.sh both read FASTIO_KERNEL_CONFIG, so module and kernel match.
+    os.environ.setdefault("FASTIO_KERNEL_CONFIG", BENCH_KERNEL_CONFIG)
+    log(f"VM kernel config: {os.environ['FASTIO_KERNEL_CONFIG']}")
     kmod_reason = build_kmod()
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
     cmd = [python, os.path.join(REPO, "scripts", "bench", "bench.py"), "guest", "--out", out]
     if quick:
         cmd.append("--quick")
+    if plan.ONLY is not None:
+        cmd += ["--only", ",".join(plan.ONLY)]
     if kmod_reason:
         cmd += ["--kmod-reason", kmod_reason]
     if shim_reason:
@@ -211,6 +220,22 @@ def read_json(path, default):
         return default
 
 
+def merge_partial(meta, envs, cells):
+    """The published results with the cells of an --only run replaced (or added); the
+    run is listed in meta.partial, so the report says which figures are newer."""
+    base = read_json(PUBLISHED_JSON, None) or {"meta": dict(meta), "envs": envs, "cells": []}
+    fresh = {c["id"]: c for c in cells if c.get("status") != "not run"}
+    base["cells"] = [fresh.pop(c["id"], c) for c in base["cells"]] + list(fresh.values())
+    for env, info in envs.items():
+        if info is not None and not base["envs"].get(env):
+            base["envs"][env] = info
+    part = {k: meta[k] for k in ("started", "duration_s", "load_start", "load_end",
+                                 "vm_status", "vm_kernel_config")}
+    part["command"] = f"{meta['command']} ONLY={','.join(plan.ONLY)}"
+    base["meta"].setdefault("partial", []).append(part)
+    return base
+
+
 def run(args):
     mode = "quick" if args.quick else "full"
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -242,14 +267,17 @@ def run(args):
         log("host part")
         run_env("host", args.quick, out, (None, shim_reason), budget=HOST_BUDGET[mode])
         cells += read_json(os.path.join(out, "host.json"), [])
-    results = {
-        "meta": {"mode": mode, "started": stamp, "duration_s": round(time.monotonic() - t0),
-                 "vm_status": vm_rc, "load_start": load_start, "load_end": loadavg(),
-                 "command": f"make bench{' QUICK=1' if args.quick else ''}",
-                 "host": platform.node()},
-        "envs": {e: read_json(os.path.join(out, f"{e}-env.json"), None) for e in ("vm", "host")},
-        "cells": cells,
-    }
+    meta = {"mode": mode, "started": stamp, "duration_s": round(time.monotonic() - t0),
+            "vm_status": vm_rc, "load_start": load_start, "load_end": loadavg(),
+            "command": f"make bench{' QUICK=1' if args.quick else ''}",
+            "vm_kernel_config": os.path.relpath(
+                os.environ.get("FASTIO_KERNEL_CONFIG", BENCH_KERNEL_CONFIG), REPO),
+            "host": platform.node()}
+    envs = {e: read_json(os.path.join(out, f"{e}-env.json"), None) for e in ("vm", "host")}
+    if plan.ONLY is None:
+        results = {"meta": meta, "envs": envs, "cells": cells}
+    else:
+        results = merge_partial(meta, envs, cells)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
     shutil.copyfile(os.path.join(out, "results.json"), PUBLISHED_JSON)
@@ -267,11 +295,13 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--skip-vm", action="store_true")
     p.add_argument("--skip-host", action="store_true")
+    p.add_argument("--only", help="comma-separated cell-id prefixes (e.g. rawcmp/,redis/)")
     g = sub.add_parser("guest")
     g.add_argument("--out", required=True)
     g.add_argument("--quick", action="store_true")
     g.add_argument("--kmod-reason")
     g.add_argument("--shim-reason")
+    g.add_argument("--only")
     r = sub.add_parser("report")
     r.add_argument("results", nargs="?", default=PUBLISHED_JSON)
     c = sub.add_parser("compare")
@@ -279,6 +309,8 @@ def main():
     c.add_argument("--new", default=PUBLISHED_JSON, help="new results (default: BENCHMARKS.json)")
     c.add_argument("--threshold", type=float, default=10.0, help="regression threshold, %%")
     args = ap.parse_args()
+    if getattr(args, "only", None):
+        plan.ONLY = tuple(p for p in args.only.split(",") if p)
     if args.cmd == "run":
         return run(args)
     if args.cmd == "guest":

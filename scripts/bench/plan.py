@@ -11,6 +11,9 @@ QUICK = {"reps": 1, "echo_conns": [1, 25, 1000], "echo_lens": [512],
          "echo_secs": {"host": 1, "vm": 1}, "nop_secs": 1, "nop_depths": [1, 32],
          "idle_secs": 5, "probe_idle": 1, "redis_n": {"host": 50_000, "vm": 5_000}}
 
+# Cell-id prefixes to run (None: every cell); set by `bench.py run --only`.
+ONLY = None
+
 # The headline cell: echo_bench -c 25 -l 512.
 HEAD_CONNS, HEAD_LEN = 25, 512
 REDIS_PIPELINES = [1, 16]
@@ -156,11 +159,12 @@ def jobs(env, quick, repo, kmod_reason=None, shim_reason=None):
     if env != "vm":
         kmod_reason = "host kernel has no module support (kmod runs in the VM only)"
     shim = find_shim(repo)
-    return (nop_jobs(env, cfg, kmod_reason) + echo_jobs(env, cfg, kmod_reason)
-            + rawcmp_jobs(env, cfg, kmod_reason)
-            + syscall_jobs(env, cfg, kmod_reason, shutil.which("strace") is not None)
-            + scaling_jobs(env, cfg, kmod_reason) + idle_jobs(env, cfg, kmod_reason)
-            + redis_jobs(env, cfg, kmod_reason, shim, shim_reason))
+    every = (nop_jobs(env, cfg, kmod_reason) + echo_jobs(env, cfg, kmod_reason)
+             + rawcmp_jobs(env, cfg, kmod_reason)
+             + syscall_jobs(env, cfg, kmod_reason, shutil.which("strace") is not None)
+             + scaling_jobs(env, cfg, kmod_reason) + idle_jobs(env, cfg, kmod_reason)
+             + redis_jobs(env, cfg, kmod_reason, shim, shim_reason))
+    return every if ONLY is None else [j for j in every if j.cell_id.startswith(ONLY)]
 
 
 def config(quick):

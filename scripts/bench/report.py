@@ -100,12 +100,20 @@ def env_section(r):
                      + (f"; {info['vm']}" if info.get("vm") else ""))
         if info.get("cmdline"):
             lines.append(f"  - guest kernel command line: `{info['cmdline']}`")
+        if env == "vm" and r.raw["meta"].get("vm_kernel_config"):
+            lines.append(f"  - guest kernel config: tinyconfig + "
+                         f"`{r.raw['meta']['vm_kernel_config']}`")
     meta = r.raw["meta"]
     lines += ["", f"Run: `{meta['command']}` ({meta['mode']} mode), started {meta['started']}, "
               f"took {meta['duration_s'] // 60} min {meta['duration_s'] % 60} s; "
               f"VM part status {meta.get('vm_status')}; host load average (1 min) "
               f"{meta.get('load_start', '?')} at the start, {meta.get('load_end', '?')} at the end"
               " (other work on the machine makes every figure noisier).", ""]
+    for part in meta.get("partial", []):
+        lines += [f"Re-measured since: `{part['command']}`, started {part['started']}, took "
+                  f"{part['duration_s'] // 60} min {part['duration_s'] % 60} s; load average "
+                  f"{part.get('load_start', '?')} at the start, {part.get('load_end', '?')} at "
+                  "the end (its cells replace the full run's).", ""]
     if isinstance(meta.get("load_start"), (int, float)) and meta["load_start"] > BUSY_LOAD:
         lines += [f"**Warning: the machine was busy before this run started (load average "
                   f"{meta['load_start']}): other work competed for the CPUs, and polling "
