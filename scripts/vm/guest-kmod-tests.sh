@@ -4,6 +4,11 @@
 set -u
 list=$1
 pass=0 fail=0
+# A list that cannot be read (e.g. a host path the guest does not see) must not pass.
+if [ ! -s "$list" ]; then
+  echo "vm-test: test list $list is missing or empty (inside the VM)"
+  exit 2
+fi
 failed=()
 
 if ! insmod kmod/fastio.ko max_workers=8 max_contexts=64; then
