@@ -182,7 +182,7 @@ impl MiscDevice for FastioDevice {
         match cmd {
             abi::FASTIO_SETUP => {
                 let (reader, writer) = user.reader_writer();
-                ctx.setup(reader, writer)?;
+                ctx.setup(file, reader, writer)?;
                 Ok(0)
             }
             abi::FASTIO_ENTER => ctx.enter(user.reader()),
