@@ -120,13 +120,21 @@ impl Context {
         }
     }
 
-    pub(crate) fn setup(&self, mut reader: UserSliceReader, mut writer: UserSliceWriter) -> Result {
+    pub(crate) fn setup(
+        &self,
+        own: &File,
+        mut reader: UserSliceReader,
+        mut writer: UserSliceWriter,
+    ) -> Result {
         let mut p: abi::SetupParams = reader.read()?;
         if self.state.lock().is_some() {
             return Err(EBUSY);
         }
         let layout = validate_setup(&mut p)?;
-        let setup = Setup::new(&p, layout)?;
+        // SAFETY: our own file is held; `f_op` is fixed once a file is open (and is the
+        // device's, static, for as long as the module is loaded).
+        let fops = unsafe { (*own.as_ptr()).f_op };
+        let setup = Setup::new(&p, layout, fops)?;
         p.lane_size = layout.lane_size;
         p.mmap_size = setup.shared.mmap_size;
         p.sq_off = layout.sq_off;
@@ -230,13 +238,9 @@ impl Context {
             // SAFETY: this runs in an ioctl of another file, which never holds
             // fdget_pos on this thread.
             let file = unsafe { LocalFile::assume_no_fdget_pos(local) };
-            // A /dev/fastio file (this context or another) would make a reference
-            // cycle (file → context → table → file) that nothing breaks: refused, as
-            // io_uring refuses its own files. So is an io_uring, which can hold a
-            // /dev/fastio file as a fixed file.
-            // SAFETY: both files are held; `f_op` is fixed once a file is open.
-            let fastio = unsafe { (*file.as_ptr()).f_op == (*own.as_ptr()).f_op };
-            if fastio || crate::sys::is_io_uring(&file) {
+            // SAFETY: our own file is held; `f_op` is fixed once a file is open.
+            let fops = unsafe { (*own.as_ptr()).f_op };
+            if crate::sys::refused_in_slot(&file, fops) {
                 return Err(EBADF);
             }
             files.push(file, GFP_KERNEL)?;
@@ -402,9 +406,13 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
-    fn new(p: &abi::SetupParams, layout: abi::LaneLayout) -> Result<Arc<Self>> {
+    fn new(
+        p: &abi::SetupParams,
+        layout: abi::LaneLayout,
+        fops: *const kernel::bindings::file_operations,
+    ) -> Result<Arc<Self>> {
         let charge = Charge::new(layout.lane_size * p.workers as u64)?;
-        let shared = Shared::new(p, layout, charge)?;
+        let shared = Shared::new(p, layout, charge, fops)?;
         let mut lanes = KVec::with_capacity(p.workers as usize, GFP_KERNEL)?;
         for i in 0..p.workers {
             let view = shared.lane_view(i);

@@ -16,6 +16,7 @@
 #include <linux/sched/user.h>
 #include <linux/task_work.h>
 #include <linux/uio.h>
+#include <net/sock.h>
 #include <linux/wait.h>
 
 #include "fastio_helpers.h"
@@ -94,7 +95,8 @@ __poll_t fastio_vfs_poll(struct file *file, struct poll_table_struct *pt,
 	return vfs_poll(file, pt);
 }
 
-/* The FMODE_* bits the module looks at, as FASTIO_FMODE_* (macros with casts). */
+/* The FMODE_* bits (and O_DIRECT) the module looks at, as FASTIO_FMODE_* (macros with
+ * casts). */
 unsigned int fastio_file_mode(struct file *file)
 {
 	fmode_t m = file->f_mode;
@@ -112,6 +114,8 @@ unsigned int fastio_file_mode(struct file *file)
 		out |= FASTIO_FMODE_NOWAIT;
 	if (S_ISREG(file_inode(file)->i_mode))
 		out |= FASTIO_FMODE_REGULAR;
+	if (READ_ONCE(file->f_flags) & O_DIRECT)
+		out |= FASTIO_FMODE_DIRECT;
 	return out;
 }
 
@@ -159,4 +163,16 @@ ssize_t fastio_read_cached(struct file *file, struct iov_iter *iter, loff_t *pos
 	if (ret > 0)
 		*pos = kiocb.ki_pos;
 	return ret;
+}
+
+/* vfs_poll() without a poll table: the file's readiness now, joining no wait queue. */
+__poll_t fastio_poll_now(struct file *file)
+{
+	return vfs_poll(file, NULL);
+}
+
+/* sock_error(sock->sk): the socket's pending error, negative, cleared (SO_ERROR). */
+int fastio_sock_error(struct socket *sock)
+{
+	return sock_error(sock->sk);
 }

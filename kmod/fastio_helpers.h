@@ -10,6 +10,7 @@
 struct file;
 struct iov_iter;
 struct poll_table_struct;
+struct socket;
 struct task_struct;
 struct user_struct;
 struct wait_queue_entry;
@@ -21,6 +22,7 @@ struct wait_queue_entry;
 #define FASTIO_FMODE_ATOMIC_POS	(1u << 3)
 #define FASTIO_FMODE_NOWAIT	(1u << 4)
 #define FASTIO_FMODE_REGULAR	(1u << 5)
+#define FASTIO_FMODE_DIRECT	(1u << 6)
 
 bool fastio_need_resched(void);
 bool fastio_task_work_to_run(void);
@@ -38,5 +40,7 @@ bool fastio_f_pos_trylock(struct file *file);
 int fastio_f_pos_lock_killable(struct file *file);
 void fastio_f_pos_unlock(struct file *file);
 ssize_t fastio_read_cached(struct file *file, struct iov_iter *iter, loff_t *pos);
+__poll_t fastio_poll_now(struct file *file);
+int fastio_sock_error(struct socket *sock);
 
 #endif

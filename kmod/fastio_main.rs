@@ -21,6 +21,12 @@
 //! workqueue; a hostile test found a panic, a POLLFREE use-after-free, a permanent leak
 //! and a D-state hang in that design.
 //!
+//! Opcodes: NOP, ACCEPT, RECV, SEND, READ, WRITE, WRITEV, CLOSE, ASYNC_CANCEL, OPENAT,
+//! FSYNC, FALLOCATE, SHUTDOWN, CONNECT (`uapi/src/abi.rs` describes each, `decode.rs`
+//! validates them). OPENAT, FSYNC, FALLOCATE and `O_DIRECT` transfers always go to the
+//! helper threads (ops/fs.rs, ops/file.rs); CONNECT in progress waits for readiness
+//! like RECV (ops/net.rs).
+//!
 //! Requests are first tried without blocking (ops/). One that must wait for readiness
 //! is armed on the file's poll queues; the wake function hands it back to its lane
 //! thread through the lane's port, and the lane thread re-issues it (pending.rs):
@@ -52,6 +58,15 @@
 //!   system is frozen, as write(2) does.
 //! - A cancelled request that another lane thread is executing at that very moment is
 //!   not cancelled (ordering is only promised within one lane).
+//! - OPENAT in a directory slot uses `file_open_root`, the one exported open relative to
+//!   a directory: the directory is the root of the lookup (`..` and absolute paths stay
+//!   inside it, like `openat2(RESOLVE_IN_ROOT)`), not `openat(2)`'s plain relative
+//!   lookup; the other backends use `openat2(RESOLVE_IN_ROOT)` to match.
+//! - A CONNECT that was in progress completes with the socket's error (`sock_error`,
+//!   `SO_ERROR`) and does not call connect again (the address is copied once and not
+//!   kept), so the socket's `sock->state` stays "connecting" as after userspace's own
+//!   non-blocking connect + `SO_ERROR`: a later CONNECT to it returns 0 where io_uring
+//!   (which connects again) says `-EISCONN`.
 //! - UNREGISTER_FILE does not cancel requests in flight on the file (io_uring's fixed
 //!   files behave the same): they keep their own reference; ASYNC_CANCEL or SHUTDOWN
 //!   cancels them.
@@ -182,7 +197,7 @@ impl MiscDevice for FastioDevice {
         match cmd {
             abi::FASTIO_SETUP => {
                 let (reader, writer) = user.reader_writer();
-                ctx.setup(reader, writer)?;
+                ctx.setup(file, reader, writer)?;
                 Ok(0)
             }
             abi::FASTIO_ENTER => ctx.enter(user.reader()),

@@ -68,7 +68,7 @@ fn serve(shared: &Shared, lanes: &[Arc<Lane>], idx: u32) -> Result<isize> {
             complete(lanes, &job, neg(bindings::ECANCELED));
             continue;
         }
-        let outcome = ops::issue(&shared.files, &job.op, &job.file, true);
+        let outcome = ops::issue(shared, &job.op, job.file.as_ref(), true);
         let cancelled = shared.jobs.done(idx);
         let res = match outcome {
             Outcome::Done(r) => r,

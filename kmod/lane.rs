@@ -301,23 +301,32 @@ impl Lane {
                 self.post(user_data, res)
             }
             _ => {
-                let slot = op.slot().unwrap_or(u32::MAX);
-                let Some(file) = shared.file(slot) else {
-                    return self.post(user_data, neg(bindings::EBADF));
+                // Every other request works on its slot's file, but OPENAT in the
+                // current directory, which has none.
+                let file = match op.slot() {
+                    Some(slot) => match shared.file(slot) {
+                        Some(f) => Some(f),
+                        None => return self.post(user_data, neg(bindings::EBADF)),
+                    },
+                    None => None,
                 };
-                let outcome = ops::issue(&shared.files, &op, &file, false);
+                let outcome = ops::issue(shared, &op, file.as_ref(), false);
                 self.handle(op, user_data, file, outcome);
             }
         }
     }
 
     /// Completes, parks or offloads a request after an attempt.
-    fn handle(&self, op: Op, user_data: u64, file: ARef<File>, outcome: Outcome) {
-        match outcome {
-            Outcome::Done(r) => self.post(user_data, r),
-            Outcome::Wait(events) => self.park(op, user_data, file, events),
-            Outcome::Offload => self.offload(op, user_data, file, 0),
-            Outcome::Partial(n) => self.offload(ops::advance(op, n), user_data, file, n),
+    fn handle(&self, op: Op, user_data: u64, file: Option<ARef<File>>, outcome: Outcome) {
+        match (outcome, file) {
+            (Outcome::Done(r), _) => self.post(user_data, r),
+            (Outcome::Wait(events), Some(file)) => {
+                self.park(ops::waiting(op), user_data, file, events)
+            }
+            // Only requests on a file wait for readiness.
+            (Outcome::Wait(_), None) => self.post(user_data, neg(bindings::EINVAL)),
+            (Outcome::Offload, file) => self.offload(op, user_data, file, 0),
+            (Outcome::Partial(n), file) => self.offload(ops::advance(op, n), user_data, file, n),
         }
     }
 
@@ -337,11 +346,11 @@ impl Lane {
         if let Armed::NoQueue(p) = Pending::arm(p) {
             // Nothing will ever report readiness: a helper does the blocking call.
             self.shared.pendings.remove(&p);
-            self.offload(p.op, p.user_data, p.file.clone(), 0);
+            self.offload(p.op, p.user_data, Some(p.file.clone()), 0);
         }
     }
 
-    fn offload(&self, op: Op, user_data: u64, file: ARef<File>, progress: u32) {
+    fn offload(&self, op: Op, user_data: u64, file: Option<ARef<File>>, progress: u32) {
         let job = Job {
             lane: self.idx,
             op,
@@ -368,13 +377,13 @@ impl Lane {
                 return self.finish(&p, neg(bindings::ECANCELED));
             }
             self.shared.stats.wakeups.fetch_add(1, Ordering::Relaxed);
-            match ops::issue(&self.shared.files, &p.op, &p.file, false) {
+            match ops::issue(&self.shared, &p.op, Some(&p.file), false) {
                 // Still not ready (a spurious or shared wakeup): wait again.
                 Outcome::Wait(_) => self.arm(p),
                 outcome => {
                     p.set_done();
                     self.shared.pendings.remove(&p);
-                    self.handle(p.op, p.user_data, p.file.clone(), outcome);
+                    self.handle(p.op, p.user_data, Some(p.file.clone()), outcome);
                 }
             }
         })

@@ -42,9 +42,20 @@ pub(crate) struct Job {
     /// Bytes already transferred by the lane thread; added to the result.
     pub(crate) progress: u32,
     pub(crate) user_data: u64,
-    pub(crate) file: ARef<File>,
+    /// The file the request works on (OPENAT: its directory, `None` for the current
+    /// directory).
+    pub(crate) file: Option<ARef<File>>,
     /// Cancelled while queued: the helper completes it with -ECANCELED without running it.
     pub(crate) cancelled: bool,
+}
+
+impl Job {
+    /// The job's file, or null when it has none (an OPENAT in the current directory).
+    pub(crate) fn file_ptr(&self) -> *const bindings::file {
+        self.file
+            .as_ref()
+            .map_or(core::ptr::null(), |f| f.as_ptr() as *const bindings::file)
+    }
 }
 
 /// A job a helper is running.
@@ -176,7 +187,7 @@ impl Jobs {
         if let Some(r) = inner.running.get_mut(idx as usize) {
             *r = Some(Running {
                 task,
-                file: job.file.as_ptr(),
+                file: job.file_ptr(),
                 user_data: job.user_data,
                 cancelled: false,
             });
@@ -195,14 +206,15 @@ impl Jobs {
         r.is_some_and(|r| r.cancelled)
     }
 
-    /// Cancels the jobs `pred(file, user_data)` selects: queued ones are marked (a
+    /// Cancels the jobs `pred(file, user_data)` selects (`file` is null for a job
+    /// without one): queued ones are marked (a
     /// helper completes them without running them), running ones are interrupted.
     /// Returns how many it selected.
     pub(crate) fn cancel(&self, pred: impl Fn(*const bindings::file, u64) -> bool) -> usize {
         let mut inner = self.inner.lock();
         let mut n = 0;
         for job in inner.queue.iter_mut() {
-            if !job.cancelled && pred(job.file.as_ptr(), job.user_data) {
+            if !job.cancelled && pred(job.file_ptr(), job.user_data) {
                 job.cancelled = true;
                 n += 1;
             }

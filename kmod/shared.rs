@@ -67,11 +67,13 @@ pub(crate) struct Shared {
     cq_cv: CondVar,
     /// Contexts and locked memory counted against the owner's user.
     _charge: Charge,
+    /// The device's `file_operations`: an OPENAT that opens /dev/fastio is refused.
+    pub(crate) fops: *const bindings::file_operations,
 }
 
 // SAFETY: `base` points into `mem`, which `Shared` owns and never resizes; the ring
-// memory is only accessed through atomics and volatile copies (ring.rs), and the rest of
-// `Shared` is made of Send + Sync parts.
+// memory is only accessed through atomics and volatile copies (ring.rs); `fops` is only
+// compared, never dereferenced; the rest of `Shared` is made of Send + Sync parts.
 unsafe impl Send for Shared {}
 // SAFETY: as above.
 unsafe impl Sync for Shared {}
@@ -82,6 +84,7 @@ impl Shared {
         p: &abi::SetupParams,
         layout: abi::LaneLayout,
         charge: Charge,
+        fops: *const bindings::file_operations,
     ) -> Result<Arc<Self>> {
         // Bounded by MAX_MMAP_BYTES at validation: no overflow.
         let mmap_size = layout.lane_size * p.workers as u64;
@@ -107,6 +110,7 @@ impl Shared {
                 cq_lock <- new_mutex!(()),
                 cq_cv <- new_condvar!(),
                 _charge: charge,
+                fops,
             }? Error),
             GFP_KERNEL_ACCOUNT,
         )

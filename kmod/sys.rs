@@ -37,6 +37,8 @@ extern "C" {
         iter: *mut bindings::iov_iter,
         pos: *mut i64,
     ) -> isize;
+    fn fastio_poll_now(file: *mut bindings::file) -> c_uint;
+    pub(crate) fn fastio_sock_error(sock: *mut bindings::socket) -> c_int;
     /// Exported by the scheduler: whether the current task is alone on its CPU.
     fn single_task_running() -> bool;
 }
@@ -116,6 +118,22 @@ pub(crate) fn is_io_uring(file: &File) -> bool {
     name.to_bytes() == b"[io_uring]"
 }
 
+/// The poll events `file` reports now (joining no wait queue).
+pub(crate) fn poll_now(file: &File) -> u32 {
+    // SAFETY: the file is held; a poll without a table only reads its state.
+    unsafe { fastio_poll_now(file.as_ptr()) }
+}
+
+/// Whether `file` must never enter a slot: a /dev/fastio file (this context or another;
+/// `fops` is the device's `file_operations`) would make a reference cycle (file →
+/// context → table → file) that nothing breaks, as would an io_uring, which can hold a
+/// /dev/fastio file as a fixed file. io_uring refuses its own files the same way.
+pub(crate) fn refused_in_slot(file: &File, fops: *const bindings::file_operations) -> bool {
+    // SAFETY: the file is held; `f_op` is fixed once a file is open.
+    let fastio = unsafe { core::ptr::eq((*file.as_ptr()).f_op, fops) };
+    fastio || is_io_uring(file)
+}
+
 /// What the module needs to know about an open file's mode.
 #[derive(Clone, Copy)]
 pub(crate) struct FileMode(u32);
@@ -127,6 +145,7 @@ impl FileMode {
     const ATOMIC_POS: u32 = 1 << 3;
     const NOWAIT: u32 = 1 << 4;
     const REGULAR: u32 = 1 << 5;
+    const DIRECT: u32 = 1 << 6;
 
     pub(crate) fn of(file: &File) -> Self {
         // SAFETY: the file is held; its mode bits and inode type are fixed once open.
@@ -161,5 +180,11 @@ impl FileMode {
     /// A regular file (page cache; no readiness to wait for).
     pub(crate) fn regular(self) -> bool {
         self.0 & Self::REGULAR != 0
+    }
+
+    /// Opened with `O_DIRECT`: I/O goes to the device (a synchronous direct transfer
+    /// waits for it even with `RWF_NOWAIT`).
+    pub(crate) fn direct(self) -> bool {
+        self.0 & Self::DIRECT != 0
     }
 }

@@ -188,8 +188,11 @@ pub(super) fn rw(
 ) -> Outcome {
     let mode = FileMode::of(file);
     let regular = mode.regular();
-    if !blocking && !mode.nowait() {
+    if !blocking && (!mode.nowait() || (regular && mode.direct())) {
         // FIFOs, ttys, tmpfs, 9p...: no non-blocking mode; only a helper may wait on them.
+        // O_DIRECT: a direct transfer of a synchronous request waits for the device, so
+        // never on a lane thread (the helper gets the file system's own answer, also
+        // its alignment check).
         return Outcome::Offload;
     }
     let mut pos = match Position::acquire(file, mode, dir, off, blocking) {
@@ -236,7 +239,7 @@ pub(super) fn rw(
 pub(super) fn writev(file: &ARef<File>, iov: u64, count: u32, off: u64, blocking: bool) -> Outcome {
     let mode = FileMode::of(file);
     let regular = mode.regular();
-    if !blocking && !mode.nowait() {
+    if !blocking && (!mode.nowait() || (regular && mode.direct())) {
         return Outcome::Offload;
     }
     let mut pos = match Position::acquire(file, mode, Dir::Write, off, blocking) {

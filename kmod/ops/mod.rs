@@ -12,13 +12,15 @@
 //! call; every such wait in the kernel is interruptible or killable.
 
 mod file;
+mod fs;
 mod iov;
 mod net;
 
-use kernel::{fs::File, sync::aref::ARef, sync::Mutex};
+use kernel::{bindings, fs::File, sync::aref::ARef};
 
 use crate::abi::{self, Op};
-use crate::files::FileTable;
+use crate::shared::Shared;
+use crate::sys::neg;
 
 /// What one attempt came to.
 pub(crate) enum Outcome {
@@ -27,22 +29,42 @@ pub(crate) enum Outcome {
     /// Would block on a pollable file: wait for these poll events.
     Wait(u32),
     /// Needs a blocking call (uncached file data, a file without non-blocking mode, a
-    /// busy file position): hand it to a helper thread.
+    /// busy file position, an open, a sync, an allocation): hand it to a helper thread.
     Offload,
     /// A regular file transferred this many bytes (fewer than asked, not at end of file)
     /// without blocking: a helper thread transfers the rest.
     Partial(u32),
 }
 
-/// Issues `op` on `file` once.
+/// Issues `op` once. `file` is the file of the request's slot; only an OPENAT in the
+/// current directory has none.
+///
+/// OPENAT, FSYNC and FALLOCATE always block (path lookup, disk I/O, journal): a lane
+/// thread hands them to a helper at once.
 pub(crate) fn issue(
-    files: &Mutex<FileTable>,
+    shared: &Shared,
     op: &Op,
-    file: &ARef<File>,
+    file: Option<&ARef<File>>,
     blocking: bool,
 ) -> Outcome {
+    if let Op::OpenAt {
+        path,
+        flags,
+        mode,
+        dest,
+        ..
+    } = *op
+    {
+        if !blocking {
+            return Outcome::Offload;
+        }
+        return fs::openat(shared, file, path, flags, mode, dest);
+    }
+    let Some(file) = file else {
+        return Outcome::Done(neg(bindings::EBADF));
+    };
     match *op {
-        Op::Accept { dest, flags, .. } => net::accept(files, file, dest, flags),
+        Op::Accept { dest, flags, .. } => net::accept(&shared.files, file, dest, flags),
         Op::Recv {
             addr, len, flags, ..
         } => net::recv(file, addr, len, flags),
@@ -61,7 +83,28 @@ pub(crate) fn issue(
             Some(sock) => net::writev(sock, iov, count),
             None => file::writev(file, iov, count, off, blocking),
         },
-        Op::Nop | Op::Close { .. } | Op::AsyncCancel { .. } => Outcome::Done(0),
+        Op::Fsync { .. } | Op::Fallocate { .. } if !blocking => Outcome::Offload,
+        Op::Fsync {
+            flags, off, len, ..
+        } => fs::fsync(file, flags, off, len),
+        Op::Fallocate { mode, off, len, .. } => fs::fallocate(file, mode, off, len),
+        Op::Shutdown { how, .. } => net::shutdown(file, how),
+        Op::Connect { addr, len, .. } => net::connect(file, addr, len),
+        Op::Nop | Op::Close { .. } | Op::AsyncCancel { .. } | Op::OpenAt { .. } => Outcome::Done(0),
+    }
+}
+
+/// The form in which `op` waits for readiness after an attempt said [`Outcome::Wait`]:
+/// a CONNECT that is in progress waits as "in progress" (length 0, which `decode` never
+/// lets through), so its re-issue reads the socket's error instead of connecting again.
+pub(crate) fn waiting(op: Op) -> Op {
+    match op {
+        Op::Connect { slot, .. } => Op::Connect {
+            slot,
+            addr: 0,
+            len: 0,
+        },
+        op => op,
     }
 }
 

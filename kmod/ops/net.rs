@@ -1,6 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Socket requests: ACCEPT, RECV, SEND, and WRITEV on a socket.
+//! Socket requests: ACCEPT, RECV, SEND, WRITEV on a socket, SHUTDOWN, CONNECT.
+//!
+//! CONNECT copies the address once into kernel memory and connects without blocking
+//! (`kernel_connect` with `O_NONBLOCK`). `-EINPROGRESS` waits for `EPOLLOUT` through
+//! the readiness machinery (pending.rs), as "in progress" (see `ops::waiting`): the
+//! re-issue then polls the socket and completes with its error, `sock_error` (what
+//! `SO_ERROR` reads): 0 once connected; a socket hung up without an error is
+//! `-ECONNABORTED`, as `connect(2)` says. While it waits it is cancelled like a RECV
+//! (ASYNC_CANCEL, CLOSE, SHUTDOWN).
 //!
 //! ACCEPT uses `kernel_accept`, the only exported accept: the new socket is created by
 //! `sock_create_lite` as a *kernel* socket, so LSMs see it labelled as one and
@@ -11,13 +19,19 @@
 use core::ffi::{c_int, c_uint};
 use core::ptr::{null_mut, NonNull};
 
-use kernel::{bindings, fs::File, sync::aref::ARef, sync::Mutex};
+use kernel::{
+    bindings,
+    fs::File,
+    sync::aref::ARef,
+    sync::Mutex,
+    uaccess::{UserPtr, UserSlice},
+};
 
 use super::iov::{import_iovecs, user_msg, FAST_IOVECS};
 use super::Outcome;
 use crate::abi;
 use crate::files::FileTable;
-use crate::sys::{neg, EPOLLIN, EPOLLOUT, EPOLLRDHUP};
+use crate::sys::{self, neg, EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP};
 
 pub(super) fn socket_of(file: &File) -> Option<*mut bindings::socket> {
     // SAFETY: sock_from_file only reads the file's operations and private data.
@@ -129,4 +143,72 @@ pub(super) fn writev(sock: *mut bindings::socket, iov: u64, count: u32) -> Outco
     // to `fast`); kfree(NULL) is a no-op.
     unsafe { bindings::kfree(iovp.cast()) };
     would_block(r, 0, EPOLLOUT)
+}
+
+/// SHUTDOWN (`how` is SHUT_RD, SHUT_WR or SHUT_RDWR: checked by `decode`).
+pub(super) fn shutdown(file: &ARef<File>, how: u32) -> Outcome {
+    let Some(sock) = socket_of(file) else {
+        return Outcome::Done(neg(bindings::ENOTSOCK));
+    };
+    let how = match how {
+        abi::SHUT_RD => bindings::sock_shutdown_cmd_SHUT_RD,
+        abi::SHUT_WR => bindings::sock_shutdown_cmd_SHUT_WR,
+        abi::SHUT_RDWR => bindings::sock_shutdown_cmd_SHUT_RDWR,
+        _ => return Outcome::Done(neg(bindings::EINVAL)),
+    };
+    // SAFETY: `sock` belongs to `file`, which we hold.
+    Outcome::Done(unsafe { bindings::kernel_sock_shutdown(sock, how) })
+}
+
+/// CONNECT to the `len`-byte address at `addr`; `len` 0: a connect in progress.
+pub(super) fn connect(file: &ARef<File>, addr: u64, len: u32) -> Outcome {
+    let Some(sock) = socket_of(file) else {
+        return Outcome::Done(neg(bindings::ENOTSOCK));
+    };
+    if len == 0 {
+        return connect_result(file, sock);
+    }
+    // SAFETY: sockaddr_storage is plain C data; all-zero is valid.
+    let mut sa: bindings::__kernel_sockaddr_storage = unsafe { core::mem::zeroed() };
+    let size = core::mem::size_of_val(&sa);
+    let n = len as usize;
+    if n > size {
+        return Outcome::Done(neg(bindings::EINVAL));
+    }
+    // SAFETY: `sa` is `size` bytes of plain data, and `n <= size`.
+    let bytes = unsafe { core::slice::from_raw_parts_mut((&raw mut sa).cast::<u8>(), n) };
+    let user = UserSlice::new(UserPtr::from_addr(addr as usize), n);
+    if user.reader().read_slice(bytes).is_err() {
+        return Outcome::Done(neg(bindings::EFAULT));
+    }
+    // SAFETY: `sock` belongs to `file`, which we hold; `sa` holds `n` bytes of address.
+    let r = unsafe {
+        bindings::kernel_connect(
+            sock,
+            (&raw mut sa).cast::<bindings::sockaddr_unsized>(),
+            n as c_int,
+            bindings::O_NONBLOCK as c_int,
+        )
+    };
+    if r == neg(bindings::EINPROGRESS) {
+        return Outcome::Wait(EPOLLOUT);
+    }
+    Outcome::Done(r)
+}
+
+/// The end of a connect in progress: still waiting, or the socket's error.
+fn connect_result(file: &File, sock: *mut bindings::socket) -> Outcome {
+    let mask = sys::poll_now(file);
+    if mask & (EPOLLOUT | EPOLLERR | EPOLLHUP) == 0 {
+        return Outcome::Wait(EPOLLOUT);
+    }
+    // SAFETY: `sock` belongs to `file`, which the caller holds.
+    let err = unsafe { sys::fastio_sock_error(sock) };
+    if err != 0 {
+        Outcome::Done(err)
+    } else if mask & EPOLLHUP != 0 {
+        Outcome::Done(neg(bindings::ECONNABORTED))
+    } else {
+        Outcome::Done(0)
+    }
 }

@@ -86,7 +86,7 @@ fn tcp_echo_and_close_on_drop() {
             let msg: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
             let (r, msg) = c.write_all(msg).await;
             r.unwrap();
-            c.shutdown(Shutdown::Write).unwrap();
+            c.shutdown(Shutdown::Write).await.unwrap();
             let mut got = Vec::new();
             loop {
                 // A slice of a boxed buffer: reads land after the first 8 bytes.

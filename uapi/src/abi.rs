@@ -113,8 +113,40 @@ pub const OP_CLOSE: u8 = 7;
 /// queued before the cancel on the same lane is always seen by it (userspace queues a
 /// cancel on its target's lane).
 pub const OP_ASYNC_CANCEL: u8 = 8;
+/// Opens the NUL-terminated path at `addr` (at most [`PATH_MAX`] bytes with the NUL)
+/// and installs the new file into the (empty) slot `aux`; completes with `aux`.
+/// `slot` is a registered directory, or [`OPENAT_CWD`] for the current directory;
+/// `op_flags` holds `O_*` flags from [`OPEN_FLAGS`] ([`O_PATH`] is refused: a slot
+/// holds files for I/O), `off` the mode (at most `0o7777`, and 0 unless `O_CREAT` or
+/// `O_TMPFILE` is given); `len` must be 0.
+///
+/// A path relative to a directory slot is resolved *inside* that directory, as
+/// `openat2(RESOLVE_IN_ROOT)` does: `..` and absolute paths (also in symlinks) do not
+/// leave it. (The kernel module's exported API for a directory, `file_open_root`, works
+/// that way; the other backends use `openat2` with `RESOLVE_IN_ROOT` to match.) A busy
+/// destination completes with `-EBUSY` before anything is opened; a `/dev/fastio` or an
+/// io_uring file is refused with `-EBADF` (it could make a reference cycle).
+pub const OP_OPENAT: u8 = 9;
+/// Flushes the file in `slot` to its storage (`fsync`), only its data with
+/// [`FSYNC_DATASYNC`] in `op_flags` (`fdatasync`); `off` and `len` give a byte range
+/// (`len` 0: to the end of the file). `addr` and `aux` must be 0.
+pub const OP_FSYNC: u8 = 10;
+/// `fallocate` on the file in `slot`: `op_flags` is the mode ([`FALLOCATE_FLAGS`]),
+/// `off` the offset, `addr` the length in bytes (nonzero; `off + addr` at most
+/// `i64::MAX`). `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE` is a trim. `len` and `aux`
+/// must be 0.
+pub const OP_FALLOCATE: u8 = 11;
+/// `shutdown` of the socket in `slot`: `op_flags` is [`SHUT_RD`], [`SHUT_WR`] or
+/// [`SHUT_RDWR`]; every other field must be 0.
+pub const OP_SHUTDOWN: u8 = 12;
+/// Connects the socket in `slot` to the `len`-byte socket address at `addr` (`len` in
+/// `2..=`[`MAX_SOCKADDR_LEN`]; the address is copied once). A connection that is in
+/// progress waits for the socket to become writable, then completes with the socket's
+/// error (`SO_ERROR`): 0 when connected. Cancellable while it waits, like RECV. `off`,
+/// `op_flags` and `aux` must be 0.
+pub const OP_CONNECT: u8 = 13;
 /// One past the last valid opcode.
-pub const OP_LAST: u8 = 9;
+pub const OP_LAST: u8 = 14;
 
 // ---------------------------------------------------------------------------------------
 // Flags
@@ -171,6 +203,75 @@ pub const SEND_FLAGS: u32 = MSG_DONTWAIT | MSG_NOSIGNAL | MSG_MORE;
 /// `INSTALL_FD` flag: the new descriptor is close-on-exec (as `O_CLOEXEC`).
 pub const INSTALL_CLOEXEC: u32 = 0o2000000;
 
+/// OPENAT `slot` value: relative to the current directory (as `AT_FDCWD`).
+pub const OPENAT_CWD: u32 = u32::MAX;
+/// Longest path OPENAT takes, its terminating NUL included (the kernel's `PATH_MAX`).
+pub const PATH_MAX: u32 = 4096;
+/// `O_CREAT`.
+pub const O_CREAT: u32 = 0o100;
+/// `O_PATH` (refused by OPENAT).
+pub const O_PATH: u32 = 0o10000000;
+/// `__O_TMPFILE` (the bit `O_TMPFILE` adds to `O_DIRECTORY`).
+pub const O_TMPFILE_BIT: u32 = 0o20000000;
+/// Every `O_*` bit OPENAT accepts: the access mode, `O_CREAT`, `O_EXCL`, `O_NOCTTY`,
+/// `O_TRUNC`, `O_APPEND`, `O_NONBLOCK`, `O_DSYNC`, `O_DIRECT`, `O_LARGEFILE`,
+/// `O_DIRECTORY`, `O_NOFOLLOW`, `O_NOATIME`, `O_CLOEXEC` (no effect on a slot),
+/// `O_SYNC`, `O_TMPFILE`. x86-64 and arm64 give four of them different bits, but the
+/// same set of bits in all (`0o40000..=0o400000`).
+pub const OPEN_FLAGS: u32 = 0o3
+    | O_CREAT
+    | 0o200
+    | 0o400
+    | 0o1000
+    | 0o2000
+    | 0o4000
+    | 0o10000
+    | 0o40000
+    | 0o100000
+    | 0o200000
+    | 0o400000
+    | 0o1000000
+    | 0o2000000
+    | 0o4000000
+    | O_TMPFILE_BIT;
+/// Largest OPENAT mode (`S_IALLUGO`).
+pub const MAX_MODE: u32 = 0o7777;
+
+/// FSYNC `op_flags`: only the data and what is needed to read it back (`fdatasync`).
+pub const FSYNC_DATASYNC: u32 = 1;
+/// Every valid FSYNC `op_flags` bit.
+pub const FSYNC_FLAGS: u32 = FSYNC_DATASYNC;
+
+/// `FALLOC_FL_KEEP_SIZE`.
+pub const FALLOC_FL_KEEP_SIZE: u32 = 0x01;
+/// `FALLOC_FL_PUNCH_HOLE` (needs `FALLOC_FL_KEEP_SIZE`).
+pub const FALLOC_FL_PUNCH_HOLE: u32 = 0x02;
+/// `FALLOC_FL_COLLAPSE_RANGE`.
+pub const FALLOC_FL_COLLAPSE_RANGE: u32 = 0x08;
+/// `FALLOC_FL_ZERO_RANGE`.
+pub const FALLOC_FL_ZERO_RANGE: u32 = 0x10;
+/// `FALLOC_FL_INSERT_RANGE`.
+pub const FALLOC_FL_INSERT_RANGE: u32 = 0x20;
+/// `FALLOC_FL_UNSHARE_RANGE`.
+pub const FALLOC_FL_UNSHARE_RANGE: u32 = 0x40;
+/// Every FALLOCATE mode bit accepted (the file system checks the combination).
+pub const FALLOCATE_FLAGS: u32 = FALLOC_FL_KEEP_SIZE
+    | FALLOC_FL_PUNCH_HOLE
+    | FALLOC_FL_COLLAPSE_RANGE
+    | FALLOC_FL_ZERO_RANGE
+    | FALLOC_FL_INSERT_RANGE
+    | FALLOC_FL_UNSHARE_RANGE;
+
+/// SHUTDOWN: no more receptions.
+pub const SHUT_RD: u32 = 0;
+/// SHUTDOWN: no more transmissions (sends a FIN on TCP).
+pub const SHUT_WR: u32 = 1;
+/// SHUTDOWN: both.
+pub const SHUT_RDWR: u32 = 2;
+
+/// Largest CONNECT address length (`sizeof(struct sockaddr_storage)`).
+pub const MAX_SOCKADDR_LEN: u32 = 128;
+
 // ---------------------------------------------------------------------------------------
 // Entries and ring header
 // ---------------------------------------------------------------------------------------
@@ -190,17 +291,21 @@ pub struct Sqe {
     pub ioprio: u16,
     /// The registered file slot the request operates on.
     pub slot: u32,
-    /// File offset for READ/WRITE/WRITEV, or [`OFF_CURRENT`].
+    /// File offset for READ/WRITE/WRITEV (or [`OFF_CURRENT`]), FSYNC and FALLOCATE;
+    /// the mode for OPENAT.
     pub off: u64,
-    /// User address: the buffer, or the iovec array for WRITEV.
+    /// User address: the buffer, the iovec array for WRITEV, the path for OPENAT, the
+    /// socket address for CONNECT; the length for FALLOCATE.
     pub addr: u64,
-    /// Byte count, or iovec count for WRITEV.
+    /// Byte count, iovec count for WRITEV, address length for CONNECT, range length
+    /// for FSYNC.
     pub len: u32,
-    /// Opcode-specific flags (`MSG_*` for RECV/SEND, `ACCEPT_*` for ACCEPT).
+    /// Opcode-specific flags (`MSG_*` for RECV/SEND, `ACCEPT_*` for ACCEPT, `O_*` for
+    /// OPENAT, `FSYNC_*`, the FALLOCATE mode, the SHUTDOWN `how`).
     pub op_flags: u32,
     /// Opaque token copied into the CQE.
     pub user_data: u64,
-    /// ACCEPT: the slot that receives the new connection.
+    /// ACCEPT and OPENAT: the slot that receives the new file.
     pub aux: u32,
     /// Reserved (must be 0).
     pub resv0: u32,
@@ -332,264 +437,12 @@ pub struct IoVec {
 }
 
 // ---------------------------------------------------------------------------------------
-// Request decoding (shared by the kernel module and the in-process workers)
+// Request decoding (shared by the kernel module and the in-process workers): decode.rs
 // ---------------------------------------------------------------------------------------
 
-/// Why an SQE was refused before it ran.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SqeError {
-    /// Unknown opcode, nonzero reserved field or flag, bad count: `-EINVAL`.
-    Invalid,
-    /// Slot out of range: `-EBADF`.
-    BadSlot,
-}
-
-impl SqeError {
-    /// The positive errno the request completes with (negated in the CQE).
-    pub const fn errno(self) -> i32 {
-        match self {
-            SqeError::Invalid => 22,
-            SqeError::BadSlot => 9,
-        }
-    }
-}
-
-/// A validated request, decoded from a private copy of an SQE.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// [`OP_NOP`].
-    Nop,
-    /// [`OP_ACCEPT`] on `slot` into `dest`.
-    Accept {
-        /// Listening socket.
-        slot: u32,
-        /// Empty slot for the new connection.
-        dest: u32,
-        /// [`ACCEPT_*`](ACCEPT_NONBLOCK) flags.
-        flags: u32,
-    },
-    /// [`OP_RECV`].
-    Recv {
-        /// Socket.
-        slot: u32,
-        /// Buffer address.
-        addr: u64,
-        /// Byte count (clamped to [`MAX_RW_LEN`]).
-        len: u32,
-        /// `MSG_*` flags (a subset of [`RECV_FLAGS`]).
-        flags: u32,
-    },
-    /// [`OP_SEND`].
-    Send {
-        /// Socket.
-        slot: u32,
-        /// Buffer address.
-        addr: u64,
-        /// Byte count (clamped to [`MAX_RW_LEN`]).
-        len: u32,
-        /// `MSG_*` flags (a subset of [`SEND_FLAGS`]).
-        flags: u32,
-    },
-    /// [`OP_READ`].
-    Read {
-        /// File.
-        slot: u32,
-        /// Buffer address.
-        addr: u64,
-        /// Byte count (clamped to [`MAX_RW_LEN`]).
-        len: u32,
-        /// Offset or [`OFF_CURRENT`].
-        off: u64,
-    },
-    /// [`OP_WRITE`].
-    Write {
-        /// File.
-        slot: u32,
-        /// Buffer address.
-        addr: u64,
-        /// Byte count (clamped to [`MAX_RW_LEN`]).
-        len: u32,
-        /// Offset or [`OFF_CURRENT`].
-        off: u64,
-    },
-    /// [`OP_WRITEV`].
-    Writev {
-        /// File.
-        slot: u32,
-        /// Address of the [`IoVec`] array.
-        iov: u64,
-        /// Number of iovecs, `1..=MAX_IOVECS`.
-        count: u32,
-        /// Offset or [`OFF_CURRENT`].
-        off: u64,
-    },
-    /// [`OP_CLOSE`].
-    Close {
-        /// Slot to release.
-        slot: u32,
-    },
-    /// [`OP_ASYNC_CANCEL`].
-    AsyncCancel {
-        /// The `user_data` of the request(s) to cancel (from the SQE's `addr`).
-        target: u64,
-    },
-}
-
-/// Which readiness a request waits for when it would block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// Needs the file readable (ACCEPT, RECV, READ).
-    In,
-    /// Needs the file writable (SEND, WRITE, WRITEV).
-    Out,
-    /// Never waits (NOP, CLOSE, ASYNC_CANCEL).
-    None,
-}
-
-impl Op {
-    /// The slot the request operates on, if any.
-    pub const fn slot(&self) -> Option<u32> {
-        match *self {
-            Op::Nop | Op::AsyncCancel { .. } => None,
-            Op::Accept { slot, .. }
-            | Op::Recv { slot, .. }
-            | Op::Send { slot, .. }
-            | Op::Read { slot, .. }
-            | Op::Write { slot, .. }
-            | Op::Writev { slot, .. }
-            | Op::Close { slot } => Some(slot),
-        }
-    }
-
-    /// The readiness the request needs when it would block.
-    pub const fn direction(&self) -> Direction {
-        match self {
-            Op::Accept { .. } | Op::Recv { .. } | Op::Read { .. } => Direction::In,
-            Op::Send { .. } | Op::Write { .. } | Op::Writev { .. } => Direction::Out,
-            Op::Nop | Op::Close { .. } | Op::AsyncCancel { .. } => Direction::None,
-        }
-    }
-}
-
-const fn clamp_len(len: u32) -> u32 {
-    if len > MAX_RW_LEN {
-        MAX_RW_LEN
-    } else {
-        len
-    }
-}
-
-/// Validates a private copy of an SQE against a context with `max_files` slots.
-///
-/// Every reserved field and flag must be zero, the opcode known, every slot below
-/// `max_files`, flags within the opcode's set, and WRITEV's count in `1..=MAX_IOVECS`.
-/// Lengths above [`MAX_RW_LEN`] are clamped, not refused. Addresses are not checked
-/// here: the copy to or from user memory reports `-EFAULT`.
-pub const fn decode(sqe: &Sqe, max_files: u32) -> Result<Op, SqeError> {
-    if sqe.flags != 0 || sqe.ioprio != 0 || sqe.resv0 != 0 || sqe.resv[0] != 0 || sqe.resv[1] != 0 {
-        return Err(SqeError::Invalid);
-    }
-    let slot = sqe.slot;
-    let uses_slot = sqe.opcode != OP_NOP && sqe.opcode != OP_ASYNC_CANCEL && sqe.opcode < OP_LAST;
-    if uses_slot && slot >= max_files {
-        return Err(SqeError::BadSlot);
-    }
-    // Fields an opcode does not use must be zero.
-    let no_rw = sqe.off == 0 && sqe.addr == 0 && sqe.len == 0;
-    let op = match sqe.opcode {
-        OP_NOP => {
-            if sqe.slot != 0 || !no_rw || sqe.op_flags != 0 || sqe.aux != 0 {
-                return Err(SqeError::Invalid);
-            }
-            Op::Nop
-        }
-        OP_ACCEPT => {
-            if !no_rw || sqe.op_flags & !ACCEPT_FLAGS != 0 {
-                return Err(SqeError::Invalid);
-            }
-            if sqe.aux >= max_files {
-                return Err(SqeError::BadSlot);
-            }
-            Op::Accept {
-                slot,
-                dest: sqe.aux,
-                flags: sqe.op_flags,
-            }
-        }
-        OP_RECV | OP_SEND => {
-            let allowed = if sqe.opcode == OP_RECV {
-                RECV_FLAGS
-            } else {
-                SEND_FLAGS
-            };
-            if sqe.off != 0 || sqe.aux != 0 || sqe.op_flags & !allowed != 0 {
-                return Err(SqeError::Invalid);
-            }
-            let (addr, len, flags) = (sqe.addr, clamp_len(sqe.len), sqe.op_flags);
-            if sqe.opcode == OP_RECV {
-                Op::Recv {
-                    slot,
-                    addr,
-                    len,
-                    flags,
-                }
-            } else {
-                Op::Send {
-                    slot,
-                    addr,
-                    len,
-                    flags,
-                }
-            }
-        }
-        OP_READ | OP_WRITE => {
-            if sqe.aux != 0 || sqe.op_flags != 0 {
-                return Err(SqeError::Invalid);
-            }
-            let (addr, len, off) = (sqe.addr, clamp_len(sqe.len), sqe.off);
-            if sqe.opcode == OP_READ {
-                Op::Read {
-                    slot,
-                    addr,
-                    len,
-                    off,
-                }
-            } else {
-                Op::Write {
-                    slot,
-                    addr,
-                    len,
-                    off,
-                }
-            }
-        }
-        OP_WRITEV => {
-            if sqe.aux != 0 || sqe.op_flags != 0 || sqe.len == 0 || sqe.len > MAX_IOVECS {
-                return Err(SqeError::Invalid);
-            }
-            Op::Writev {
-                slot,
-                iov: sqe.addr,
-                count: sqe.len,
-                off: sqe.off,
-            }
-        }
-        OP_CLOSE => {
-            if !no_rw || sqe.op_flags != 0 || sqe.aux != 0 {
-                return Err(SqeError::Invalid);
-            }
-            Op::Close { slot }
-        }
-        OP_ASYNC_CANCEL => {
-            if sqe.slot != 0 || sqe.off != 0 || sqe.len != 0 || sqe.op_flags != 0 || sqe.aux != 0 {
-                return Err(SqeError::Invalid);
-            }
-            Op::AsyncCancel { target: sqe.addr }
-        }
-        _ => return Err(SqeError::Invalid),
-    };
-    Ok(op)
-}
+#[path = "decode.rs"]
+mod decode;
+pub use decode::*;
 
 // ---------------------------------------------------------------------------------------
 // ioctl arguments
@@ -814,8 +667,10 @@ const _: () = {
     assert!(FASTIO_RUN_HELPER == 0x4008_FA08);
     assert!(FASTIO_SHUTDOWN == 0x0000_FA09);
     assert!(MAX_RW_LEN == 0x7FFF_F000);
-    // Opcodes are dense: OP_LAST is one past ASYNC_CANCEL, the last one.
-    assert!(OP_ASYNC_CANCEL == 8 && OP_LAST == OP_ASYNC_CANCEL + 1);
+    // Opcodes are dense: OP_LAST is one past CONNECT, the last one.
+    assert!(OP_ASYNC_CANCEL == 8 && OP_OPENAT == 9 && OP_CONNECT == 13);
+    assert!(OP_LAST == OP_CONNECT + 1);
+    assert!(OPEN_FLAGS & O_PATH == 0);
     // ASYNC_CANCEL takes its target from `addr` and uses no slot.
     let cancel = Sqe {
         opcode: OP_ASYNC_CANCEL,

@@ -260,6 +260,15 @@ fn random_entries_never_escape_bounds() {
                 Op::Read { len, .. } | Op::Write { len, .. } => assert!(len <= MAX_RW_LEN),
                 Op::Writev { count, .. } => assert!((1..=MAX_IOVECS).contains(&count)),
                 Op::Nop | Op::Close { .. } | Op::AsyncCancel { .. } => {}
+                Op::OpenAt { dest, mode, .. } => {
+                    assert!(dest < MAX_FILES_ && mode <= MAX_MODE)
+                }
+                Op::Fsync { off, len, .. } => assert!(off + len as u64 <= i64::MAX as u64),
+                Op::Fallocate { off, len, .. } => {
+                    assert!(len > 0 && off.checked_add(len).unwrap() <= i64::MAX as u64)
+                }
+                Op::Shutdown { how, .. } => assert!(how <= SHUT_RDWR),
+                Op::Connect { len, .. } => assert!((2..=MAX_SOCKADDR_LEN).contains(&len)),
             }
         }
     }
@@ -314,4 +323,319 @@ fn async_cancel_decodes_its_target_and_refuses_other_fields() {
     for s in bad {
         assert_eq!(decode(&s, MAX_FILES_), Err(SqeError::Invalid), "{s:?}");
     }
+}
+
+/// The ops of issue 13 (OPENAT, FSYNC, FALLOCATE, SHUTDOWN, CONNECT): valid forms.
+#[test]
+fn new_ops_decode() {
+    let open = Sqe {
+        slot: OPENAT_CWD,
+        addr: 0x1000,
+        op_flags: O_CREAT | 0o2,
+        off: 0o644,
+        aux: 5,
+        ..sqe(OP_OPENAT)
+    };
+    assert_eq!(
+        decode(&open, MAX_FILES_),
+        Ok(Op::OpenAt {
+            dir: None,
+            path: 0x1000,
+            flags: O_CREAT | 0o2,
+            mode: 0o644,
+            dest: 5
+        })
+    );
+    let open_in = Sqe { slot: 3, ..open };
+    assert!(matches!(
+        decode(&open_in, MAX_FILES_),
+        Ok(Op::OpenAt { dir: Some(3), .. })
+    ));
+    let fsync = Sqe {
+        slot: 1,
+        op_flags: FSYNC_DATASYNC,
+        off: 4096,
+        len: 8192,
+        ..sqe(OP_FSYNC)
+    };
+    assert_eq!(
+        decode(&fsync, MAX_FILES_),
+        Ok(Op::Fsync {
+            slot: 1,
+            flags: FSYNC_DATASYNC,
+            off: 4096,
+            len: 8192
+        })
+    );
+    let trim = Sqe {
+        slot: 2,
+        op_flags: FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+        off: 0,
+        addr: 1 << 40,
+        ..sqe(OP_FALLOCATE)
+    };
+    assert_eq!(
+        decode(&trim, MAX_FILES_),
+        Ok(Op::Fallocate {
+            slot: 2,
+            mode: 3,
+            off: 0,
+            len: 1 << 40
+        })
+    );
+    let shut = Sqe {
+        slot: 2,
+        op_flags: SHUT_WR,
+        ..sqe(OP_SHUTDOWN)
+    };
+    assert_eq!(
+        decode(&shut, MAX_FILES_),
+        Ok(Op::Shutdown { slot: 2, how: 1 })
+    );
+    let conn = Sqe {
+        slot: 2,
+        addr: 0x3000,
+        len: 16,
+        ..sqe(OP_CONNECT)
+    };
+    assert_eq!(
+        decode(&conn, MAX_FILES_),
+        Ok(Op::Connect {
+            slot: 2,
+            addr: 0x3000,
+            len: 16
+        })
+    );
+    assert_eq!(
+        Op::Connect {
+            slot: 2,
+            addr: 0,
+            len: 16
+        }
+        .direction(),
+        Direction::Out
+    );
+    assert_eq!(shut.opcode, OP_SHUTDOWN);
+}
+
+/// Every unused field, bad flag, bad slot and overflowing range of the new ops.
+#[test]
+fn new_ops_refuse_bad_fields() {
+    let inval = Err(SqeError::Invalid);
+    let badf = Err(SqeError::BadSlot);
+    let open = Sqe {
+        slot: OPENAT_CWD,
+        addr: 0x1000,
+        aux: 1,
+        ..sqe(OP_OPENAT)
+    };
+    assert!(decode(&open, MAX_FILES_).is_ok());
+    assert_eq!(decode(&Sqe { len: 1, ..open }, MAX_FILES_), inval);
+    assert_eq!(
+        decode(
+            &Sqe {
+                op_flags: O_PATH,
+                ..open
+            },
+            MAX_FILES_
+        ),
+        inval
+    );
+    assert_eq!(
+        decode(
+            &Sqe {
+                op_flags: 1 << 30,
+                ..open
+            },
+            MAX_FILES_
+        ),
+        inval
+    );
+    // A mode without O_CREAT/O_TMPFILE, or above 0o7777.
+    assert_eq!(decode(&Sqe { off: 0o600, ..open }, MAX_FILES_), inval);
+    let creat = Sqe {
+        op_flags: O_CREAT,
+        ..open
+    };
+    assert_eq!(
+        decode(
+            &Sqe {
+                off: 0o10000,
+                ..creat
+            },
+            MAX_FILES_
+        ),
+        inval
+    );
+    assert_eq!(
+        decode(
+            &Sqe {
+                aux: MAX_FILES_,
+                ..open
+            },
+            MAX_FILES_
+        ),
+        badf
+    );
+    assert_eq!(
+        decode(
+            &Sqe {
+                slot: MAX_FILES_,
+                ..open
+            },
+            MAX_FILES_
+        ),
+        badf
+    );
+    assert_eq!(decode(&Sqe { resv0: 1, ..open }, MAX_FILES_), inval);
+
+    let fsync = Sqe {
+        slot: 1,
+        ..sqe(OP_FSYNC)
+    };
+    assert!(decode(&fsync, MAX_FILES_).is_ok());
+    assert_eq!(decode(&Sqe { addr: 1, ..fsync }, MAX_FILES_), inval);
+    assert_eq!(decode(&Sqe { aux: 1, ..fsync }, MAX_FILES_), inval);
+    assert_eq!(
+        decode(
+            &Sqe {
+                op_flags: 2,
+                ..fsync
+            },
+            MAX_FILES_
+        ),
+        inval
+    );
+    assert_eq!(
+        decode(
+            &Sqe {
+                off: 1 << 63,
+                ..fsync
+            },
+            MAX_FILES_
+        ),
+        inval
+    );
+    let end = Sqe {
+        off: i64::MAX as u64,
+        len: 1,
+        ..fsync
+    };
+    assert_eq!(decode(&end, MAX_FILES_), inval);
+    assert_eq!(
+        decode(
+            &Sqe {
+                slot: MAX_FILES_,
+                ..fsync
+            },
+            MAX_FILES_
+        ),
+        badf
+    );
+
+    let fall = Sqe {
+        slot: 1,
+        addr: 4096,
+        ..sqe(OP_FALLOCATE)
+    };
+    assert!(decode(&fall, MAX_FILES_).is_ok());
+    assert_eq!(decode(&Sqe { addr: 0, ..fall }, MAX_FILES_), inval);
+    assert_eq!(decode(&Sqe { len: 1, ..fall }, MAX_FILES_), inval);
+    assert_eq!(decode(&Sqe { aux: 1, ..fall }, MAX_FILES_), inval);
+    assert_eq!(
+        decode(
+            &Sqe {
+                op_flags: 0x04,
+                ..fall
+            },
+            MAX_FILES_
+        ),
+        inval
+    );
+    assert_eq!(
+        decode(
+            &Sqe {
+                op_flags: 0x100,
+                ..fall
+            },
+            MAX_FILES_
+        ),
+        inval
+    );
+    for (off, len) in [
+        (u64::MAX, 1),
+        (1, u64::MAX),
+        (i64::MAX as u64, 1),
+        (1 << 63, 4096),
+        (0, 1 << 63),
+    ] {
+        assert_eq!(
+            decode(
+                &Sqe {
+                    off,
+                    addr: len,
+                    ..fall
+                },
+                MAX_FILES_
+            ),
+            inval,
+            "{off} + {len}"
+        );
+    }
+    let max = Sqe {
+        off: i64::MAX as u64 - 1,
+        addr: 1,
+        ..fall
+    };
+    assert!(decode(&max, MAX_FILES_).is_ok());
+
+    let shut = Sqe {
+        slot: 1,
+        ..sqe(OP_SHUTDOWN)
+    };
+    assert!(decode(&shut, MAX_FILES_).is_ok());
+    assert_eq!(
+        decode(
+            &Sqe {
+                op_flags: 3,
+                ..shut
+            },
+            MAX_FILES_
+        ),
+        inval
+    );
+    for bad in [
+        Sqe { addr: 1, ..shut },
+        Sqe { len: 1, ..shut },
+        Sqe { off: 1, ..shut },
+        Sqe { aux: 1, ..shut },
+    ] {
+        assert_eq!(decode(&bad, MAX_FILES_), inval);
+    }
+
+    let conn = Sqe {
+        slot: 1,
+        addr: 0x1000,
+        len: 16,
+        ..sqe(OP_CONNECT)
+    };
+    assert!(decode(&conn, MAX_FILES_).is_ok());
+    for bad in [
+        Sqe { len: 0, ..conn },
+        Sqe { len: 1, ..conn },
+        Sqe { len: 129, ..conn },
+        Sqe {
+            len: u32::MAX,
+            ..conn
+        },
+        Sqe { off: 1, ..conn },
+        Sqe {
+            op_flags: 1,
+            ..conn
+        },
+        Sqe { aux: 1, ..conn },
+    ] {
+        assert_eq!(decode(&bad, MAX_FILES_), inval);
+    }
+    assert_eq!(decode(&sqe(OP_LAST), MAX_FILES_), inval);
 }

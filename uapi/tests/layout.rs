@@ -92,6 +92,11 @@ fn opcodes_are_dense_and_flags_match_linux() {
         OP_WRITEV,
         OP_CLOSE,
         OP_ASYNC_CANCEL,
+        OP_OPENAT,
+        OP_FSYNC,
+        OP_FALLOCATE,
+        OP_SHUTDOWN,
+        OP_CONNECT,
     ];
     for (i, op) in ops.iter().enumerate() {
         assert_eq!(*op as usize, i);
@@ -104,4 +109,47 @@ fn opcodes_are_dense_and_flags_match_linux() {
     assert_eq!(MSG_NOSIGNAL as i32, libc::MSG_NOSIGNAL);
     assert_eq!(ACCEPT_NONBLOCK as i32, libc::SOCK_NONBLOCK);
     assert_eq!(INSTALL_CLOEXEC as i32, libc::O_CLOEXEC);
+    // OPENAT, FALLOCATE and SHUTDOWN pass Linux's own values through too.
+    assert_eq!(O_CREAT as i32, libc::O_CREAT);
+    assert_eq!(O_PATH as i32, libc::O_PATH);
+    assert_eq!((O_TMPFILE_BIT | 0o200000) as i32, libc::O_TMPFILE);
+    assert_eq!(PATH_MAX as i32, libc::PATH_MAX);
+    let valid = libc::O_ACCMODE
+        | libc::O_CREAT
+        | libc::O_EXCL
+        | libc::O_NOCTTY
+        | libc::O_TRUNC
+        | libc::O_APPEND
+        | libc::O_NONBLOCK
+        | libc::O_DSYNC
+        | libc::O_DIRECT
+        // The kernel's O_LARGEFILE (the C library defines it as 0 on 64-bit).
+        | if cfg!(target_arch = "aarch64") { 0o400000 } else { 0o100000 }
+        | libc::O_DIRECTORY
+        | libc::O_NOFOLLOW
+        | libc::O_NOATIME
+        | libc::O_CLOEXEC
+        | libc::O_SYNC
+        | libc::O_TMPFILE;
+    assert_eq!(OPEN_FLAGS as i32, valid);
+    assert_eq!(FALLOC_FL_KEEP_SIZE as i32, libc::FALLOC_FL_KEEP_SIZE);
+    assert_eq!(FALLOC_FL_PUNCH_HOLE as i32, libc::FALLOC_FL_PUNCH_HOLE);
+    assert_eq!(FALLOC_FL_ZERO_RANGE as i32, libc::FALLOC_FL_ZERO_RANGE);
+    assert_eq!(
+        FALLOC_FL_COLLAPSE_RANGE as i32,
+        libc::FALLOC_FL_COLLAPSE_RANGE
+    );
+    assert_eq!(FALLOC_FL_INSERT_RANGE as i32, libc::FALLOC_FL_INSERT_RANGE);
+    assert_eq!(
+        FALLOC_FL_UNSHARE_RANGE as i32,
+        libc::FALLOC_FL_UNSHARE_RANGE
+    );
+    assert_eq!(
+        (SHUT_RD as i32, SHUT_WR as i32, SHUT_RDWR as i32),
+        (libc::SHUT_RD, libc::SHUT_WR, libc::SHUT_RDWR)
+    );
+    assert_eq!(
+        MAX_SOCKADDR_LEN as usize,
+        std::mem::size_of::<libc::sockaddr_storage>()
+    );
 }

@@ -15,6 +15,14 @@
 //! least 2. io_uring posts the CLOSE's CQE before those of the requests it cancelled;
 //! the proactor holds the CLOSE's completion back until they have arrived.
 //!
+//! OPENAT in the current directory is io_uring's OPENAT into the destination slot; in a
+//! directory slot it is OPENAT2 with `RESOLVE_IN_ROOT` (what the module's
+//! `file_open_root` does) on a descriptor of the directory that `push` installs from the
+//! slot (io_uring takes no direct descriptor as a directory) and keeps until the
+//! completion. FSYNC (with its range), FALLOCATE, SHUTDOWN and CONNECT are io_uring's
+//! own; io_uring copies CONNECT's address when it prepares the request and, for a
+//! connect in progress, waits for writability and connects again.
+//!
 //! ASYNC_CANCEL becomes io_uring's `ASYNC_CANCEL` by `user_data` with `ALL`: the proactor's
 //! tokens go to io_uring unchanged, so the target means the same; the result is turned
 //! into the ABI's (0 found, `-ENOENT` not found).
@@ -32,7 +40,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use fastio_uapi::{decode, Cqe, Op, Sqe, MSG_NOSIGNAL, OFF_CURRENT};
+use fastio_uapi::{decode, Cqe, Op, Sqe, FSYNC_DATASYNC, MSG_NOSIGNAL, OFF_CURRENT};
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::Backend;
@@ -58,6 +66,9 @@ pub(crate) struct UringBackend {
     /// ABI's (io_uring counts the matches with `ALL` and says `-EALREADY` for a target
     /// it found running; the ABI says 0 for both).
     cancels: Vec<u64>,
+    /// OPENATs in a directory slot in flight: their user_data, the descriptor of the
+    /// directory and the `open_how`, both kept until the completion.
+    opens: Vec<(u64, OwnedFd, Box<types::OpenHow>)>,
 }
 
 impl UringBackend {
@@ -124,6 +135,7 @@ impl UringBackend {
                 max_files: config.max_files,
                 stash: Vec::new(),
                 cancels: Vec::new(),
+                opens: Vec::new(),
             },
             sqpoll,
             note,
@@ -132,7 +144,7 @@ impl UringBackend {
 
     /// Translates a validated request. Requests that fail validation become a NOP
     /// completion carrying the error, through `Err`.
-    fn translate(&self, sqe: &Sqe) -> Result<squeue::Entry, i32> {
+    fn translate(&mut self, sqe: &Sqe) -> Result<squeue::Entry, i32> {
         let op = decode(sqe, self.max_files).map_err(|e| -e.errno())?;
         let fixed = |slot: u32| types::Fixed(slot);
         let entry = match op {
@@ -193,6 +205,74 @@ impl UringBackend {
             Op::AsyncCancel { target } => {
                 opcode::AsyncCancel2::new(types::CancelBuilder::user_data(target).all()).build()
             }
+            Op::OpenAt {
+                dir,
+                path,
+                flags,
+                mode,
+                dest,
+            } => {
+                let dest =
+                    types::DestinationSlot::try_from_slot_target(dest).map_err(|_| -libc::EBADF)?;
+                // A direct descriptor has no close-on-exec flag (io_uring refuses
+                // O_CLOEXEC with a file index).
+                let flags = flags & !(libc::O_CLOEXEC as u32);
+                let path = path as *const libc::c_char;
+                match dir {
+                    None => opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path)
+                        .flags(flags as i32)
+                        .mode(mode)
+                        .file_index(Some(dest))
+                        .build(),
+                    Some(dir) => {
+                        // io_uring takes no direct descriptor as the directory: a real
+                        // descriptor of the slot's file serves until the completion.
+                        let fd = self
+                            .install_fd(dir)
+                            .map_err(|e| -e.raw_os_error().unwrap_or(libc::EBADF))?;
+                        let how = Box::new(
+                            types::OpenHow::new()
+                                .flags(flags as u64)
+                                .mode(mode as u64)
+                                .resolve(libc::RESOLVE_IN_ROOT),
+                        );
+                        let entry = opcode::OpenAt2::new(types::Fd(fd.as_raw_fd()), path, &*how)
+                            .file_index(Some(dest))
+                            .build();
+                        self.opens.push((sqe.user_data, fd, how));
+                        entry
+                    }
+                }
+            }
+            Op::Fsync {
+                slot,
+                flags,
+                off,
+                len,
+            } => {
+                let mut f = types::FsyncFlags::empty();
+                if flags & FSYNC_DATASYNC != 0 {
+                    f |= types::FsyncFlags::DATASYNC;
+                }
+                opcode::Fsync::new(fixed(slot))
+                    .offset(off)
+                    .len(len)
+                    .flags(f)
+                    .build()
+            }
+            Op::Fallocate {
+                slot,
+                mode,
+                off,
+                len,
+            } => opcode::Fallocate::new(fixed(slot), len)
+                .offset(off)
+                .mode(mode as i32)
+                .build(),
+            Op::Shutdown { slot, how } => opcode::Shutdown::new(fixed(slot), how as i32).build(),
+            Op::Connect { slot, addr, len } => {
+                opcode::Connect::new(fixed(slot), addr as *const libc::sockaddr, len).build()
+            }
         };
         Ok(entry.user_data(sqe.user_data))
     }
@@ -215,6 +295,15 @@ impl Drop for UringBackend {
     /// keep the port busy for a moment after the process is gone.
     fn drop(&mut self) {
         let _ = self.ring.submitter().unregister_files();
+    }
+}
+
+impl UringBackend {
+    /// Drops what an OPENAT in a directory slot kept for its completion.
+    fn forget_open(&mut self, user_data: u64) {
+        if let Some(i) = self.opens.iter().position(|o| o.0 == user_data) {
+            self.opens.swap_remove(i);
+        }
     }
 }
 
@@ -309,8 +398,13 @@ impl Backend for UringBackend {
         // SAFETY: the proactor keeps every buffer and iovec array the entry points to
         // alive and unmoved until the completion for this user_data has been reaped.
         let pushed = unsafe { sq.push(&entry) }.is_ok();
+        drop(sq);
         if pushed && sqe.opcode == fastio_uapi::OP_ASYNC_CANCEL {
             self.cancels.push(sqe.user_data);
+        }
+        if !pushed {
+            // Refused for now: an OPENAT's directory descriptor is not needed after all.
+            self.forget_open(sqe.user_data);
         }
         pushed
     }
@@ -336,7 +430,8 @@ impl Backend for UringBackend {
 
     fn reap(&mut self, f: &mut dyn FnMut(Cqe)) -> usize {
         let mut n = self.stash.len();
-        for c in self.stash.drain(..) {
+        for c in std::mem::take(&mut self.stash) {
+            self.forget_open(c.user_data);
             f(c);
         }
         for c in self.ring.completion() {
@@ -344,6 +439,9 @@ impl Backend for UringBackend {
                 continue;
             }
             let mut e = cqe(&c);
+            if let Some(i) = self.opens.iter().position(|o| o.0 == e.user_data) {
+                self.opens.swap_remove(i);
+            }
             if !self.cancels.is_empty() {
                 if let Some(i) = self.cancels.iter().position(|&u| u == e.user_data) {
                     self.cancels.swap_remove(i);

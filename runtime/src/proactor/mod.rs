@@ -48,6 +48,7 @@
 //! always comes after the `-ECANCELED` completions of the requests it cancelled.
 
 mod requests;
+mod sysops;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -58,7 +59,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use fastio_uapi::{Cqe, IoVec, OP_ACCEPT, OP_ASYNC_CANCEL, OP_CLOSE, OP_NOP};
+use fastio_uapi::{Cqe, IoVec, OP_ACCEPT, OP_ASYNC_CANCEL, OP_CLOSE, OP_NOP, OP_OPENAT};
 
 use crate::backend::{self, Backend, Choice};
 use crate::config::Config;
@@ -72,7 +73,7 @@ const RESERVED_CQES: u32 = 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SlotState {
     Free,
-    /// Reserved as an ACCEPT's destination.
+    /// Reserved as an ACCEPT's or OPENAT's destination.
     Accepting,
     Open,
     /// A CLOSE is in flight (or its completion is held until the slot's other requests
@@ -100,7 +101,7 @@ struct InFlight {
     opcode: u8,
     origin: Origin,
     slot: u32,
-    /// ACCEPT: the destination slot.
+    /// ACCEPT and OPENAT: the destination slot.
     dest: u32,
     /// Whether the slot bookkeeping applies (not a raw request).
     tracked: bool,
@@ -414,7 +415,8 @@ impl Proactor {
         self.lane_inflight[f.lane as usize] -= f.cost;
         self.pending -= 1;
         let mut accepted = None;
-        if f.tracked && f.opcode == OP_ACCEPT && (f.dest as usize) < self.slots.len() {
+        let installs = matches!(f.opcode, OP_ACCEPT | OP_OPENAT);
+        if f.tracked && installs && (f.dest as usize) < self.slots.len() {
             if cqe.res >= 0 {
                 self.slots[f.dest as usize] = SlotState::Open;
                 accepted = Some(Slot(f.dest));

@@ -300,7 +300,7 @@ impl Proactor {
         self.queue(lane, sqe, user_data, Some(buf), Vec::new())
     }
 
-    fn lane_of(&self, slot: u32) -> u32 {
+    pub(super) fn lane_of(&self, slot: u32) -> u32 {
         slot % self.lanes
     }
 
@@ -324,7 +324,7 @@ impl Proactor {
         self.lane_inflight[lane as usize] + cost <= limit
     }
 
-    fn queue(
+    pub(super) fn queue(
         &mut self,
         lane: u32,
         sqe: Sqe,
@@ -379,7 +379,10 @@ impl Proactor {
             iovecs,
         });
         if tracked && counts_on_slot(opcode) {
-            self.slot_inflight[sqe.slot as usize] += 1;
+            // OPENAT in the current directory names no slot (OPENAT_CWD).
+            if let Some(n) = self.slot_inflight.get_mut(sqe.slot as usize) {
+                *n += 1;
+            }
         }
         self.lane_inflight[lane as usize] += cost;
         self.pending += 1;

@@ -27,11 +27,12 @@ pub struct Completion {
     pub user_data: u64,
     /// Bytes transferred, 0, the new slot's index (ACCEPT), or a negative errno.
     pub result: i32,
-    /// The buffer the request owned (RECV, SEND, READ, WRITE).
+    /// The buffer the request owned (RECV, SEND, READ, WRITE; the path of an OPENAT,
+    /// the address of a CONNECT).
     pub buf: Option<Vec<u8>>,
     /// The buffers a WRITEV owned.
     pub bufs: Vec<Vec<u8>>,
-    /// For a successful ACCEPT: the slot of the new connection.
+    /// For a successful ACCEPT or OPENAT: the slot of the new connection or file.
     pub accepted: Option<Slot>,
 }
 

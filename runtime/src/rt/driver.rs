@@ -48,6 +48,29 @@ pub(crate) enum Req {
     Close { slot: Slot },
     /// NOP: a round trip through the rings.
     Nop,
+    /// OPENAT of the NUL-terminated path at `path` (memory the op's owner keeps alive).
+    OpenAt {
+        dir: Option<Slot>,
+        path: u64,
+        flags: i32,
+        mode: u32,
+    },
+    /// FSYNC of the whole file.
+    Fsync { slot: Slot, datasync: bool },
+    /// FALLOCATE.
+    Fallocate {
+        slot: Slot,
+        mode: u32,
+        offset: u64,
+        len: u64,
+    },
+    /// SHUTDOWN of a socket.
+    Shutdown { slot: Slot, how: std::net::Shutdown },
+    /// CONNECT of a socket.
+    Connect {
+        slot: Slot,
+        addr: std::net::SocketAddr,
+    },
 }
 
 /// What a completed operation reports.
@@ -55,7 +78,7 @@ pub(crate) enum Req {
 pub(crate) struct OpResult {
     /// The CQE's result (negative errno on error).
     pub(crate) res: i32,
-    /// ACCEPT: the new connection's slot.
+    /// ACCEPT and OPENAT: the new slot.
     pub(crate) accepted: Option<Slot>,
 }
 
@@ -224,6 +247,26 @@ impl Driver {
             Req::Accept { listener } => self.p.accept(listener, ud),
             Req::Close { slot } => self.p.close(slot, ud),
             Req::Nop => self.p.nop(ud),
+            Req::OpenAt {
+                dir,
+                path,
+                flags,
+                mode,
+            } => {
+                // SAFETY: `path` points to a NUL-terminated string the op's future (or its
+                // orphan) owns until the completion; the proactor copies it.
+                let path = unsafe { std::ffi::CStr::from_ptr(path as *const libc::c_char) };
+                self.p.openat(dir, path, flags, mode, ud)
+            }
+            Req::Fsync { slot, datasync } => self.p.fsync(slot, datasync, ud),
+            Req::Fallocate {
+                slot,
+                mode,
+                offset,
+                len,
+            } => self.p.fallocate(slot, mode, offset, len, ud),
+            Req::Shutdown { slot, how } => self.p.shutdown_socket(slot, how, ud),
+            Req::Connect { slot, addr } => self.p.connect(slot, addr, ud),
             Req::Io {
                 opcode,
                 slot,
@@ -371,7 +414,8 @@ impl Driver {
             if let Some(orphan) = self.free_entry(ud).and_then(|e| e.orphan) {
                 self.graveyard.push(orphan);
             }
-            // An ACCEPT nobody waits for any more: its connection is not wanted.
+            // An ACCEPT (OPENAT) nobody waits for any more: its connection (file) is not
+            // wanted.
             if let Some(slot) = c.accepted {
                 self.close_detached(slot);
             }

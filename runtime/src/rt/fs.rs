@@ -1,14 +1,16 @@
-//! Files: positional reads and writes through the rings.
+//! Files: opened, read, written, synced and allocated through the rings.
 
+use std::ffi::CString;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use fastio_uapi::{OP_READ, OP_WRITE};
 
+use super::driver::Req;
 use super::net::OwnedSlot;
-use super::pool::unblock;
-use super::{IoBuf, IoBufMut};
+use super::op::Op;
+use super::{current, IoBuf, IoBufMut};
 
 /// A file in a slot. Reads and writes name their offset (`read_at`, `write_at`), so
 /// several may be in flight at once.
@@ -30,37 +32,48 @@ use super::{IoBuf, IoBufMut};
 /// ```
 pub struct File {
     io: OwnedSlot,
-    /// The file as opened, for `sync_all` (no FSYNC in the ABI yet).
-    std: Arc<std::fs::File>,
 }
 
 impl File {
-    /// Opens `path` read-only (`open(2)` on a helper thread: the ABI has no OPENAT yet).
+    /// Opens `path` read-only (OPENAT into a slot; the module runs it on a helper
+    /// thread, never on a polling lane).
     pub async fn open(path: impl AsRef<Path>) -> io::Result<File> {
-        let path = path.as_ref().to_owned();
-        Self::from_std(unblock(move || std::fs::File::open(path)).await?)
+        Self::open_with(path, libc::O_RDONLY, 0).await
     }
 
-    /// Creates (or truncates) `path` for reading and writing.
+    /// Creates (or truncates) `path` for reading and writing (mode 0o666 before the
+    /// umask).
     pub async fn create(path: impl AsRef<Path>) -> io::Result<File> {
-        let path = path.as_ref().to_owned();
-        let f = unblock(move || {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(path)
-        })
-        .await?;
-        Self::from_std(f)
+        let flags = libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC;
+        Self::open_with(path, flags, 0o666).await
     }
 
-    /// Registers an open file.
+    /// Opens `path` with `open(2)` `flags` (`O_PATH` is refused) and `mode`, relative to
+    /// the current directory.
+    pub async fn open_with(path: impl AsRef<Path>, flags: i32, mode: u32) -> io::Result<File> {
+        let path = CString::new(path.as_ref().as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let rt = current();
+        let req = Req::OpenAt {
+            dir: None,
+            path: path.as_ptr() as u64,
+            flags,
+            mode,
+        };
+        let (r, _path) = Op::new(&rt, req, path).await;
+        r.io()?;
+        let slot = r
+            .accepted
+            .ok_or_else(|| io::Error::other("OPENAT without a slot"))?;
+        Ok(File {
+            io: OwnedSlot::adopt(rt, slot),
+        })
+    }
+
+    /// Registers an open file (the slot keeps its own reference).
     pub fn from_std(f: std::fs::File) -> io::Result<File> {
         Ok(File {
             io: OwnedSlot::register(&f)?,
-            std: Arc::new(f),
         })
     }
 
@@ -93,15 +106,57 @@ impl File {
         (Ok(()), buf)
     }
 
-    /// Flushes data and metadata to the device (`fsync(2)` on a helper thread).
+    /// Flushes data and metadata to the device (FSYNC).
     pub async fn sync_all(&self) -> io::Result<()> {
-        let f = Arc::clone(&self.std);
-        unblock(move || f.sync_all()).await
+        self.simple(Req::Fsync {
+            slot: self.io.slot,
+            datasync: false,
+        })
+        .await
     }
 
-    /// The file's metadata.
+    /// Flushes the data, and the metadata needed to read it back (FSYNC with
+    /// `FSYNC_DATASYNC`: `fdatasync`).
+    pub async fn sync_data(&self) -> io::Result<()> {
+        self.simple(Req::Fsync {
+            slot: self.io.slot,
+            datasync: true,
+        })
+        .await
+    }
+
+    /// Allocates `len` bytes at `offset` (FALLOCATE, mode 0): the file grows to at
+    /// least `offset + len` bytes, backed by storage.
+    pub async fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.fallocate(0, offset, len).await
+    }
+
+    /// Deallocates `len` bytes at `offset`, keeping the size (FALLOCATE with
+    /// `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`: a trim); the range reads as zeros.
+    pub async fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mode = (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u32;
+        self.fallocate(mode, offset, len).await
+    }
+
+    /// FALLOCATE with `FALLOC_FL_*` `mode`.
+    pub async fn fallocate(&self, mode: u32, offset: u64, len: u64) -> io::Result<()> {
+        self.simple(Req::Fallocate {
+            slot: self.io.slot,
+            mode,
+            offset,
+            len,
+        })
+        .await
+    }
+
+    async fn simple(&self, req: Req) -> io::Result<()> {
+        let (r, ()) = Op::new(&self.io.rt, req, ()).await;
+        r.io().map(drop)
+    }
+
+    /// The file's metadata (`fstat` of a descriptor of the slot).
     pub fn metadata(&self) -> io::Result<std::fs::Metadata> {
-        self.std.metadata()
+        std::fs::File::from(self.io.install_fd()?).metadata()
     }
 
     /// Closes the slot and waits for it.

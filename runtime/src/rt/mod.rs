@@ -84,10 +84,12 @@
 //!
 //! # What is synchronous
 //!
-//! The ABI has no OPENAT, FSYNC, CONNECT or SHUTDOWN yet: [`File::open`],
-//! [`File::sync_all`] and [`TcpStream::connect`] run the system call on a short-lived
-//! helper thread ([`unblock`]) so the runtime keeps serving; [`TcpStream::shutdown`] is
-//! one `shutdown(2)` on a descriptor of the slot.
+//! Opening, syncing and allocating files ([`File::open`], [`File::sync_all`],
+//! [`File::sync_data`], [`File::allocate`], [`File::punch_hole`]), connecting and shutting
+//! down sockets ([`TcpStream::connect`], [`TcpStream::shutdown`]) are requests through
+//! the rings (OPENAT, FSYNC, FALLOCATE, CONNECT, SHUTDOWN) like reads and writes; the
+//! kernel module runs the blocking ones on its helper threads. What stays synchronous:
+//! [`File::metadata`] (one `fstat` of a descriptor of the slot).
 
 mod buf;
 mod driver;

@@ -1,17 +1,15 @@
 //! TCP over the rings: a listener that accepts into slots, and streams whose reads and
 //! writes take owned buffers.
 
-use std::cell::OnceCell;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 
 use fastio_uapi::{OP_RECV, OP_SEND};
 
 use super::driver::Req;
 use super::op::Op;
-use super::pool::unblock;
 use super::{current, Inner, IoBuf, IoBufMut};
 use crate::proactor::Slot;
 
@@ -170,23 +168,36 @@ impl TcpListener {
 /// A TCP connection in a slot.
 pub struct TcpStream {
     io: OwnedSlot,
-    /// A descriptor for `shutdown(2)`, made on first use.
-    fd: OnceCell<OwnedFd>,
 }
 
 impl TcpStream {
     fn adopt(io: OwnedSlot) -> TcpStream {
-        TcpStream {
-            io,
-            fd: OnceCell::new(),
-        }
+        TcpStream { io }
     }
 
-    /// Connects to `addr` (a blocking `connect(2)` on a helper thread: the ABI has no
-    /// CONNECT yet), then registers the socket.
+    /// Connects to `addr`: a new socket in a slot, then CONNECT (waits while the
+    /// connection is in progress; cancelled if the future is dropped).
     pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-        let s = unblock(move || std::net::TcpStream::connect(addr)).await?;
-        Self::from_std(s)
+        let family = match addr {
+            SocketAddr::V4(_) => libc::AF_INET,
+            SocketAddr::V6(_) => libc::AF_INET6,
+        };
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor we own.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let io = OwnedSlot::register(&sock)?;
+        drop(sock);
+        let req = Req::Connect {
+            slot: io.slot,
+            addr,
+        };
+        let (r, ()) = Op::new(&io.rt, req, ()).await;
+        r.io()?;
+        Ok(Self::adopt(io))
     }
 
     /// Registers a connected socket (the slot keeps its own reference).
@@ -223,34 +234,20 @@ impl TcpStream {
         (Ok(()), buf)
     }
 
-    /// Shuts down the read, write or both halves (`shutdown(2)` on a descriptor of the
-    /// slot: the ABI has no SHUTDOWN yet).
-    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        let fd = match self.fd.get() {
-            Some(fd) => fd,
-            None => {
-                let fd = self.io.install_fd()?;
-                self.fd.get_or_init(|| fd)
-            }
+    /// Shuts down the read, write or both halves (SHUTDOWN).
+    pub async fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        let req = Req::Shutdown {
+            slot: self.io.slot,
+            how,
         };
-        let how = match how {
-            Shutdown::Read => libc::SHUT_RD,
-            Shutdown::Write => libc::SHUT_WR,
-            Shutdown::Both => libc::SHUT_RDWR,
-        };
-        // SAFETY: shutdown(2) on a descriptor we own.
-        if unsafe { libc::shutdown(fd.as_raw_fd(), how) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        let (r, ()) = Op::new(&self.io.rt, req, ()).await;
+        r.io().map(drop)
     }
 
     /// Closes the connection and waits for it: requests still waiting on it complete
     /// with `-ECANCELED` first. Dropping the stream closes it too, without waiting.
     pub async fn close(self) -> io::Result<()> {
-        let TcpStream { io, fd } = self;
-        drop(fd);
-        io.close().await
+        self.io.close().await
     }
 }
 

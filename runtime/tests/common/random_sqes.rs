@@ -11,7 +11,8 @@
 
 use fastio::uapi::{
     decode, IoVec, Op, Sqe, ACCEPT_NONBLOCK, MAX_RW_LEN, OFF_CURRENT, OP_ACCEPT, OP_ASYNC_CANCEL,
-    OP_CLOSE, OP_NOP, OP_READ, OP_RECV, OP_SEND, OP_WRITE, OP_WRITEV, RECV_FLAGS, SEND_FLAGS,
+    OP_CLOSE, OP_CONNECT, OP_FALLOCATE, OP_FSYNC, OP_NOP, OP_OPENAT, OP_READ, OP_RECV, OP_SEND,
+    OP_SHUTDOWN, OP_WRITE, OP_WRITEV, RECV_FLAGS, SEND_FLAGS,
 };
 
 /// The seed in environment variable `var` (to replay a run), else one from the clock.
@@ -110,6 +111,11 @@ pub fn op_name(opcode: u8) -> String {
         OP_WRITEV => "WRITEV".into(),
         OP_CLOSE => "CLOSE".into(),
         OP_ASYNC_CANCEL => "ASYNC_CANCEL".into(),
+        OP_OPENAT => "OPENAT".into(),
+        OP_FSYNC => "FSYNC".into(),
+        OP_FALLOCATE => "FALLOCATE".into(),
+        OP_SHUTDOWN => "SHUTDOWN".into(),
+        OP_CONNECT => "CONNECT".into(),
         _ => "bad-opcode".into(),
     }
 }
@@ -134,6 +140,10 @@ pub fn check_result(sqe: &Sqe, res: i32, max_files: u32) {
             | Op::Write { len, .. },
         ) => assert!(res < 0 || res as u32 <= len, "{}", ctx()),
         Ok(Op::Writev { .. }) => assert!(res <= MAX_RW_LEN as i32, "{}", ctx()),
+        Ok(Op::OpenAt { dest, .. }) => assert!(res < 0 || res == dest as i32, "{}", ctx()),
+        Ok(Op::Fsync { .. } | Op::Fallocate { .. } | Op::Shutdown { .. } | Op::Connect { .. }) => {
+            assert!(res <= 0, "{}", ctx())
+        }
     }
 }
 

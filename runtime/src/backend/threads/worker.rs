@@ -1,5 +1,9 @@
 //! A lane's worker thread: drains the SQ, issues each request without blocking, parks
 //! what would block on the lane's epoll instance, and posts completions.
+//!
+//! Regular-file calls (READ/WRITE of files, OPENAT, FSYNC, FALLOCATE) block the worker
+//! while they run, as they always have on this backend. A CONNECT in progress waits for
+//! writability like a SEND, then completes with the socket's `SO_ERROR`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -8,7 +12,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fastio_uapi::{decode, Cqe, Direction, IoVec, Op, Sqe, MSG_DONTWAIT, OFF_CURRENT};
+use fastio_uapi::{
+    decode, Cqe, Direction, IoVec, Op, Sqe, FSYNC_DATASYNC, MSG_DONTWAIT, OFF_CURRENT,
+};
 
 use super::sys::{block_sigpipe, drain_eventfd, epoll_ctl, pin_to_cpu};
 use super::Shared;
@@ -78,6 +84,57 @@ fn dont_wait(op: &Op) -> bool {
     match *op {
         Op::Recv { flags, .. } | Op::Send { flags, .. } => flags & MSG_DONTWAIT != 0,
         _ => false,
+    }
+}
+
+/// A CONNECT that is in progress (length 0, which `decode` never lets through): its
+/// re-issue reads the socket's error instead of connecting again.
+fn connect_in_progress(op: Op) -> Op {
+    match op {
+        Op::Connect { slot, .. } => Op::Connect {
+            slot,
+            addr: 0,
+            len: 0,
+        },
+        op => op,
+    }
+}
+
+/// The end of a connect in progress on `fd`: `-EAGAIN` while it is not writable, then
+/// the socket's error (`SO_ERROR`), `-ECONNABORTED` if it hung up without one, else 0.
+fn connect_result(fd: RawFd) -> i32 {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout.
+    if unsafe { libc::poll(&mut p, 1, 0) } < 0 {
+        return -last_errno();
+    }
+    if p.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) == 0 {
+        return -libc::EAGAIN;
+    }
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` are valid for getsockopt's output.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        -last_errno()
+    } else if err != 0 {
+        -err
+    } else if p.revents & libc::POLLHUP != 0 {
+        -libc::ECONNABORTED
+    } else {
+        0
     }
 }
 
@@ -230,11 +287,28 @@ impl Worker {
                 let r = self.cancel_target(target);
                 self.complete(user_data, r)
             }
+            Op::OpenAt { dir: None, .. } => {
+                let r = self.openat(&op, None);
+                self.complete(user_data, r)
+            }
             _ => {
                 let slot = op.slot().unwrap_or(0);
                 let Some(file) = self.shared.files.get(slot) else {
                     return self.complete(user_data, -libc::EBADF);
                 };
+                if let Op::Connect { .. } = op {
+                    // In progress: wait for writability, then read the socket's error.
+                    return match self.issue(&op, &file) {
+                        r if r == -libc::EINPROGRESS && file.pollable => self.park(
+                            file,
+                            Parked {
+                                op: connect_in_progress(op),
+                                user_data,
+                            },
+                        ),
+                        r => self.complete(user_data, r),
+                    };
+                }
                 let dir = op.direction();
                 let dont_wait = dont_wait(&op);
                 let queued_behind = self
@@ -333,7 +407,77 @@ impl Worker {
                     }
                 })
             }
+            Op::OpenAt { .. } => self.openat(op, Some(file)),
+            // Syncs the whole file: there is no ranged fsync system call, and syncing
+            // more than the range asked for is correct.
+            Op::Fsync { flags, .. } => res(unsafe {
+                if flags & FSYNC_DATASYNC != 0 {
+                    libc::fdatasync(fd)
+                } else {
+                    libc::fsync(fd)
+                }
+            } as isize),
+            Op::Fallocate { mode, off, len, .. } => {
+                res(unsafe { libc::fallocate(fd, mode as i32, off as i64, len as i64) } as isize)
+            }
+            Op::Shutdown { how, .. } => res(unsafe { libc::shutdown(fd, how as i32) } as isize),
+            Op::Connect { len: 0, .. } => connect_result(fd),
+            Op::Connect { addr, len, .. } => res(unsafe {
+                libc::connect(fd, addr as *const libc::sockaddr, len as libc::socklen_t)
+            } as isize),
             Op::Nop | Op::Close { .. } | Op::AsyncCancel { .. } => 0,
+        }
+    }
+
+    /// OPENAT (blocking: the threads backend's workers do blocking file calls): in the
+    /// current directory with `openat`, in a directory slot with `openat2` and
+    /// `RESOLVE_IN_ROOT` (what the kernel module's `file_open_root` does). The
+    /// destination must be empty before anything is opened.
+    fn openat(&self, op: &Op, dir: Option<&FileRef>) -> i32 {
+        let Op::OpenAt {
+            path,
+            flags,
+            mode,
+            dest,
+            ..
+        } = *op
+        else {
+            return -libc::EINVAL;
+        };
+        if self.shared.files.get(dest).is_some() {
+            return -libc::EBUSY;
+        }
+        let flags = flags as i32 | libc::O_CLOEXEC;
+        let path = path as *const libc::c_char;
+        // SAFETY: the path is user memory the submitter keeps valid until the
+        // completion (the kernel reports EFAULT for a bad address); `how` lives across
+        // the call.
+        let r = unsafe {
+            match dir {
+                None => libc::openat(libc::AT_FDCWD, path, flags, mode),
+                Some(d) => {
+                    let mut how: libc::open_how = std::mem::zeroed();
+                    how.flags = flags as u64;
+                    how.mode = mode as u64;
+                    how.resolve = libc::RESOLVE_IN_ROOT;
+                    libc::syscall(
+                        libc::SYS_openat2,
+                        d.raw(),
+                        path,
+                        &how as *const libc::open_how,
+                        std::mem::size_of::<libc::open_how>(),
+                    ) as i32
+                }
+            }
+        };
+        if r < 0 {
+            return -last_errno();
+        }
+        // SAFETY: r is a fresh descriptor nobody else owns.
+        let new = unsafe { OwnedFd::from_raw_fd(r) };
+        match FileRef::adopt(new).and_then(|f| self.shared.files.insert(dest, f)) {
+            Ok(()) => dest as i32,
+            Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
         }
     }
 
