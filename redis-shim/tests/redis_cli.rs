@@ -6,7 +6,45 @@
 
 mod support;
 
-use support::{flavors, have_redis, pattern, Client, Redis, Reply, TempDir};
+use fastio::{BackendKind, Config};
+use support::{flavors, have_redis, pattern, Client, Flavor, Redis, Reply, TempDir};
+
+/// `backend = "auto"` under the shim is io_uring without SQPOLL, even where the module
+/// is loaded (the VM run), and the shim says why at start-up; Redis then works as on
+/// any backend and its replies go through the rings.
+#[test]
+fn auto_backend_is_io_uring_without_sqpoll_for_redis() {
+    let test = "auto_backend_is_io_uring_without_sqpoll_for_redis";
+    if !have_redis(test) {
+        return;
+    }
+    let f = Flavor {
+        name: "auto",
+        config: Config {
+            backend: BackendKind::Auto,
+            sqpoll: true,
+            ..Config::default()
+        },
+    };
+    let dir = TempDir::new("auto");
+    let redis = Redis::start(&f, dir.path(), &[], &[]);
+    let err = redis.stderr();
+    assert!(
+        err.contains("backend auto: io_uring without SQPOLL"),
+        "no note on the choice:\n{err}"
+    );
+    let mut c = redis.client();
+    c.cmd(&["SET", "k", "v"]).unwrap();
+    assert_eq!(c.bulk(&["GET", "k"]).as_deref(), Some(&b"v"[..]));
+    drop(c);
+    let shim = redis.stop().expect("shim stats");
+    assert!(
+        shim.backend().starts_with("uring: "),
+        "backend {:?}",
+        shim.backend()
+    );
+    shim.assert_carried("auto", 3);
+}
 
 /// SET with `redis-cli -x` (value on stdin), GET back through redis-cli's raw output.
 #[test]
