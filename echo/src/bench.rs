@@ -3,8 +3,9 @@
 //! (`Speed: X request/sec, Y response/sec`, `Requests: N`, `Responses: N`), plus:
 //!
 //! - pipelining (`depth` messages in flight per connection);
-//! - per-message round-trip latency in a log-bucketed histogram
-//!   ([`LatencyHistogram`], about 1.6 % resolution, fixed memory);
+//! - per-message round-trip latency in an HdrHistogram
+//!   ([`LatencyHistogram`](crate::latency::LatencyHistogram), 3
+//!   significant digits, fixed memory);
 //! - verification of every echoed byte: message `s` of connection `c` is a pattern
 //!   specific to `c` with `c` and `s` mixed into its first 12 bytes, so each message is
 //!   unique and lost, duplicated, reordered or corrupted bytes are counted as mismatches;
@@ -28,6 +29,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::check::{poll, worker_count, Pattern};
+use crate::latency::LatencyHistogram;
 
 /// Longest single `poll` wait of a worker.
 const POLL_SLICE: Duration = Duration::from_millis(100);
@@ -207,114 +209,6 @@ impl std::error::Error for BenchError {
             | Self::Connect { source: e, .. } => Some(e),
             _ => None,
         }
-    }
-}
-
-/// Latency histogram with logarithmic buckets: exact below 128 ns, then 64 buckets per
-/// power of two (relative error under 1.6 %). Fixed memory (about 30 KiB) whatever the
-/// number of samples.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LatencyHistogram {
-    counts: Vec<u64>,
-    total: u64,
-    max_ns: u64,
-    sum_ns: u128,
-}
-
-const SUB_BITS: u32 = 6;
-const SUB: u64 = 1 << SUB_BITS;
-const BUCKETS: usize = (SUB * (63 - SUB_BITS as u64) + 2 * SUB) as usize;
-
-impl Default for LatencyHistogram {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl LatencyHistogram {
-    /// An empty histogram.
-    pub fn new() -> Self {
-        Self {
-            counts: vec![0; BUCKETS],
-            total: 0,
-            max_ns: 0,
-            sum_ns: 0,
-        }
-    }
-
-    fn index(ns: u64) -> usize {
-        let msb = 63 - (ns | 1).leading_zeros();
-        let shift = msb.saturating_sub(SUB_BITS);
-        (SUB * u64::from(shift) + (ns >> shift)) as usize
-    }
-
-    /// Lowest and highest value of bucket `i`.
-    fn bounds(i: usize) -> (u64, u64) {
-        let i = i as u64;
-        if i < 2 * SUB {
-            return (i, i);
-        }
-        let shift = i / SUB - 1;
-        let m = i - SUB * shift;
-        let hi = ((u128::from(m) + 1) << shift) - 1;
-        (m << shift, u64::try_from(hi).unwrap_or(u64::MAX))
-    }
-
-    /// Adds one sample.
-    pub fn record(&mut self, latency: Duration) {
-        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        self.counts[Self::index(ns)] += 1;
-        self.total += 1;
-        self.max_ns = self.max_ns.max(ns);
-        self.sum_ns += u128::from(ns);
-    }
-
-    /// Adds all samples of `other`.
-    pub fn merge(&mut self, other: &LatencyHistogram) {
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += b;
-        }
-        self.total += other.total;
-        self.max_ns = self.max_ns.max(other.max_ns);
-        self.sum_ns += other.sum_ns;
-    }
-
-    /// Number of samples.
-    pub fn count(&self) -> u64 {
-        self.total
-    }
-
-    /// The `q` quantile (`0.5`, `0.99`, `0.999`...): the middle of the bucket that holds
-    /// the sample of rank `ceil(q × count)`. `None` without samples.
-    pub fn percentile(&self, q: f64) -> Option<Duration> {
-        if self.total == 0 {
-            return None;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).clamp(1, self.total);
-        let mut seen = 0;
-        for (i, &n) in self.counts.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                let (lo, hi) = Self::bounds(i);
-                let mid = lo + (hi - lo) / 2;
-                return Some(Duration::from_nanos(mid.min(self.max_ns)));
-            }
-        }
-        Some(Duration::from_nanos(self.max_ns))
-    }
-
-    /// Largest sample.
-    pub fn max(&self) -> Option<Duration> {
-        (self.total > 0).then(|| Duration::from_nanos(self.max_ns))
-    }
-
-    /// Mean of the samples.
-    pub fn mean(&self) -> Option<Duration> {
-        (self.total > 0).then(|| {
-            Duration::from_nanos(
-                (self.sum_ns / u128::from(self.total)).min(u128::from(u64::MAX)) as u64,
-            )
-        })
     }
 }
 
@@ -951,39 +845,4 @@ fn worker(mut conns: Vec<Conn>, ctx: &Ctx, counters: &Counters) -> WorkerOut {
     }
     counters.live.store(0, Ordering::Relaxed);
     w
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histogram_buckets_are_contiguous_and_ordered() {
-        let mut prev_hi: Option<u64> = None;
-        for i in 0..BUCKETS {
-            let (lo, hi) = LatencyHistogram::bounds(i);
-            assert!(lo <= hi);
-            if let Some(p) = prev_hi {
-                assert_eq!(lo, p + 1, "bucket {i}");
-            }
-            assert_eq!(LatencyHistogram::index(lo), i);
-            assert_eq!(LatencyHistogram::index(hi), i);
-            prev_hi = Some(hi);
-        }
-        assert_eq!(prev_hi, Some(u64::MAX));
-    }
-
-    #[test]
-    fn histogram_percentiles() {
-        let mut h = LatencyHistogram::new();
-        for us in 1..=1000u64 {
-            h.record(Duration::from_micros(us));
-        }
-        let p50 = h.percentile(0.5).unwrap().as_secs_f64() * 1e6;
-        let p99 = h.percentile(0.99).unwrap().as_secs_f64() * 1e6;
-        assert!((p50 - 500.0).abs() < 500.0 * 0.02, "p50 {p50}");
-        assert!((p99 - 990.0).abs() < 990.0 * 0.02, "p99 {p99}");
-        assert_eq!(h.max(), Some(Duration::from_micros(1000)));
-        assert_eq!(h.count(), 1000);
-    }
 }
