@@ -20,8 +20,9 @@
 #   make bench [QUICK=1] [ONLY=prefixes]  benchmarks (VM with the module, then host): BENCHMARKS.md,
 #                             BENCHMARKS.json, bench/plots/ (full ~40 min, QUICK=1 ~6 min)
 #   make bench-compare        compare BENCHMARKS.json with the committed one (BASE=file,
-#                             THRESHOLD=percent, default 10)
-#   make test                 format check, clippy, host tests, then vm-test, a 60 s
+#                             THRESHOLD=percent, default 10); fails when a cell regressed
+#   make bench-selftest       the harness's own tests (scripts/bench/tests, no benchmark)
+#   make test                 format check, clippy, harness tests, host tests, then vm-test, a 60 s
 #                             vm-soak and vm-flow (the README's test command; .ci/run)
 #   make clean
 
@@ -40,7 +41,7 @@ ifdef FASTIO_CONF_PATH
 export FASTIO_CONF_PATH
 endif
 
-.PHONY: all build config run test lint redis-deps unit-tests kernel kmod reload vm vm-test vm-soak vm-flow bench bench-compare clean help
+.PHONY: all build config run test lint redis-deps unit-tests kernel kmod reload vm vm-test vm-soak vm-flow bench bench-compare bench-selftest clean help
 
 KERNEL_BUILD := scripts/kernel/build.sh
 # Module parameters for `make reload` (e.g. KMOD_PARAMS="max_workers=8").
@@ -101,7 +102,7 @@ redis-deps:
 unit-tests: redis-deps
 	$(CARGO) test --workspace
 
-test: lint unit-tests vm-test vm-soak vm-flow
+test: lint bench-selftest unit-tests vm-test vm-soak vm-flow
 
 kernel:
 	$(KERNEL_BUILD)
@@ -165,6 +166,9 @@ bench:
 bench-compare:
 	python3 scripts/bench/bench.py compare $(if $(BASE),--base $(BASE)) \
 	  $(if $(THRESHOLD),--threshold $(THRESHOLD))
+
+bench-selftest:
+	PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s scripts/bench/tests -t scripts/bench
 
 clean:
 	$(CARGO) clean
