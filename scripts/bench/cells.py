@@ -90,16 +90,16 @@ def echo_bench(ctx, port, conns, length, secs):
 
 
 def cost_metrics(d, responses):
-    """CPU per 100k requests and context switches per request from a procfs.delta."""
+    """CPU per 100k requests (total, then by role: the server's serving threads, its
+    lane/worker/SQPOLL threads, its helper threads, the kworkers of the system) and the
+    server's context switches per request, from a procfs.delta."""
     n = max(responses, 1)
     per100k = 100_000 / n
-    total = d["server_cpu_s"] + d["workers_cpu_s"] + d["kworkers_cpu_s"]
-    return {"cpu_s_per_100k": total * per100k,
-            "server_cpu_s_per_100k": d["server_cpu_s"] * per100k,
-            "workers_cpu_s_per_100k": d["workers_cpu_s"] * per100k,
-            "kworkers_cpu_s_per_100k": d["kworkers_cpu_s"] * per100k,
-            "system_cpu_s_per_100k": d["system_cpu_s"] * per100k,
-            "ctxsw_per_req": (d["server_ctxsw"] + d["workers_ctxsw"]) / n}
+    out = {"cpu_s_per_100k": (d["process_cpu_s"] + d["kworkers_cpu_s"]) * per100k}
+    for part in ("process", "serving", "lanes", "helpers", "kworkers", "system"):
+        out[f"{part}_cpu_s_per_100k"] = d[f"{part}_cpu_s"] * per100k
+    out["ctxsw_per_req"] = d["process_ctxsw"] / n
+    return out
 
 
 def echo_cell(ctx, server, conns, length, secs):
@@ -181,9 +181,8 @@ def idle_cell(ctx, server, idle_secs, probe_idle, load_secs):
         probe = procs.result_line(procs.run(argv, timeout=3 * probe_idle + 60 * ctx.slow,
                                              log_path=ctx.log("wake_probe")))
     whole, steady = procfs.delta(s0, s2), procfs.delta(s1, s2)
-    own = lambda d: d["server_cpu_s"] + d["workers_cpu_s"]  # noqa: E731
-    return {"idle_cpu_ms": own(whole) * 1000, "idle_window_s": whole["secs"],
-            "steady_cpu_ms_per_s": own(steady) * 1000 / max(steady["secs"], 1e-9),
+    return {"idle_cpu_ms": whole["process_cpu_s"] * 1000, "idle_window_s": whole["secs"],
+            "steady_cpu_ms_per_s": steady["process_cpu_s"] * 1000 / max(steady["secs"], 1e-9),
             "kworkers_cpu_ms": whole["kworkers_cpu_s"] * 1000,
             "first_us": probe["first_us_median"], "first_us_max": probe["first_us_max"],
             "hot_us": probe["hot_us_median"]}

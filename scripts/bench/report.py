@@ -205,6 +205,8 @@ def echo_section(r, env):
 
 def rawcmp_section(r, env):
     h, ln = plan.HEAD_CONNS, plan.HEAD_LEN
+    if not any(e == env and i.startswith("rawcmp/") for e, i in r.cells):
+        return []  # results from before the comparison existed
     lines = [f"### Async runtime vs raw loop — {ENV_TITLE[env]} (echo -c {h} -l {ln})", "",
              "proactor_echo_server on `fastio::rt` (its default) against its hand-written "
              "completion loop (`--raw`), the two forms interleaved run by run. The goal is an "
@@ -218,27 +220,55 @@ def rawcmp_section(r, env):
     return with_problems(lines, r, env, "rawcmp/")
 
 
+# CPU per request by role (procfs.ROLES and the kworkers), as cells.cost_metrics names
+# them; results from before the split (module v1: kernel threads fastio-PID-LANE) have
+# the process as a whole and the module's kernel threads instead.
+COST_PARTS = [("serving thread(s)", "serving_cpu_s_per_100k"),
+              ("lane/worker/SQPOLL threads", "lanes_cpu_s_per_100k"),
+              ("helper threads", "helpers_cpu_s_per_100k"),
+              ("kworkers", "kworkers_cpu_s_per_100k")]
+COST_PARTS_V1 = [("process", "server_cpu_s_per_100k"),
+                 ("kmod workers", "workers_cpu_s_per_100k"),
+                 ("kworkers", "kworkers_cpu_s_per_100k")]
+
+
+def cost_parts(r, env):
+    """COST_PARTS, or COST_PARTS_V1 for results measured before the split by role."""
+    split = any(e == env and "lanes_cpu_s_per_100k" in (c.get("summary") or {})
+                for (e, _), c in r.cells.items())
+    return COST_PARTS if split else COST_PARTS_V1
+
+
 def cost_section(r, env):
     h, ln = plan.HEAD_CONNS, plan.HEAD_LEN
+    parts = cost_parts(r, env)
+    if parts is COST_PARTS:
+        how = ("CPU and context switches: deltas of /proc/PID/task/*/stat and status of the "
+               "server's threads, by thread name: lane threads (`fastio-lane-N`), the threads "
+               "backend's workers (`fastio-thr-N`) and io_uring's SQPOLL thread "
+               "(`iou-sqp-PID`) as lane/worker/SQPOLL threads; the module's helper threads "
+               "(`fastio-help-N`) and io_uring's io-wq workers (`iou-wrk-PID`) as helper "
+               "threads; every other thread of the server as serving thread(s); plus all "
+               "kworkers of the system; over the untraced runs of the echo table. Context "
+               "switches are the server's threads' (all roles).")
+    else:
+        how = ("CPU and context switches: deltas of /proc/PID/task/*/stat and status of the "
+               "server, plus the kernel module's workers (fastio-PID-LANE) and all kworkers, "
+               "over the untraced runs of the echo table.")
     lines = [f"### Cost per request — {ENV_TITLE[env]} (echo -c {h} -l {ln})", "",
              "Syscalls: `strace -c -U calls,name -p TID` attached to the serving thread only "
-             "(no -f) for one echo_bench run, divided by the responses of that run. CPU and "
-             "context switches: deltas of /proc/PID/task/*/stat and status of the server, plus "
-             "the kernel module's workers (fastio-PID-LANE) and all kworkers, over the untraced "
-             "runs of the echo table.", ""]
+             "(no -f) for one echo_bench run, divided by the responses of that run. " + how, ""]
     rows = []
     for s in plan.echo_servers(env):
         sc, ec = f"syscalls/{s}/c{h}/l{ln}", f"echo/{s}/c{h}/l{ln}"
         top = (r.cell(env, sc) or {}).get("summary", {}).get("top", "")
         rows.append([title(s), r.stat(env, sc, "syscalls_per_req", ".3f"), top,
-                     r.stat(env, ec, "cpu_s_per_100k", ".2f"),
-                     r.stat(env, ec, "server_cpu_s_per_100k", ".2f"),
-                     r.stat(env, ec, "workers_cpu_s_per_100k", ".2f"),
-                     r.stat(env, ec, "kworkers_cpu_s_per_100k", ".2f"),
-                     r.stat(env, ec, "ctxsw_per_req", ".3f")])
+                     r.stat(env, ec, "cpu_s_per_100k", ".2f")]
+                    + [r.stat(env, ec, m, ".2f") for _, m in parts]
+                    + [r.stat(env, ec, "ctxsw_per_req", ".3f")])
     lines += table(["server", "syscalls/req (serving thread)", "top syscalls per req",
-                    "CPU s/100k req (total)", "process", "kmod workers", "kworkers",
-                    "ctx switches/req"], rows)
+                    "CPU s/100k req (total)"] + [label for label, _ in parts]
+                   + ["ctx switches/req"], rows)
     return with_problems(lines, r, env, "syscalls/")
 
 
@@ -308,9 +338,8 @@ def plots(r, repo):
         out.append(f"![echo requests/s vs connections, {env}](bench/plots/{name})")
         servers = plan.echo_servers(env)
         cid = lambda s: f"echo/{s}/c{plan.HEAD_CONNS}/l{ln}"  # noqa: E731
-        parts = [(label, [r.med(env, cid(s), m) for s in servers]) for label, m in
-                 (("process", "server_cpu_s_per_100k"), ("kmod workers", "workers_cpu_s_per_100k"),
-                  ("kworkers", "kworkers_cpu_s_per_100k"))]
+        parts = [(label, [r.med(env, cid(s), m) for s in servers])
+                 for label, m in cost_parts(r, env)]
         name = f"cpu-per-100k-{env}.svg"
         with open(os.path.join(d, name), "w", encoding="utf-8") as f:
             f.write(svg.stacked_bars(f"CPU seconds per 100k requests, -c {plan.HEAD_CONNS} -l {ln}"
