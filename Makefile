@@ -168,6 +168,7 @@ bench-compare:
 	  $(if $(THRESHOLD),--threshold $(THRESHOLD))
 
 bench-selftest:
+	@scripts/bench/deps.sh || echo "bench-selftest: deps missing (not root?): tests that need them are skipped"
 	PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s scripts/bench/tests -t scripts/bench
 
 clean:

@@ -29,6 +29,7 @@ sys.dont_write_bytecode = True  # no __pycache__ in the tree (the guest shares i
 # pylint: disable=wrong-import-position
 import compare  # noqa: E402
 import plan  # noqa: E402
+import plots  # noqa: E402
 import report  # noqa: E402
 from cells import Ctx  # noqa: E402
 from runner import Runner, fmt_secs  # noqa: E402
@@ -281,10 +282,35 @@ def run(args):
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
     shutil.copyfile(os.path.join(out, "results.json"), PUBLISHED_JSON)
-    report.write(results, REPO)
+    write_report(results)
     log(f"done in {fmt_secs(time.monotonic() - t0)}: BENCHMARKS.md, BENCHMARKS.json, "
         f"bench/plots/ written")
     return 0
+
+
+def with_matplotlib():
+    """`run` and `report` draw with matplotlib, which Debian's python3-matplotlib installs
+    for /usr/bin/python3. When `python3` is another interpreter without it (pyenv...) and
+    /usr/bin/python3 has it, this process becomes /usr/bin/python3 running the same
+    command; otherwise it goes on (the report then says why there are no plots)."""
+    sysp = plots.SYSTEM_PYTHON
+    if plots.unavailable() is None or os.environ.get("FASTIO_BENCH_REEXEC") \
+            or not os.path.exists(sysp) \
+            or os.path.realpath(sys.executable) == os.path.realpath(sysp):
+        return
+    probe = subprocess.run([sysp, "-c", "import matplotlib"], capture_output=True, check=False)
+    if probe.returncode == 0:
+        log(f"matplotlib is not importable by {sys.executable}; running under {sysp}")
+        os.environ["FASTIO_BENCH_REEXEC"] = "1"
+        os.execv(sysp, [sysp, os.path.abspath(sys.argv[0])] + sys.argv[1:])
+
+
+def write_report(results):
+    """BENCHMARKS.md and the plots; says so when the plots were skipped."""
+    report.write(results, REPO)
+    why = plots.unavailable()
+    if why:
+        log(f"plots skipped (BENCHMARKS.md says why): {why}")
 
 
 def main():
@@ -311,12 +337,14 @@ def main():
     args = ap.parse_args()
     if getattr(args, "only", None):
         plan.ONLY = tuple(p for p in args.only.split(",") if p)
+    if args.cmd in ("run", "report"):
+        with_matplotlib()
     if args.cmd == "run":
         return run(args)
     if args.cmd == "guest":
         return guest(args)
     if args.cmd == "report":
-        report.write(read_json(args.results, None), REPO)
+        write_report(read_json(args.results, None))
         return 0
     return compare.main(REPO, args.base, args.new, args.threshold)
 

@@ -1,9 +1,10 @@
-"""BENCHMARKS.md and bench/plots/*.svg from a results object (see bench.py run)."""
+"""BENCHMARKS.md and bench/plots/*.svg (plots.py, matplotlib) from a results object (see
+bench.py run)."""
 
 import os
 
 import plan
-import svg
+import plots
 
 # A 1-minute load average above this before the run means other work shared the CPUs.
 BUSY_LOAD = 0.5
@@ -320,32 +321,66 @@ def redis_section(r, env):
     return with_problems(lines, r, env, "redis/")
 
 
-def plots(r, repo):
-    """Writes the SVG plots; returns markdown image lines."""
+def plot_echo(r, env, d):
+    """Echo requests/s against connections at the headline length; the file name."""
+    conns = sorted({c["params"]["conns"] for (e, i), c in r.cells.items()
+                    if e == env and i.startswith("echo/")})
+    ln = plan.HEAD_LEN
+    series = [(title(s), [r.med(env, f"echo/{s}/c{c}/l{ln}", "rps") for c in conns])
+              for s in plan.echo_servers(env)]
+    name = f"echo-rps-{env}.svg"
+    plots.line_chart(os.path.join(d, name), f"Echo requests/s vs connections, {ln} B — {env}",
+                     "requests/s", "connections", conns, series)
+    return name
+
+
+def plot_cost(r, env, d):
+    """CPU per 100k requests by role at the headline cell, one stacked bar per server."""
+    servers = plan.echo_servers(env)
+    cid = lambda s: f"echo/{s}/c{plan.HEAD_CONNS}/l{plan.HEAD_LEN}"  # noqa: E731
+    parts = [(label, [r.med(env, cid(s), m) for s in servers])
+             for label, m in cost_parts(r, env)]
+    name = f"cpu-per-100k-{env}.svg"
+    plots.stacked_bars(os.path.join(d, name), f"CPU seconds per 100k requests, -c "
+                       f"{plan.HEAD_CONNS} -l {plan.HEAD_LEN} — {env}", "CPU s / 100k requests",
+                       [title(s) for s in servers], parts)
+    return name
+
+
+def plot_scaling(r, env, d):
+    """The worker-scaling table: requests/s and CPU per 100k requests against workers."""
+    kinds = sorted({s.rpartition("-w")[0] for s in plan.scaling_servers(env)},
+                   key=lambda k: k != "kmod")
+    workers = sorted({int(s.rpartition("-w")[2]) for s in plan.scaling_servers(env)})
+    cid = lambda k, w: f"scaling/{k}-w{w}/c{plan.HEAD_CONNS}/l{plan.HEAD_LEN}"  # noqa: E731
+    panels = [(label, [(f"proactor {BACKEND_TITLE.get(k, k)}",
+                        [r.med(env, cid(k, w), metric) for w in workers]) for k in kinds])
+              for label, metric in (("requests/s", "rps"),
+                                    ("CPU s / 100k requests", "cpu_s_per_100k"))]
+    name = f"scaling-{env}.svg"
+    plots.scaling_chart(os.path.join(d, name), f"Worker scaling, echo -c {plan.HEAD_CONNS} "
+                        f"-l {plan.HEAD_LEN} — {env}", workers, panels)
+    return name
+
+
+def plots_section(r, repo):
+    """Writes the plots into bench/plots/; returns the markdown of the Plots section (the
+    reason instead when matplotlib cannot be used: BENCHMARKS.md is written either way)."""
+    lines = ["## Plots", ""]
+    why = plots.unavailable()
+    if why:
+        return lines + [f"Plots skipped: {why}.", ""]
     d = os.path.join(repo, "bench", "plots")
     os.makedirs(d, exist_ok=True)
-    out = []
     for env in r.envs:
-        conns = sorted({c["params"]["conns"] for (e, i), c in r.cells.items()
-                        if e == env and i.startswith("echo/")})
-        ln = plan.HEAD_LEN
-        series = [(title(s), [r.med(env, f"echo/{s}/c{c}/l{ln}", "rps") for c in conns])
-                  for s in plan.echo_servers(env)]
-        name = f"echo-rps-{env}.svg"
-        with open(os.path.join(d, name), "w", encoding="utf-8") as f:
-            f.write(svg.line_chart(f"Echo requests/s vs connections, {ln} B — {env}",
-                                   "requests/s", "connections", conns, series))
-        out.append(f"![echo requests/s vs connections, {env}](bench/plots/{name})")
-        servers = plan.echo_servers(env)
-        cid = lambda s: f"echo/{s}/c{plan.HEAD_CONNS}/l{ln}"  # noqa: E731
-        parts = [(label, [r.med(env, cid(s), m) for s in servers])
-                 for label, m in cost_parts(r, env)]
-        name = f"cpu-per-100k-{env}.svg"
-        with open(os.path.join(d, name), "w", encoding="utf-8") as f:
-            f.write(svg.stacked_bars(f"CPU seconds per 100k requests, -c {plan.HEAD_CONNS} -l {ln}"
-                                     f" — {env}", "CPU s / 100k requests", "server", servers, parts))
-        out.append(f"![CPU per 100k requests, {env}](bench/plots/{name})")
-    return out
+        for what, draw in (("echo requests/s vs connections", plot_echo),
+                           ("CPU per 100k requests", plot_cost),
+                           ("worker scaling", plot_scaling)):
+            if what == "worker scaling" and not any(
+                    e == env and i.startswith("scaling/") for e, i in r.cells):
+                continue
+            lines.append(f"![{what}, {env}](bench/plots/{draw(r, env, d)})")
+    return lines + [""]
 
 
 def losses(r, env):
@@ -402,7 +437,7 @@ def write(results, repo):
     lines += env_section(r)
     if "vm" in r.envs:
         lines += headline(r)
-    lines += ["## Plots", ""] + plots(r, repo) + [""]
+    lines += plots_section(r, repo)
     lines += reading(r)
     for env in r.envs:
         lines += [f"## {ENV_TITLE[env]}", ""]
