@@ -18,7 +18,10 @@
 #                             readers, self-registration) looped with insmod/rmmod;
 #                             rmmod, VmallocUsed, Slab and the kernel log checked (60 s)
 #   make bench [QUICK=1] [ONLY=prefixes]  benchmarks (VM with the module, then host): BENCHMARKS.md,
-#                             BENCHMARKS.json, bench/plots/ (full ~40 min, QUICK=1 ~6 min)
+#                             BENCHMARKS.json, bench/plots/ (full ~40 min, QUICK=1 ~6 min);
+#                             VM_SMP=N vCPUs (default 2), PIN_CLIENT=, PIN_SERVER=,
+#                             PIN_WORKERS= CPU lists (e.g. 0, 2-3) for the load client,
+#                             the serving threads and the lane/worker threads
 #   make bench-compare        compare BENCHMARKS.json with the committed one (BASE=file,
 #                             THRESHOLD=percent, default 10); fails when a cell regressed
 #   make bench-selftest       the harness's own tests (scripts/bench/tests, no benchmark)
@@ -159,9 +162,16 @@ vm-flow: kmod
 # value but 0) selects the quick mode; ONLY=rawcmp/,redis/ re-runs the cells whose id starts
 # with one of the prefixes and replaces just those in BENCHMARKS.json/.md. The VM runs the
 # bench kernel (kmod/kernel-bench.config: no lockdep or debug lists), not the test kernel.
+# VM_SMP sets the VM's vCPUs; PIN_CLIENT, PIN_SERVER and PIN_WORKERS pin the load client,
+# the serving threads and the workers (lane i on the first PIN_WORKERS CPU + i) in the VM
+# and on the host (scripts/bench/pins.py). The seed's headline table (epoll against 1..5
+# kernel workers at 25 connections) on a host with 8 cores:
+#   make bench VM_SMP=7 PIN_CLIENT=0 PIN_SERVER=1 PIN_WORKERS=2-6
 bench:
 	scripts/bench/deps.sh
-	python3 scripts/bench/bench.py run $(if $(filter-out 0,$(QUICK)),--quick) $(if $(ONLY),--only $(ONLY))
+	python3 scripts/bench/bench.py run $(if $(filter-out 0,$(QUICK)),--quick) $(if $(ONLY),--only $(ONLY)) \
+	  $(if $(VM_SMP),--vm-smp $(VM_SMP)) $(if $(PIN_CLIENT),--pin-client $(PIN_CLIENT)) \
+	  $(if $(PIN_SERVER),--pin-server $(PIN_SERVER)) $(if $(PIN_WORKERS),--pin-workers $(PIN_WORKERS))
 
 bench-compare:
 	python3 scripts/bench/bench.py compare $(if $(BASE),--base $(BASE)) \

@@ -76,16 +76,19 @@ def stacked_bars(path, title, ylabel, categories, parts):
     _save(fig, path)
 
 
-def scaling_chart(path, title, workers, panels):
-    """Side-by-side panels over the number of workers: panels is
-    [(ylabel, [(series name, [value or None per worker count])])]."""
+def scaling_chart(path, title, workers, panels, ref_name="reference"):
+    """Side-by-side panels over the number of workers: panels is [(ylabel, [(series
+    name, [value or None per worker count])], reference value or None)]; a reference is
+    drawn as a dashed horizontal line named ref_name."""
     fig, axes = _plt.subplots(1, len(panels), figsize=(10, 3.8), squeeze=False)
-    for ax, (ylabel, series) in zip(axes[0], panels):
+    for ax, (ylabel, series, ref) in zip(axes[0], panels):
         for i, (name, ys) in enumerate(series):
             pts = [(w, y) for w, y in zip(workers, ys) if y is not None]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name,
                         color=COLORS[i % len(COLORS)], linewidth=2)
+        if ref is not None:
+            ax.axhline(ref, color="#555555", linestyle="--", linewidth=1.5, label=ref_name)
         ax.set_xticks(workers)
         ax.set_xlabel("workers (max_ker_worker)")
         ax.set_ylabel(ylabel)

@@ -155,6 +155,20 @@ def serving_thread(pid):
     return best
 
 
+def pin_role(pid, role, cpus):
+    """sched_setaffinity(cpus) for every thread of pid whose role is `role`; returns how
+    many were pinned (a thread that ended meanwhile is skipped)."""
+    n = 0
+    for tid in tasks(pid):
+        if thread_role(task_comm(pid, tid)) == role:
+            try:
+                os.sched_setaffinity(tid, cpus)
+                n += 1
+            except ProcessLookupError:
+                pass
+    return n
+
+
 def tracer_attached(tid):
     text = read_text(f"{PROC}/{tid}/status") or ""
     for line in text.splitlines():
