@@ -3,8 +3,7 @@
 //! (`Speed: X request/sec, Y response/sec`, `Requests: N`, `Responses: N`), plus:
 //!
 //! - pipelining (`depth` messages in flight per connection);
-//! - per-message round-trip latency in an HdrHistogram
-//!   ([`LatencyHistogram`](crate::latency::LatencyHistogram), 3
+//! - per-message round-trip latency in an HdrHistogram ([`LatencyHistogram`], 3
 //!   significant digits, fixed memory);
 //! - verification of every echoed byte: message `s` of connection `c` is a pattern
 //!   specific to `c` with `c` and `s` mixed into its first 12 bytes, so each message is
