@@ -246,12 +246,14 @@ def read_json(path, default):
         return default
 
 
-def merge_partial(meta, envs, cells):
+def merge_partial(meta, envs, cells, published=PUBLISHED_JSON):
     """The published results with the cells of an --only run replaced (or added); the
     run is listed in meta.partial, so the report says which figures are newer."""
-    base = read_json(PUBLISHED_JSON, None) or {"meta": dict(meta), "envs": envs, "cells": []}
-    fresh = {c["id"]: c for c in cells if c.get("status") != "not run"}
-    base["cells"] = [fresh.pop(c["id"], c) for c in base["cells"]] + list(fresh.values())
+    base = read_json(published, None) or {"meta": dict(meta), "envs": envs, "cells": []}
+    # By environment and id: the VM and the host have cells of the same id.
+    fresh = {(c["env"], c["id"]): c for c in cells if c.get("status") != "not run"}
+    base["cells"] = ([fresh.pop((c["env"], c["id"]), c) for c in base["cells"]]
+                     + list(fresh.values()))
     for env, info in envs.items():
         if info is not None and not base["envs"].get(env):
             base["envs"][env] = info
