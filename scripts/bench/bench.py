@@ -190,13 +190,10 @@ def build():
     return None, (None if rc == 0 else f"cargo build -p fastio-redis-shim failed (status {rc})")
 
 
-def run_vm(quick, out, shim_reason, smp, pins):
+def vm_argv(quick, out, reasons, smp, pins):
+    """scripts/vm/run.sh with smp vCPUs running `bench.py guest` with the same mode, --only
+    and pins; reasons: (kmod_reason, shim_reason)."""
     mode = "quick" if quick else "full"
-    # The VM part runs on the bench kernel (no lockdep or list/object debugging); make kmod
-    # and run.sh both read FASTIO_KERNEL_CONFIG, so module and kernel match.
-    os.environ.setdefault("FASTIO_KERNEL_CONFIG", BENCH_KERNEL_CONFIG)
-    log(f"VM kernel config: {os.environ['FASTIO_KERNEL_CONFIG']}")
-    kmod_reason = build_kmod()
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
     cmd = [python, os.path.join(REPO, "scripts", "bench", "bench.py"), "guest", "--out", out]
     if quick:
@@ -204,14 +201,23 @@ def run_vm(quick, out, shim_reason, smp, pins):
     if plan.ONLY is not None:
         cmd += ["--only", ",".join(plan.ONLY)]
     cmd += pins.argv()
-    if kmod_reason:
-        cmd += ["--kmod-reason", kmod_reason]
-    if shim_reason:
-        cmd += ["--shim-reason", shim_reason]
+    for flag, reason in zip(("--kmod-reason", "--shim-reason"), reasons):
+        if reason:
+            cmd += [flag, reason]
     # slub_debug=- undoes run.sh's slub_debug=FZPU: allocator debugging is for tests.
-    argv = [os.path.join(REPO, "scripts", "vm", "run.sh"), "--smp", str(smp),
+    return [os.path.join(REPO, "scripts", "vm", "run.sh"), "--smp", str(smp),
             "--timeout", str(VM_TIMEOUT[mode]),
             "--log-dir", os.path.join(out, "vm-logs"), "--append", "slub_debug=-", "--"] + cmd
+
+
+def run_vm(quick, out, shim_reason, smp, pins):
+    mode = "quick" if quick else "full"
+    # The VM part runs on the bench kernel (no lockdep or list/object debugging); make kmod
+    # and run.sh both read FASTIO_KERNEL_CONFIG, so module and kernel match.
+    os.environ.setdefault("FASTIO_KERNEL_CONFIG", BENCH_KERNEL_CONFIG)
+    log(f"VM kernel config: {os.environ['FASTIO_KERNEL_CONFIG']}")
+    kmod_reason = build_kmod()
+    argv = vm_argv(quick, out, (kmod_reason, shim_reason), smp, pins)
     log(f"VM part: booting with {smp} vCPUs (limit {fmt_secs(VM_TIMEOUT[mode])})")
     rc = sh(argv, timeout=VM_TIMEOUT[mode] + 120)
     log(f"VM part: finished with status {rc}")
@@ -358,7 +364,8 @@ def write_report(results):
         log(f"plots skipped (BENCHMARKS.md says why): {why}")
 
 
-def main():
+def parser():
+    """The command line of bench.py (run, guest, report, compare)."""
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -384,6 +391,11 @@ def main():
     c.add_argument("--base", help="baseline results (default: BENCHMARKS.json at git HEAD)")
     c.add_argument("--new", default=PUBLISHED_JSON, help="new results (default: BENCHMARKS.json)")
     c.add_argument("--threshold", type=float, default=10.0, help="regression threshold, %%")
+    return ap
+
+
+def main():
+    ap = parser()
     args = ap.parse_args()
     if getattr(args, "only", None):
         plan.ONLY = tuple(p for p in args.only.split(",") if p)

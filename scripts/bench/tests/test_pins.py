@@ -84,6 +84,25 @@ class Recorded(unittest.TestCase):
         a = self.args()
         self.assertEqual(bench.make_command(a, bench.pins_of(a)), "make bench")
 
+    def test_the_vm_gets_its_vcpus_and_the_guest_the_pins(self):
+        argv = bench.vm_argv(True, "/o", (None, "no shim"), 4, Pins("0", "1", "2-3"))
+        self.assertTrue(argv[0].endswith("scripts/vm/run.sh"))
+        self.assertEqual(argv[1:3], ["--smp", "4"])
+        guest = argv[argv.index("--") + 1:]
+        self.assertEqual(guest[2:5], ["guest", "--out", "/o"])
+        for flag, value in (("--pin-client", "0"), ("--pin-server", "1"),
+                            ("--pin-workers", "2-3"), ("--shim-reason", "no shim")):
+            self.assertEqual(guest[guest.index(flag) + 1], value)
+        self.assertIn("--quick", guest)
+        self.assertNotIn("--kmod-reason", guest)
+
+    def test_guest_accepts_what_run_passes(self):
+        argv = bench.vm_argv(False, "/o", ("x", None), 2, Pins(workers="1"))
+        args = bench.parser().parse_args(argv[argv.index("--") + 3:])
+        self.assertEqual((args.cmd, args.out, args.quick), ("guest", "/o", False))
+        self.assertEqual((args.pin_workers, args.kmod_reason), ("1", "x"))
+        self.assertEqual(bench.pins_of(args).meta(), {"workers": "1"})
+
     def test_scaling_goes_up_to_the_pinned_workers(self):
         saved = plan.MAX_WORKERS
         try:
