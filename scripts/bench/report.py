@@ -491,9 +491,9 @@ def cores_section(r):
             "What they cannot show: what polling gains when it has cores of its own — "
             "FastIO's setting, with the client, the serving thread and each kernel worker on "
             "separate cores. The seed's headline table (epoll_echo_server against "
-            f"1..{SEED_WORKERS} kernel workers at {plan.HEAD_CONNS} connections) needs {need} cores for the "
-            "VM, each backed by a host core (QEMU TCG runs a vCPU as a host thread), plus one "
-            "for the host itself. On a host with at least "
+            f"1..{SEED_WORKERS} kernel workers at {plan.HEAD_CONNS} connections) needs "
+            f"{need} cores for the VM, each backed by a host core (QEMU TCG runs a vCPU as a "
+            "host thread), plus one for the host itself. On a host with at least "
             f"{need + 1} cores, one command measures it (the worker-scaling table then has "
             f"kmod 1..{SEED_WORKERS} workers and epoll_echo_server as the reference):", "",
             f"    {SEED_COMMAND}", ""]
