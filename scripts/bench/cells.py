@@ -5,6 +5,7 @@ import csv
 import io
 import os
 import re
+import socket
 import subprocess
 import time
 
@@ -74,16 +75,40 @@ def server_argv(ctx, name):
     return argv + (["--raw"] if name.endswith("-raw") else [])
 
 
-def pin_server(ctx):
-    """The Server on_start hook that pins the serving threads (None when not pinned)."""
+def pin_server(ctx, first=None):
+    """The Server on_start hook that pins the serving threads (None when not pinned):
+    first(srv) runs before, then every thread's CPUs go to the server's log."""
     if not ctx.pins.server:
         return None
     cpus = ctx.pins.server
 
     def pin(srv):
+        if first is not None:
+            first(srv)
         if procfs.pin_role(srv.pid, "serving", cpus) == 0:
             raise procs.BenchError(f"no serving thread of pid {srv.pid} to pin")
+        srv.log.write(("pinned: " + ", ".join(
+            f"{comm} {role} CPUs {cpu_list}" for comm, role, cpu_list in
+            procfs.thread_cpus(srv.pid)) + "\n").encode())
+        srv.log.flush()
     return pin
+
+
+def redis_ping(srv):
+    """One PING answered: with the shim preloaded, its first write has set up the rings
+    and started the lane threads, from the unpinned main thread. (Started after the
+    serving thread is pinned, they would count only its CPUs as available and the
+    runtime's (affinity_offset + i) % CPUs would put them elsewhere.)"""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
+        sock.sendall(b"PING\r\n")
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            data = sock.recv(64)
+            if not data:
+                break
+            reply += data
+    if not reply.startswith(b"+PONG"):
+        raise procs.BenchError(f"redis-server answered PING with {reply!r}")
 
 
 def echo_server(ctx, name):
@@ -229,7 +254,8 @@ def redis_cell(ctx, variant, shim, pipeline, requests):
     argv = ["redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"]
     with procs.Server(argv, ctx.log(f"redis-{variant}"), env=env,
-                      start_timeout=10 * ctx.slow, on_start=pin_server(ctx)) as srv:
+                      start_timeout=10 * ctx.slow,
+                      on_start=pin_server(ctx, first=redis_ping)) as srv:
         bench = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(srv.port), "-c", "50",
                  "-P", str(pipeline), "-t", "set,get", "-n", str(requests), "--csv"]
         out = procs.run(bench, timeout=120 * ctx.slow, log_path=ctx.log("redis-benchmark"),

@@ -4,6 +4,8 @@ worker or SQPOLL; helper: see ROLE_PREFIXES) and the kworkers of the whole syste
 import os
 import time
 
+from pins import fmt_cpus
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Where procfs is (the tests point it at a tree of their own).
 PROC = "/proc"
@@ -167,6 +169,19 @@ def pin_role(pid, role, cpus):
             except ProcessLookupError:
                 pass
     return n
+
+
+def thread_cpus(pid):
+    """[(comm, role, CPU list)] of every thread of pid (its affinity, taskset's form)."""
+    out = []
+    for tid in tasks(pid):
+        comm = task_comm(pid, tid)
+        try:
+            cpus = sorted(os.sched_getaffinity(tid))
+        except ProcessLookupError:
+            continue
+        out.append((comm, thread_role(comm), fmt_cpus(cpus)))
+    return out
 
 
 def tracer_attached(tid):

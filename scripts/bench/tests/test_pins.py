@@ -4,6 +4,7 @@ role ends up, what BENCHMARKS.json and BENCHMARKS.md say."""
 import os
 import subprocess
 import sys
+import tempfile
 import unittest
 
 sys.dont_write_bytecode = True
@@ -68,6 +69,37 @@ class Roles(unittest.TestCase):
         finally:
             child.stdin.close()
             child.wait(timeout=30)
+
+
+# A stand-in for redis-server: listens on argv[1], answers every read with +PONG.
+FAKE_REDIS = """
+import socket, sys
+srv = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    conn, _ = srv.accept()
+    with conn:
+        while conn.recv(64):
+            conn.sendall(b"+PONG\\r\\n")
+"""
+
+
+class ServerHook(unittest.TestCase):
+    def test_server_is_pinged_then_its_serving_threads_pinned_and_logged(self):
+        cpu = min(os.sched_getaffinity(0))
+        with tempfile.TemporaryDirectory() as d:
+            ctx = cells.Ctx(d, d, "host", tcg=False, pins=Pins(server=str(cpu)))
+            log = os.path.join(d, "server.log")
+            hook = cells.pin_server(ctx, first=cells.redis_ping)
+            with procs.Server([sys.executable, "-c", FAKE_REDIS, "{port}"], log,
+                              on_start=hook) as srv:
+                self.assertEqual(os.sched_getaffinity(srv.pid), {cpu})
+            with open(log, encoding="utf-8") as f:
+                text = f.read()
+        self.assertIn(f"serving CPUs {cpu}", text)
+
+    def test_no_hook_without_server_pins(self):
+        with tempfile.TemporaryDirectory() as d:
+            self.assertIsNone(cells.pin_server(cells.Ctx(d, d, "host", tcg=False)))
 
 
 class Recorded(unittest.TestCase):
