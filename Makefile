@@ -18,10 +18,14 @@
 #                             readers, self-registration) looped with insmod/rmmod;
 #                             rmmod, VmallocUsed, Slab and the kernel log checked (60 s)
 #   make bench [QUICK=1] [ONLY=prefixes]  benchmarks (VM with the module, then host): BENCHMARKS.md,
-#                             BENCHMARKS.json, bench/plots/ (full ~40 min, QUICK=1 ~6 min)
+#                             BENCHMARKS.json, bench/plots/ (full ~40 min, QUICK=1 ~6 min);
+#                             VM_SMP=N vCPUs (default 2), PIN_CLIENT=, PIN_SERVER=,
+#                             PIN_WORKERS= CPU lists (e.g. 0, 2-3) for the load client,
+#                             the serving threads and the lane/worker threads
 #   make bench-compare        compare BENCHMARKS.json with the committed one (BASE=file,
-#                             THRESHOLD=percent, default 10)
-#   make test                 format check, clippy, host tests, then vm-test, a 60 s
+#                             THRESHOLD=percent, default 10); fails when a cell regressed
+#   make bench-selftest       the harness's own tests (scripts/bench/tests, no benchmark)
+#   make test                 format check, clippy, harness tests, host tests, then vm-test, a 60 s
 #                             vm-soak and vm-flow (the README's test command; .ci/run)
 #   make clean
 
@@ -40,7 +44,7 @@ ifdef FASTIO_CONF_PATH
 export FASTIO_CONF_PATH
 endif
 
-.PHONY: all build config run test lint redis-deps unit-tests kernel kmod reload vm vm-test vm-soak vm-flow bench bench-compare clean help
+.PHONY: all build config run test lint redis-deps unit-tests kernel kmod reload vm vm-test vm-soak vm-flow bench bench-compare bench-selftest clean help
 
 KERNEL_BUILD := scripts/kernel/build.sh
 # Module parameters for `make reload` (e.g. KMOD_PARAMS="max_workers=8").
@@ -101,7 +105,7 @@ redis-deps:
 unit-tests: redis-deps
 	$(CARGO) test --workspace
 
-test: lint unit-tests vm-test vm-soak vm-flow
+test: lint bench-selftest unit-tests vm-test vm-soak vm-flow
 
 kernel:
 	$(KERNEL_BUILD)
@@ -158,13 +162,24 @@ vm-flow: kmod
 # value but 0) selects the quick mode; ONLY=rawcmp/,redis/ re-runs the cells whose id starts
 # with one of the prefixes and replaces just those in BENCHMARKS.json/.md. The VM runs the
 # bench kernel (kmod/kernel-bench.config: no lockdep or debug lists), not the test kernel.
+# VM_SMP sets the VM's vCPUs; PIN_CLIENT, PIN_SERVER and PIN_WORKERS pin the load client,
+# the serving threads and the workers (lane i on the first PIN_WORKERS CPU + i) in the VM
+# and on the host (scripts/bench/pins.py). The seed's headline table (epoll against 1..5
+# kernel workers at 25 connections) on a host with 8 cores:
+#   make bench VM_SMP=7 PIN_CLIENT=0 PIN_SERVER=1 PIN_WORKERS=2-6
 bench:
 	scripts/bench/deps.sh
-	python3 scripts/bench/bench.py run $(if $(filter-out 0,$(QUICK)),--quick) $(if $(ONLY),--only $(ONLY))
+	python3 scripts/bench/bench.py run $(if $(filter-out 0,$(QUICK)),--quick) $(if $(ONLY),--only $(ONLY)) \
+	  $(if $(VM_SMP),--vm-smp $(VM_SMP)) $(if $(PIN_CLIENT),--pin-client $(PIN_CLIENT)) \
+	  $(if $(PIN_SERVER),--pin-server $(PIN_SERVER)) $(if $(PIN_WORKERS),--pin-workers $(PIN_WORKERS))
 
 bench-compare:
 	python3 scripts/bench/bench.py compare $(if $(BASE),--base $(BASE)) \
 	  $(if $(THRESHOLD),--threshold $(THRESHOLD))
+
+bench-selftest:
+	@scripts/bench/deps.sh || echo "bench-selftest: deps missing (not root?): tests that need them are skipped"
+	PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s scripts/bench/tests -t scripts/bench
 
 clean:
 	$(CARGO) clean

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use fastio_echo::bench::LatencyHistogram;
+use fastio_echo::latency::LatencyHistogram;
 
 /// Builds the `RESULT {...}` line: a flat JSON object of numbers and strings.
 #[derive(Default, Debug, Clone)]

@@ -7,6 +7,7 @@
 //!   proactor (`proactor_echo_server --raw`).
 //! - [`epoll_server`]: the classic epoll baseline.
 //! - [`mod@bench`]: the load client behind `echo_bench`.
+//! - [`latency`]: latency percentiles (HdrHistogram) for echo_bench and the probes.
 //! - [`check`]: end-to-end checks (byte-verified echo, misbehaving clients) used by the
 //!   tests against every server.
 
@@ -14,6 +15,7 @@ pub mod async_server;
 pub mod bench;
 pub mod check;
 pub mod epoll_server;
+pub mod latency;
 pub mod net;
 pub mod proactor_server;
 pub mod signals;

@@ -5,11 +5,13 @@ import csv
 import io
 import os
 import re
+import socket
 import subprocess
 import time
 
 import procfs
 import procs
+from pins import Pins
 
 # default_main_worker_idle_time of every configuration (ms).
 IDLE_MS = 20
@@ -18,8 +20,10 @@ IDLE_MS = 20
 class Ctx:
     """Where the binaries are, where logs and configs go, and the environment."""
 
-    def __init__(self, repo, out_dir, env_name, tcg):
+    def __init__(self, repo, out_dir, env_name, tcg, pins=None):
         self.repo = repo
+        # pins.Pins usable here (bench.py checks them against this machine's CPUs).
+        self.pins = pins or Pins()
         self.bin = os.path.join(repo, "target", "release")
         self.out = out_dir
         self.env_name = env_name
@@ -34,9 +38,9 @@ class Ctx:
         return os.path.join(self.bin, name)
 
 
-def server_config(name):
+def server_config(name, pins=None):
     """fastio.conf keys of a proactor server name (uring, uring-sqpoll, threads[-wN],
-    kmod-wN), or None for epoll."""
+    kmod-wN), or None for epoll; with pinned workers, affinity_offset is their first CPU."""
     if name == "epoll":
         return None
     # `-raw`: proactor_echo_server --raw (the completion loop instead of fastio::rt).
@@ -49,6 +53,8 @@ def server_config(name):
             "default_main_worker_idle_time": IDLE_MS}
     if backend.startswith("uring"):
         keys["sqpoll"] = backend == "uring-sqpoll"
+    if pins is not None and pins.affinity_offset() is not None:
+        keys["affinity_offset"] = pins.affinity_offset()
     return keys
 
 
@@ -62,23 +68,60 @@ def write_config(ctx, name, keys):
 
 
 def server_argv(ctx, name):
-    keys = server_config(name)
+    keys = server_config(name, ctx.pins)
     if keys is None:
         return [ctx.exe("epoll_echo_server"), "{port}"]
     argv = [ctx.exe("proactor_echo_server"), "{port}", "--config", write_config(ctx, name, keys)]
     return argv + (["--raw"] if name.endswith("-raw") else [])
 
 
+def pin_server(ctx, first=None):
+    """The Server on_start hook that pins the serving threads (None when not pinned):
+    first(srv) runs before, then every thread's CPUs go to the server's log."""
+    if not ctx.pins.server:
+        return None
+    cpus = ctx.pins.server
+
+    def pin(srv):
+        if first is not None:
+            first(srv)
+        if procfs.pin_role(srv.pid, "serving", cpus) == 0:
+            raise procs.BenchError(f"no serving thread of pid {srv.pid} to pin")
+        srv.log.write(("pinned: " + ", ".join(
+            f"{comm} {role} CPUs {cpu_list}" for comm, role, cpu_list in
+            procfs.thread_cpus(srv.pid)) + "\n").encode())
+        srv.log.flush()
+    return pin
+
+
+def redis_ping(srv):
+    """One PING answered: with the shim preloaded, its first write has set up the rings
+    and started the lane threads, from the unpinned main thread. (Started after the
+    serving thread is pinned, they would count only its CPUs as available and the
+    runtime's (affinity_offset + i) % CPUs would put them elsewhere.)"""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
+        sock.sendall(b"PING\r\n")
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            data = sock.recv(64)
+            if not data:
+                break
+            reply += data
+    if not reply.startswith(b"+PONG"):
+        raise procs.BenchError(f"redis-server answered PING with {reply!r}")
+
+
 def echo_server(ctx, name):
     return procs.Server(server_argv(ctx, name), ctx.log(f"server-{name}"),
-                        start_timeout=10 * ctx.slow)
+                        start_timeout=10 * ctx.slow, on_start=pin_server(ctx))
 
 
 def echo_bench(ctx, port, conns, length, secs):
     """Runs echo_bench; returns req/s, responses and latency percentiles (us)."""
     argv = [ctx.exe("echo_bench"), "-a", f"127.0.0.1:{port}", "-c", str(conns), "-t", str(secs),
             "-l", str(length), "-q"]
-    out = procs.run(argv, timeout=secs + 30 + conns * 0.02 * ctx.slow, log_path=ctx.log("client"))
+    out = procs.run(argv, timeout=secs + 30 + conns * 0.02 * ctx.slow, log_path=ctx.log("client"),
+                    cpus=ctx.pins.client)
     speed = re.search(r"^Speed: (\d+) request/sec", out, re.M)
     resp = re.search(r"^Responses: (\d+)", out, re.M)
     lat = re.search(r"^Latency: p50 ([\d.]+) us, p99 ([\d.]+) us, p99.9 ([\d.]+) us", out, re.M)
@@ -90,16 +133,16 @@ def echo_bench(ctx, port, conns, length, secs):
 
 
 def cost_metrics(d, responses):
-    """CPU per 100k requests and context switches per request from a procfs.delta."""
+    """CPU per 100k requests (total, then by role: the server's serving threads, its
+    lane/worker/SQPOLL threads, its helper threads, the kworkers of the system) and the
+    server's context switches per request, from a procfs.delta."""
     n = max(responses, 1)
     per100k = 100_000 / n
-    total = d["server_cpu_s"] + d["workers_cpu_s"] + d["kworkers_cpu_s"]
-    return {"cpu_s_per_100k": total * per100k,
-            "server_cpu_s_per_100k": d["server_cpu_s"] * per100k,
-            "workers_cpu_s_per_100k": d["workers_cpu_s"] * per100k,
-            "kworkers_cpu_s_per_100k": d["kworkers_cpu_s"] * per100k,
-            "system_cpu_s_per_100k": d["system_cpu_s"] * per100k,
-            "ctxsw_per_req": (d["server_ctxsw"] + d["workers_ctxsw"]) / n}
+    out = {"cpu_s_per_100k": (d["process_cpu_s"] + d["kworkers_cpu_s"]) * per100k}
+    for part in ("process", "serving", "lanes", "helpers", "kworkers", "system"):
+        out[f"{part}_cpu_s_per_100k"] = d[f"{part}_cpu_s"] * per100k
+    out["ctxsw_per_req"] = d["process_ctxsw"] / n
+    return out
 
 
 def echo_cell(ctx, server, conns, length, secs):
@@ -179,19 +222,20 @@ def idle_cell(ctx, server, idle_secs, probe_idle, load_secs):
         argv = [ctx.exe("wake_probe"), "-a", f"127.0.0.1:{srv.port}", "--idle", str(probe_idle),
                 "--count", "3"]
         probe = procs.result_line(procs.run(argv, timeout=3 * probe_idle + 60 * ctx.slow,
-                                             log_path=ctx.log("wake_probe")))
+                                             log_path=ctx.log("wake_probe"),
+                                             cpus=ctx.pins.client))
     whole, steady = procfs.delta(s0, s2), procfs.delta(s1, s2)
-    own = lambda d: d["server_cpu_s"] + d["workers_cpu_s"]  # noqa: E731
-    return {"idle_cpu_ms": own(whole) * 1000, "idle_window_s": whole["secs"],
-            "steady_cpu_ms_per_s": own(steady) * 1000 / max(steady["secs"], 1e-9),
+    return {"idle_cpu_ms": whole["process_cpu_s"] * 1000, "idle_window_s": whole["secs"],
+            "steady_cpu_ms_per_s": steady["process_cpu_s"] * 1000 / max(steady["secs"], 1e-9),
             "kworkers_cpu_ms": whole["kworkers_cpu_s"] * 1000,
             "first_us": probe["first_us_median"], "first_us_max": probe["first_us_max"],
             "hot_us": probe["hot_us_median"]}
 
 
 def nop_cell(ctx, backend, depth, secs):
-    """nop_bench on backend (kmod, uring, uring-sqpoll, threads), one lane."""
-    conf = write_config(ctx, f"nop-{backend}", server_config(backend))
+    """nop_bench on backend (kmod, uring, uring-sqpoll, threads), one lane (pinned with
+    the workers; the submitting thread is not pinned: nop_bench is client and server)."""
+    conf = write_config(ctx, f"nop-{backend}", server_config(backend, ctx.pins))
     argv = [ctx.exe("nop_bench"), "--config", conf, "-d", str(depth), "-t", str(secs)]
     r = procs.result_line(procs.run(argv, timeout=secs + 30 * ctx.slow,
                                      log_path=ctx.log("nop_bench")))
@@ -205,14 +249,17 @@ def redis_cell(ctx, variant, shim, pipeline, requests):
     env = dict(os.environ)
     if variant != "plain":
         env["LD_PRELOAD"] = shim
-        env["FASTIO_CONF"] = write_config(ctx, f"redis-{variant}", server_config(variant))
+        env["FASTIO_CONF"] = write_config(ctx, f"redis-{variant}",
+                                          server_config(variant, ctx.pins))
     argv = ["redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"]
     with procs.Server(argv, ctx.log(f"redis-{variant}"), env=env,
-                      start_timeout=10 * ctx.slow) as srv:
+                      start_timeout=10 * ctx.slow,
+                      on_start=pin_server(ctx, first=redis_ping)) as srv:
         bench = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(srv.port), "-c", "50",
                  "-P", str(pipeline), "-t", "set,get", "-n", str(requests), "--csv"]
-        out = procs.run(bench, timeout=120 * ctx.slow, log_path=ctx.log("redis-benchmark"))
+        out = procs.run(bench, timeout=120 * ctx.slow, log_path=ctx.log("redis-benchmark"),
+                        cpus=ctx.pins.client)
         if not srv.alive():
             raise procs.BenchError(f"redis-server died: {srv.log_tail()}")
     rps = {}

@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# Installs what `make bench` measures with, when missing: strace (syscalls per request on
-# the serving thread) and Debian's redis (scripts/redis/deps.sh). Without them those
-# cells would only be reported as "not run".
+# Installs what `make bench` measures and draws with, when missing: strace (syscalls per
+# request on the serving thread), Debian's python3-matplotlib (the plots in bench/plots/;
+# it is installed for /usr/bin/python3, which bench.py switches to when `python3` lacks
+# it) and Debian's redis (scripts/redis/deps.sh). Without them those cells are reported
+# as "not run", or the plots as skipped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 scripts/redis/deps.sh
-command -v strace >/dev/null && exit 0
+missing=()
+command -v strace >/dev/null || missing+=(strace)
+if ! { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; }; then
+  missing+=(python3-matplotlib)
+fi
+[ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
-  echo "bench deps: strace missing; as root: apt-get install -y strace" >&2
+  echo "bench deps: ${missing[*]} missing; as root: apt-get install -y ${missing[*]}" >&2
   exit 2
 fi
-echo "bench deps: installing strace"
+echo "bench deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-if ! apt-get install -y --no-install-recommends strace; then
+if ! apt-get install -y --no-install-recommends "${missing[@]}"; then
   apt-get update
-  apt-get install -y --no-install-recommends strace
+  apt-get install -y --no-install-recommends "${missing[@]}"
 fi

@@ -15,6 +15,9 @@ QUICK = {"reps": 1, "echo_conns": [1, 25, 1000], "echo_lens": [512],
 
 # Cell-id prefixes to run (None: every cell); set by `bench.py run --only`.
 ONLY = None
+# Workers of the scaling table: 1..MAX_WORKERS (bench.py raises it to the number of
+# pinned worker CPUs, so PIN_WORKERS=2-6 measures 1..5 workers).
+MAX_WORKERS = 4
 
 # The headline cell: echo_bench -c 25 -l 512.
 HEAD_CONNS, HEAD_LEN = 25, 512
@@ -31,8 +34,9 @@ def nop_backends(env):
 
 
 def scaling_servers(env):
+    """epoll_echo_server (the reference) and the polling servers with 1..MAX_WORKERS."""
     kinds = (["kmod"] if env == "vm" else []) + ["threads"]
-    return [f"{k}-w{w}" for k in kinds for w in range(1, 5)]
+    return ["epoll"] + [f"{k}-w{w}" for k in kinds for w in range(1, MAX_WORKERS + 1)]
 
 
 def idle_servers(env):

@@ -53,10 +53,12 @@ def stop(proc, grace=10):
 class Server:
     """A server process on a free loopback port, as a context manager.
 
-    argv may contain "{port}", replaced by the port. The log goes to log_path."""
+    argv may contain "{port}", replaced by the port. The log goes to log_path. on_start
+    (if given) is called with the Server once it listens (cells.py pins its threads)."""
 
-    def __init__(self, argv, log_path, env=None, start_timeout=30):
+    def __init__(self, argv, log_path, env=None, start_timeout=30, on_start=None):
         self.port = free_port()
+        self.on_start = on_start
         self.argv = [a.replace("{port}", str(self.port)) for a in argv]
         self.log_path = log_path
         self.env = env
@@ -73,6 +75,8 @@ class Server:
                                      start_new_session=True)
         try:
             wait_port(self.port, self.proc, self.start_timeout)
+            if self.on_start is not None:
+                self.on_start(self)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -100,16 +104,19 @@ class Server:
             return ""
 
 
-def run(argv, timeout, log_path, env=None):
-    """Runs argv to completion (killed after timeout); returns its stdout.
+def run(argv, timeout, log_path, env=None, cpus=None):
+    """Runs argv to completion (killed after timeout); returns its stdout. cpus: the CPUs
+    it may run on (sched_setaffinity before exec, as taskset does), None for any.
     Raises BenchError on a timeout or a nonzero status."""
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     with open(log_path, "ab") as log:
-        log.write(("$ " + " ".join(argv) + "\n").encode())
+        pinned = f"(CPUs {sorted(cpus)}) " if cpus else ""
+        log.write(("$ " + pinned + " ".join(argv) + "\n").encode())
         log.flush()
         try:
             res = subprocess.run(argv, stdout=subprocess.PIPE, stderr=log, env=env,
                                  stdin=subprocess.DEVNULL, timeout=timeout,
-                                 start_new_session=True)
+                                 start_new_session=True, preexec_fn=pin)
         except subprocess.TimeoutExpired as e:
             raise BenchError(f"{os.path.basename(argv[0])} timed out after {timeout:.0f} s") from e
         out = res.stdout.decode(errors="replace")

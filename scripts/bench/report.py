@@ -1,9 +1,11 @@
-"""BENCHMARKS.md and bench/plots/*.svg from a results object (see bench.py run)."""
+"""BENCHMARKS.md and bench/plots/*.svg (plots.py, matplotlib) from a results object (see
+bench.py run)."""
 
 import os
 
 import plan
-import svg
+import plots
+from pins import Pins
 
 # A 1-minute load average above this before the run means other work shared the CPUs.
 BUSY_LOAD = 0.5
@@ -100,6 +102,10 @@ def env_section(r):
                      + (f"; {info['vm']}" if info.get("vm") else ""))
         if info.get("cmdline"):
             lines.append(f"  - guest kernel command line: `{info['cmdline']}`")
+        if "pins" in info:
+            lines.append(f"  - pinning: {Pins.from_meta(info['pins']).describe()}")
+        if info.get("pin_note"):
+            lines.append(f"  - {info['pin_note']}")
         if env == "vm" and r.raw["meta"].get("vm_kernel_config"):
             lines.append(f"  - guest kernel config: tinyconfig + "
                          f"`{r.raw['meta']['vm_kernel_config']}`")
@@ -205,6 +211,8 @@ def echo_section(r, env):
 
 def rawcmp_section(r, env):
     h, ln = plan.HEAD_CONNS, plan.HEAD_LEN
+    if not any(e == env and i.startswith("rawcmp/") for e, i in r.cells):
+        return []  # results from before the comparison existed
     lines = [f"### Async runtime vs raw loop — {ENV_TITLE[env]} (echo -c {h} -l {ln})", "",
              "proactor_echo_server on `fastio::rt` (its default) against its hand-written "
              "completion loop (`--raw`), the two forms interleaved run by run. The goal is an "
@@ -218,42 +226,96 @@ def rawcmp_section(r, env):
     return with_problems(lines, r, env, "rawcmp/")
 
 
+# CPU per request by role (procfs.ROLES and the kworkers), as cells.cost_metrics names
+# them; results from before the split (module v1: kernel threads fastio-PID-LANE) have
+# the process as a whole and the module's kernel threads instead.
+COST_PARTS = [("serving thread(s)", "serving_cpu_s_per_100k"),
+              ("lane/worker/SQPOLL threads", "lanes_cpu_s_per_100k"),
+              ("helper threads", "helpers_cpu_s_per_100k"),
+              ("kworkers", "kworkers_cpu_s_per_100k")]
+COST_PARTS_V1 = [("process", "server_cpu_s_per_100k"),
+                 ("kmod workers", "workers_cpu_s_per_100k"),
+                 ("kworkers", "kworkers_cpu_s_per_100k")]
+
+
+def cost_parts(r, env):
+    """COST_PARTS, or COST_PARTS_V1 for results measured before the split by role."""
+    split = any(e == env and "lanes_cpu_s_per_100k" in (c.get("summary") or {})
+                for (e, _), c in r.cells.items())
+    return COST_PARTS if split else COST_PARTS_V1
+
+
 def cost_section(r, env):
     h, ln = plan.HEAD_CONNS, plan.HEAD_LEN
+    parts = cost_parts(r, env)
+    if parts is COST_PARTS:
+        how = ("CPU and context switches: deltas of /proc/PID/task/*/stat and status of the "
+               "server's threads, by thread name: lane threads (`fastio-lane-N`), the threads "
+               "backend's workers (`fastio-thr-N`) and io_uring's SQPOLL thread "
+               "(`iou-sqp-PID`) as lane/worker/SQPOLL threads; the module's helper threads "
+               "(`fastio-help-N`) and io_uring's io-wq workers (`iou-wrk-PID`) as helper "
+               "threads; every other thread of the server as serving thread(s); plus all "
+               "kworkers of the system; over the untraced runs of the echo table. Context "
+               "switches are the server's threads' (all roles).")
+    else:
+        how = ("CPU and context switches: deltas of /proc/PID/task/*/stat and status of the "
+               "server, plus the kernel module's workers (fastio-PID-LANE) and all kworkers, "
+               "over the untraced runs of the echo table.")
     lines = [f"### Cost per request — {ENV_TITLE[env]} (echo -c {h} -l {ln})", "",
              "Syscalls: `strace -c -U calls,name -p TID` attached to the serving thread only "
-             "(no -f) for one echo_bench run, divided by the responses of that run. CPU and "
-             "context switches: deltas of /proc/PID/task/*/stat and status of the server, plus "
-             "the kernel module's workers (fastio-PID-LANE) and all kworkers, over the untraced "
-             "runs of the echo table.", ""]
+             "(no -f) for one echo_bench run, divided by the responses of that run. " + how, ""]
     rows = []
     for s in plan.echo_servers(env):
         sc, ec = f"syscalls/{s}/c{h}/l{ln}", f"echo/{s}/c{h}/l{ln}"
         top = (r.cell(env, sc) or {}).get("summary", {}).get("top", "")
         rows.append([title(s), r.stat(env, sc, "syscalls_per_req", ".3f"), top,
-                     r.stat(env, ec, "cpu_s_per_100k", ".2f"),
-                     r.stat(env, ec, "server_cpu_s_per_100k", ".2f"),
-                     r.stat(env, ec, "workers_cpu_s_per_100k", ".2f"),
-                     r.stat(env, ec, "kworkers_cpu_s_per_100k", ".2f"),
-                     r.stat(env, ec, "ctxsw_per_req", ".3f")])
+                     r.stat(env, ec, "cpu_s_per_100k", ".2f")]
+                    + [r.stat(env, ec, m, ".2f") for _, m in parts]
+                    + [r.stat(env, ec, "ctxsw_per_req", ".3f")])
     lines += table(["server", "syscalls/req (serving thread)", "top syscalls per req",
-                    "CPU s/100k req (total)", "process", "kmod workers", "kworkers",
-                    "ctx switches/req"], rows)
+                    "CPU s/100k req (total)"] + [label for label, _ in parts]
+                   + ["ctx switches/req"], rows)
     return with_problems(lines, r, env, "syscalls/")
+
+
+def scaling_servers(r, env):
+    """The servers of env's scaling cells, as measured: epoll (the reference) first, then
+    kmod, then threads, each by number of workers."""
+    order = {"epoll": 0, "kmod": 1, "threads": 2}
+    found = {i.split("/")[1] for e, i in r.cells if e == env and i.startswith("scaling/")}
+    def key(s):
+        kind, _, w = s.rpartition("-w")
+        return (order.get(kind or s, 3), kind or s, int(w) if w.isdigit() else 0)
+    return sorted(found, key=key)
 
 
 def scaling_section(r, env):
     h, ln = plan.HEAD_CONNS, plan.HEAD_LEN
+    servers = scaling_servers(r, env)
+    polling = [s for s in servers if s != "epoll"]
+    maxw = max((int(s.rpartition("-w")[2]) for s in polling), default=0)
+    cpus = (r.raw["envs"].get(env) or {}).get("cpus")
+    if isinstance(cpus, int) and cpus >= maxw + 2:
+        room = (f"The machine has {cpus} CPUs: room for the client, the serving thread and "
+                f"{cpus - 2} workers on cores of their own (see the pinning under "
+                "Environment).")
+    else:
+        room = (f"The machine has {cpus or '?'} CPUs for the client, the serving thread and "
+                "every worker together: beyond one worker, workers compete with the client "
+                "and the server for the same cores, so this shows the cost of extra workers "
+                "on a small machine, not their benefit on a big one.")
     lines = [f"### Worker scaling — {ENV_TITLE[env]} (echo -c {h} -l {ln})", "",
-             f"`max_ker_worker` 1..4 with one serving thread. The machine has "
-             f"{(r.raw['envs'].get(env) or {}).get('cpus', '?')} CPUs for the client, the "
-             "serving thread and every worker together: beyond one worker, workers compete "
-             "with the client and the server for the same cores, so this shows the cost of "
-             "extra workers on a small machine, not their benefit on a big one.", ""]
+             f"`max_ker_worker` 1..{maxw} with one serving thread. {room}", ""]
+    cid = lambda s: f"scaling/{s}/c{h}/l{ln}"  # noqa: E731
     cols = [("requests/s", "rps", ".0f"), ("CPU s/100k req", "cpu_s_per_100k", ".2f")]
-    rows = metric_rows(r, env, plan.scaling_servers(env), lambda s: f"scaling/{s}/c{h}/l{ln}",
-                       cols)
-    lines += table(["server"] + [c[0] for c in cols], rows)
+    rows = metric_rows(r, env, servers, cid, cols)
+    header = ["server"] + [c[0] for c in cols]
+    if "epoll" in servers:
+        header.append("vs epoll_echo_server")
+        base = r.med(env, cid("epoll"), "rps")
+        for s, row in zip(servers, rows):
+            row.append(ratio(r.med(env, cid(s), "rps"), base))
+    lines += table(header, rows)
     return with_problems(lines, r, env, "scaling/")
 
 
@@ -290,33 +352,71 @@ def redis_section(r, env):
     return with_problems(lines, r, env, "redis/")
 
 
-def plots(r, repo):
-    """Writes the SVG plots; returns markdown image lines."""
+def plot_echo(r, env, d):
+    """Echo requests/s against connections at the headline length; the file name."""
+    conns = sorted({c["params"]["conns"] for (e, i), c in r.cells.items()
+                    if e == env and i.startswith("echo/")})
+    ln = plan.HEAD_LEN
+    series = [(title(s), [r.med(env, f"echo/{s}/c{c}/l{ln}", "rps") for c in conns])
+              for s in plan.echo_servers(env)]
+    name = f"echo-rps-{env}.svg"
+    plots.line_chart(os.path.join(d, name), f"Echo requests/s vs connections, {ln} B — {env}",
+                     "requests/s", "connections", conns, series)
+    return name
+
+
+def plot_cost(r, env, d):
+    """CPU per 100k requests by role at the headline cell, one stacked bar per server."""
+    servers = plan.echo_servers(env)
+    cid = lambda s: f"echo/{s}/c{plan.HEAD_CONNS}/l{plan.HEAD_LEN}"  # noqa: E731
+    parts = [(label, [r.med(env, cid(s), m) for s in servers])
+             for label, m in cost_parts(r, env)]
+    name = f"cpu-per-100k-{env}.svg"
+    plots.stacked_bars(os.path.join(d, name), f"CPU seconds per 100k requests, -c "
+                       f"{plan.HEAD_CONNS} -l {plan.HEAD_LEN} — {env}", "CPU s / 100k requests",
+                       [title(s) for s in servers], parts)
+    return name
+
+
+def plot_scaling(r, env, d):
+    """The worker-scaling table: requests/s and CPU per 100k requests against workers,
+    with epoll_echo_server as a dashed reference when it was measured."""
+    servers = scaling_servers(r, env)
+    polling = [s for s in servers if s != "epoll"]
+    kinds = list(dict.fromkeys(s.rpartition("-w")[0] for s in polling))
+    workers = sorted({int(s.rpartition("-w")[2]) for s in polling})
+    cid = lambda s: f"scaling/{s}/c{plan.HEAD_CONNS}/l{plan.HEAD_LEN}"  # noqa: E731
+    panels = []
+    for label, metric in (("requests/s", "rps"), ("CPU s / 100k requests", "cpu_s_per_100k")):
+        series = [(f"proactor {BACKEND_TITLE.get(k, k)}",
+                   [r.med(env, cid(f"{k}-w{w}"), metric) for w in workers]) for k in kinds]
+        ref = r.med(env, cid("epoll"), metric) if "epoll" in servers else None
+        panels.append((label, series, ref))
+    name = f"scaling-{env}.svg"
+    plots.scaling_chart(os.path.join(d, name), f"Worker scaling, echo -c {plan.HEAD_CONNS} "
+                        f"-l {plan.HEAD_LEN} — {env}", workers, panels,
+                        ref_name=title("epoll"))
+    return name
+
+
+def plots_section(r, repo):
+    """Writes the plots into bench/plots/; returns the markdown of the Plots section (the
+    reason instead when matplotlib cannot be used: BENCHMARKS.md is written either way)."""
+    lines = ["## Plots", ""]
+    why = plots.unavailable()
+    if why:
+        return lines + [f"Plots skipped: {why}.", ""]
     d = os.path.join(repo, "bench", "plots")
     os.makedirs(d, exist_ok=True)
-    out = []
     for env in r.envs:
-        conns = sorted({c["params"]["conns"] for (e, i), c in r.cells.items()
-                        if e == env and i.startswith("echo/")})
-        ln = plan.HEAD_LEN
-        series = [(title(s), [r.med(env, f"echo/{s}/c{c}/l{ln}", "rps") for c in conns])
-                  for s in plan.echo_servers(env)]
-        name = f"echo-rps-{env}.svg"
-        with open(os.path.join(d, name), "w", encoding="utf-8") as f:
-            f.write(svg.line_chart(f"Echo requests/s vs connections, {ln} B — {env}",
-                                   "requests/s", "connections", conns, series))
-        out.append(f"![echo requests/s vs connections, {env}](bench/plots/{name})")
-        servers = plan.echo_servers(env)
-        cid = lambda s: f"echo/{s}/c{plan.HEAD_CONNS}/l{ln}"  # noqa: E731
-        parts = [(label, [r.med(env, cid(s), m) for s in servers]) for label, m in
-                 (("process", "server_cpu_s_per_100k"), ("kmod workers", "workers_cpu_s_per_100k"),
-                  ("kworkers", "kworkers_cpu_s_per_100k"))]
-        name = f"cpu-per-100k-{env}.svg"
-        with open(os.path.join(d, name), "w", encoding="utf-8") as f:
-            f.write(svg.stacked_bars(f"CPU seconds per 100k requests, -c {plan.HEAD_CONNS} -l {ln}"
-                                     f" — {env}", "CPU s / 100k requests", "server", servers, parts))
-        out.append(f"![CPU per 100k requests, {env}](bench/plots/{name})")
-    return out
+        for what, draw in (("echo requests/s vs connections", plot_echo),
+                           ("CPU per 100k requests", plot_cost),
+                           ("worker scaling", plot_scaling)):
+            if what == "worker scaling" and not any(
+                    e == env and i.startswith("scaling/") for e, i in r.cells):
+                continue
+            lines.append(f"![{what}, {env}](bench/plots/{draw(r, env, d)})")
+    return lines + [""]
 
 
 def losses(r, env):
@@ -360,6 +460,51 @@ def reading(r):
     return lines
 
 
+# The seed's headline table: epoll against 1..SEED_WORKERS kernel workers at 25
+# connections, each on a core of its own, with the client and the serving thread on two more.
+SEED_WORKERS = 5
+SEED_COMMAND = (f"make bench VM_SMP={SEED_WORKERS + 2} PIN_CLIENT=0 PIN_SERVER=1 "
+                f"PIN_WORKERS=2-{SEED_WORKERS + 1}")
+
+
+def cores_section(r):
+    """What the CPUs of this run can and cannot show, and the command for a host that has
+    the cores for the seed's headline table."""
+    cpus = {env: (r.raw["envs"].get(env) or {}).get("cpus") for env in r.envs}
+    have = ", ".join(f"{'VM' if e == 'vm' else 'host'} {n} CPUs" for e, n in cpus.items())
+    need = SEED_WORKERS + 2
+    small = not cpus or any(not isinstance(n, int) or n < need for n in cpus.values())
+    lines = [f"## What {min((n for n in cpus.values() if isinstance(n, int)), default='?')} "
+             f"cores can and cannot show", "", f"This run: {have}.", ""]
+    if small:
+        lines += [
+            "On so few cores the load client (echo_bench's threads are busy the whole run), "
+            "the serving thread and every polling thread (kmod lane threads, io_uring's SQPOLL "
+            "thread, the threads backend's workers) share the CPUs: a polling thread spins "
+            "on a core that the client or the server needs, and each extra worker adds a "
+            "competitor rather than capacity.", "",
+            "What these figures can show: ratios between servers measured side by side in one "
+            "run (interleaved runs on the same machine); syscalls, CPU seconds and context "
+            "switches per request, split by thread; the cost of idling and the latency of the "
+            "first request after idle; the Redis shim against plain redis-server; correctness "
+            "under load (echo_bench verifies every byte).", "",
+            "What they cannot show: what polling gains when it has cores of its own — "
+            "FastIO's setting, with the client, the serving thread and each kernel worker on "
+            "separate cores. The seed's headline table (epoll_echo_server against "
+            f"1..{SEED_WORKERS} kernel workers at {plan.HEAD_CONNS} connections) needs "
+            f"{need} cores for the VM, each backed by a host core (QEMU TCG runs a vCPU as a "
+            "host thread), plus one for the host itself. On a host with at least "
+            f"{need + 1} cores, one command measures it (the worker-scaling table then has "
+            f"kmod 1..{SEED_WORKERS} workers and epoll_echo_server as the reference):", "",
+            f"    {SEED_COMMAND}", ""]
+    else:
+        lines += [f"That is enough for the client, the serving thread and {need - 2} workers "
+                  "on cores of their own (the pinning is under Environment); the seed's "
+                  f"headline table is the worker-scaling table. The command: `{SEED_COMMAND}`.",
+                  ""]
+    return lines
+
+
 def write(results, repo):
     """Writes BENCHMARKS.md and the plots."""
     if not results:
@@ -373,8 +518,9 @@ def write(results, repo):
     lines += env_section(r)
     if "vm" in r.envs:
         lines += headline(r)
-    lines += ["## Plots", ""] + plots(r, repo) + [""]
+    lines += plots_section(r, repo)
     lines += reading(r)
+    lines += cores_section(r)
     for env in r.envs:
         lines += [f"## {ENV_TITLE[env]}", ""]
         for section in (nop_section, echo_section, rawcmp_section, cost_section,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use fastio::{BackendKind, Config, Proactor, RejectReason};
 use fastio_bench::{duration, ResultLine};
-use fastio_echo::bench::LatencyHistogram;
+use fastio_echo::latency::LatencyHistogram;
 
 /// NOP round-trip benchmark of the fastio proactor.
 #[derive(Parser, Debug)]
