@@ -160,7 +160,8 @@ vm-flow: kmod
 # The harness builds what it needs; `make kmod` and the redis-shim build run inside (a
 # failure there marks their cells "not run", it does not stop the run); QUICK=1 (any
 # value but 0) selects the quick mode; ONLY=rawcmp/,redis/ re-runs the cells whose id starts
-# with one of the prefixes and replaces just those in BENCHMARKS.json/.md. The VM runs the
+# with one of the prefixes and replaces just those in BENCHMARKS.json/.md (SKIP_VM=1 or
+# SKIP_HOST=1: one environment only). The VM runs the
 # bench kernel (kmod/kernel-bench.config: no lockdep or debug lists), not the test kernel.
 # VM_SMP sets the VM's vCPUs; PIN_CLIENT, PIN_SERVER and PIN_WORKERS pin the load client,
 # the serving threads and the workers (lane i on the first PIN_WORKERS CPU + i) in the VM
@@ -171,7 +172,8 @@ bench:
 	scripts/bench/deps.sh
 	python3 scripts/bench/bench.py run $(if $(filter-out 0,$(QUICK)),--quick) $(if $(ONLY),--only $(ONLY)) \
 	  $(if $(VM_SMP),--vm-smp $(VM_SMP)) $(if $(PIN_CLIENT),--pin-client $(PIN_CLIENT)) \
-	  $(if $(PIN_SERVER),--pin-server $(PIN_SERVER)) $(if $(PIN_WORKERS),--pin-workers $(PIN_WORKERS))
+	  $(if $(PIN_SERVER),--pin-server $(PIN_SERVER)) $(if $(PIN_WORKERS),--pin-workers $(PIN_WORKERS)) \
+	  $(if $(filter-out 0,$(SKIP_VM)),--skip-vm) $(if $(filter-out 0,$(SKIP_HOST)),--skip-host)
 
 bench-compare:
 	python3 scripts/bench/bench.py compare $(if $(BASE),--base $(BASE)) \

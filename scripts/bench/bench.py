@@ -283,6 +283,9 @@ def make_command(args, pins):
     if args.vm_smp != VM_SMP_DEFAULT:
         words.append(f"VM_SMP={args.vm_smp}")
     words += [f"PIN_{role.upper()}={cpus}" for role, cpus in pins.meta().items()]
+    words += [w for w, on in (("SKIP_VM=1", getattr(args, "skip_vm", False)),
+                             ("SKIP_HOST=1", getattr(args, "skip_host", False)))
+              if on]
     return " ".join(words)
 
 
