@@ -178,17 +178,7 @@ impl TcpStream {
     /// Connects to `addr`: a new socket in a slot, then CONNECT (waits while the
     /// connection is in progress; cancelled if the future is dropped).
     pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-        let family = match addr {
-            SocketAddr::V4(_) => libc::AF_INET,
-            SocketAddr::V6(_) => libc::AF_INET6,
-        };
-        // SAFETY: plain socket(2).
-        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor we own.
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let sock = stream_socket(addr)?;
         let io = OwnedSlot::register(&sock)?;
         drop(sock);
         let req = Req::Connect {
@@ -252,8 +242,8 @@ impl TcpStream {
 }
 
 /// A listening socket on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT` (backlog 1024).
-fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    use std::os::fd::FromRawFd;
+/// A new TCP socket (close-on-exec) of `addr`'s family.
+fn stream_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
     let family = match addr {
         SocketAddr::V4(_) => libc::AF_INET,
         SocketAddr::V6(_) => libc::AF_INET6,
@@ -264,7 +254,11 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh descriptor nobody else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let sock = stream_socket(addr)?;
     let one: libc::c_int = 1;
     for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
         // SAFETY: setsockopt with a valid int option on our socket.
