@@ -349,15 +349,7 @@ impl Worker {
                         libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
                     )
                 };
-                if r < 0 {
-                    return -last_errno();
-                }
-                // SAFETY: r is a fresh descriptor nobody else owns.
-                let new = unsafe { OwnedFd::from_raw_fd(r) };
-                match FileRef::adopt(new).and_then(|f| self.shared.files.insert(dest, f)) {
-                    Ok(()) => dest as i32,
-                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
-                }
+                self.install(r, dest)
             }
             Op::Recv {
                 addr, len, flags, ..
@@ -470,6 +462,12 @@ impl Worker {
                 }
             }
         };
+        self.install(r, dest)
+    }
+
+    /// The result of a call that returned a new descriptor `r` (or -1 with errno):
+    /// the descriptor is put into the slot `dest`, whose number is the result.
+    fn install(&self, r: libc::c_int, dest: u32) -> i32 {
         if r < 0 {
             return -last_errno();
         }
