@@ -505,6 +505,21 @@ def cores_section(r):
     return lines
 
 
+def extra_sections(repo):
+    """The sections other benchmark scripts wrote (bench/sections/*.md, in name order):
+    measurements that are not echo cells (file serving, block I/O, memory per connection),
+    each file written whole by its own script, which says in it how to re-run it."""
+    d = os.path.join(repo, "bench", "sections")
+    if not os.path.isdir(d):
+        return []
+    lines = []
+    for name in sorted(os.listdir(d)):
+        if name.endswith(".md"):
+            with open(os.path.join(d, name), encoding="utf-8") as f:
+                lines += f.read().rstrip().split("\n") + [""]
+    return lines
+
+
 def write(results, repo):
     """Writes BENCHMARKS.md and the plots."""
     if not results:
@@ -526,5 +541,6 @@ def write(results, repo):
         for section in (nop_section, echo_section, rawcmp_section, cost_section,
                         scaling_section, idle_section, redis_section):
             lines += section(r, env)
+    lines += extra_sections(repo)
     with open(os.path.join(repo, "BENCHMARKS.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines).rstrip() + "\n")
