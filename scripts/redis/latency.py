@@ -3,6 +3,7 @@
 and without such a client, plain redis-server and the shim on each backend.
 
     scripts/redis/latency.py [--runs 3] [--requests 100000] [--shim PATH] [--flavors ...]
+                             [--server-cpus LIST]
 
 For each flavor (none = plain redis-server, then the shim on uring+sqpoll, uring,
 threads, and kmod when /dev/fastio exists) one redis-server runs with
@@ -166,17 +167,22 @@ def bench(port, n):
     raise RuntimeError("no GET line in: " + out)
 
 
-def start_server(flavor, port, shim, tmp):
+def start_server(flavor, port, shim, tmp, server_cpus=None):
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     if flavor != "none":
         conf = os.path.join(tmp, "fastio.conf")
         with open(conf, "w") as f:
             f.write(CONF[flavor])
+            if server_cpus:
+                # The workers on the first of the server's CPUs (affinity_offset counts
+                # the CPUs the process may run on), next to Redis's thread.
+                f.write("affinity_offset = 0\n")
         env.update(LD_PRELOAD=shim, FASTIO_CONF=conf)
     log = open(os.path.join(tmp, "redis-%s.log" % flavor.replace("+", "-")), "w")
+    pin = ["taskset", "-c", server_cpus] if server_cpus else []
     p = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        pin + ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--client-output-buffer-limit", "pubsub 0 0 0"],
         env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -221,20 +227,25 @@ def main():
     if os.path.exists("/dev/fastio"):
         flavors.append("kmod")
     ap.add_argument("--flavors", nargs="+", default=flavors)
+    ap.add_argument("--server-cpus", metavar="LIST",
+                    help="run redis-server under taskset -c LIST, its fastio workers pinned "
+                    "to the first of them (affinity_offset = 0); the clients stay unpinned")
     a = ap.parse_args()
     if any(f != "none" for f in a.flavors) and not os.path.isfile(a.shim):
         sys.exit("latency: %s not built: make build" % a.shim)
     print("load average before: %s" % open("/proc/loadavg").read().strip())
     print()
     print("redis-benchmark -c 50 -P 1 -t get -n %d, median of %d [min-max]; "
-          "publisher 2000 x 1 KiB/s throughout" % (a.requests, a.runs))
+          "publisher 2000 x 1 KiB/s throughout%s" % (
+              a.requests, a.runs,
+              "; redis-server and its workers on CPUs %s" % a.server_cpus if a.server_cpus else ""))
     print()
     print("| redis-server | p99 without | p99 with stuck clients | p99 ratio "
           "| p50 without | p50 with | req/s without | req/s with |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for flavor in a.flavors:
-            p = start_server(flavor, a.port, a.shim, tmp)
+            p = start_server(flavor, a.port, a.shim, tmp, a.server_cpus)
             try:
                 c = Conn(a.port)
                 c.cmd("SET", "big", b"v" * (1 << 20))

@@ -181,13 +181,52 @@ fn open_auto(config: &Config) -> io::Result<(Box<dyn Backend>, Choice)> {
     ))
 }
 
-/// The CPU that worker `index` of a group pinned from `offset` runs on, with `ncpu`
-/// CPUs available: `(offset + index) % ncpu`; `None` when the group is not pinned.
-pub(crate) fn pinned_cpu(offset: Option<u32>, index: u32, ncpu: usize) -> Option<usize> {
-    offset.map(|off| (off as usize + index as usize) % ncpu.max(1))
+/// The CPU that worker `index` of a group pinned from `offset` runs on: entry
+/// `(offset + index) % n` of the `n` CPUs the process may run on (`allowed`, ascending;
+/// CPU `offset + index` modulo the CPU count when it may run on all of them); `None` when
+/// the group is not pinned or `allowed` is empty.
+pub(crate) fn pinned_cpu(offset: Option<u32>, index: u32, allowed: &[usize]) -> Option<usize> {
+    let off = offset?;
+    let n = allowed.len();
+    if n == 0 {
+        return None;
+    }
+    // Both operands reduced first: no overflow whatever the offset and index.
+    allowed
+        .get((off as usize % n + index as usize % n) % n)
+        .copied()
 }
 
-/// Number of CPUs this process may run on (at least 1), for [`pinned_cpu`].
+/// The CPUs this process may run on, ascending: the affinity of its main thread (the
+/// thread-group leader), not of the calling thread, so a serving thread that pinned
+/// itself before starting the workers does not squeeze them onto its own CPU. Falls back
+/// to the calling thread's mask if the leader's cannot be read, and to `0..n` if neither
+/// can.
+pub(crate) fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: getpid has no preconditions.
+    let leader = unsafe { libc::getpid() };
+    affinity_of(leader)
+        .or_else(|| affinity_of(0))
+        .unwrap_or_else(|| (0..available_cpus()).collect())
+}
+
+/// The CPUs in the affinity mask of task `tid` (0: the calling thread).
+fn affinity_of(tid: libc::pid_t) -> Option<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data (all-zero is an empty set); sched_getaffinity writes
+    // at most size_of::<cpu_set_t>() bytes into it; CPU_ISSET reads bits inside the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect();
+        (!cpus.is_empty()).then_some(cpus)
+    }
+}
+
+/// Number of CPUs the calling thread may run on (at least 1).
 pub(crate) fn available_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -240,13 +279,36 @@ mod tests {
 
     #[test]
     fn pinned_cpus_wrap_around_the_available_ones() {
-        assert_eq!(pinned_cpu(None, 3, 4), None);
-        assert_eq!(pinned_cpu(Some(0), 0, 4), Some(0));
-        assert_eq!(pinned_cpu(Some(2), 1, 4), Some(3));
-        assert_eq!(pinned_cpu(Some(2), 3, 4), Some(1));
-        assert_eq!(pinned_cpu(Some(1023), 63, 2), Some(0));
+        let all = [0, 1, 2, 3];
+        assert_eq!(pinned_cpu(None, 3, &all), None);
+        assert_eq!(pinned_cpu(Some(0), 0, &all), Some(0));
+        assert_eq!(pinned_cpu(Some(2), 1, &all), Some(3));
+        assert_eq!(pinned_cpu(Some(2), 3, &all), Some(1));
+        assert_eq!(pinned_cpu(Some(1023), 63, &all[..2]), Some(0));
+        assert_eq!(pinned_cpu(Some(u32::MAX), u32::MAX, &all[..3]), Some(0));
+        // A cpuset of CPUs 4 and 6: the workers go there, never to a CPU outside it.
+        let cpuset = [4, 6];
+        assert_eq!(pinned_cpu(Some(0), 0, &cpuset), Some(4));
+        assert_eq!(pinned_cpu(Some(0), 1, &cpuset), Some(6));
+        assert_eq!(pinned_cpu(Some(1), 1, &cpuset), Some(4));
         // Never a division by zero.
-        assert_eq!(pinned_cpu(Some(5), 0, 0), Some(0));
+        assert_eq!(pinned_cpu(Some(5), 0, &[]), None);
+    }
+
+    #[test]
+    fn allowed_cpus_are_the_process_s_not_the_calling_thread_s() {
+        let process = allowed_cpus();
+        assert!(!process.is_empty());
+        let seen = std::thread::spawn(|| {
+            // SAFETY: plain syscall on this thread.
+            let cpu = unsafe { libc::sched_getcpu() };
+            pin_current_thread(cpu as usize).unwrap();
+            assert_eq!(available_cpus(), 1);
+            allowed_cpus()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen, process);
     }
 
     #[test]

@@ -89,9 +89,10 @@ impl UringBackend {
             b.setup_cqsize(config.cq_entries);
             if sqpoll {
                 b.setup_sqpoll(config.idle_ms);
-                if let Some(cpu) = config.affinity_offset {
-                    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
-                    b.setup_sqpoll_cpu((cpu as usize % ncpu) as u32);
+                let cpus = super::allowed_cpus();
+                if let Some(cpu) = super::pinned_cpu(config.affinity_offset, 0, &cpus) {
+                    // CPU numbers are < CPU_SETSIZE (1024): the cast cannot truncate.
+                    b.setup_sqpoll_cpu(cpu as u32);
                 }
             }
             b.build(config.sq_entries)

@@ -19,8 +19,8 @@
 //! | `default_main_worker_idle_time` | milliseconds | `20` | `1..=600000` | How long a polling worker spins on an empty ring before it sleeps and needs a wakeup. `kmod` refuses values above the module parameter `max_idle_ms` (default 1000). |
 //! | `default_wq_worker_idle_time` | milliseconds | `1000` | `1..=600000` | FastIO's idle time of its workqueue workers. Accepted so that FastIO's files parse; **no effect** with the v2 module: helpers are parked threads that cost nothing while idle, and it is not sent to the kernel. |
 //! | `wq_max_active` | threads | `2` | `1..=64` | Helper threads per context (`kmod`: `fastio-help-N`) that do the blocking I/O (uncached file reads, FIFOs, ttys); blocking work progresses only through them. |
-//! | `affinity_offset` | CPU number | unset: not pinned | `0..=1023` | Pin polling worker `i` to CPU `(affinity_offset + i) % available CPUs`. |
-//! | `wq_affinity_offset` | CPU number | unset: not pinned | `0..=1023` | Pin helper thread `j` (`kmod`) to CPU `(wq_affinity_offset + j) % available CPUs`. |
+//! | `affinity_offset` | CPU number | unset: not pinned | `0..=1023` | Pin polling worker `i` to CPU `(affinity_offset + i) % n` of the `n` CPUs the process may run on (its cpuset and affinity: entry, not number). |
+//! | `wq_affinity_offset` | CPU number | unset: not pinned | `0..=1023` | Pin helper thread `j` (`kmod`) to CPU `(wq_affinity_offset + j) % n` of the `n` CPUs the process may run on. |
 //! | `sqpoll` | flag | `true` | `true`/`false` (or `1`/`0`) | `uring` backend: use a kernel SQ polling thread (`IORING_SETUP_SQPOLL`). |
 //! | `esca_localize` | flag | `false` | `true`/`false` (or `1`/`0`) | FastIO/ESCA compatibility only: lanes are always per-worker memory in fastio-rs, so it has no further effect. |
 //! | `max_table_entry` | entries | `64` | `1..=32768` | FastIO's table geometry, see below. |
@@ -214,11 +214,12 @@ pub struct Config {
     /// Key `wq_max_active`: helper threads per context that do the blocking I/O
     /// (`kmod`: `fastio-help-N`, the module's `SetupParams::helpers`); `1..=64`.
     pub wq_max_active: u32,
-    /// Key `affinity_offset`: pin polling worker `i` to CPU
-    /// `(offset + i) % available CPUs`; `None` = not pinned; `0..=1023`.
+    /// Key `affinity_offset`: pin polling worker `i` to entry `(offset + i) % n` of the
+    /// `n` CPUs the process may run on (CPU `offset + i` modulo the CPU count when it may
+    /// run on all); `None` = not pinned; `0..=1023`.
     pub affinity_offset: Option<u32>,
-    /// Key `wq_affinity_offset`: pin helper thread `j` (`kmod`) to CPU
-    /// `(offset + j) % available CPUs`; `None` = not pinned; `0..=1023`.
+    /// Key `wq_affinity_offset`: pin helper thread `j` (`kmod`) like `affinity_offset`
+    /// pins polling workers; `None` = not pinned; `0..=1023`.
     pub wq_affinity_offset: Option<u32>,
     /// Key `sqpoll`: the `uring` backend uses `IORING_SETUP_SQPOLL`.
     pub sqpoll: bool,
@@ -425,7 +426,7 @@ impl Config {
 
     /// One-line summary for a startup banner, e.g.
     /// `backend=auto lanes=1 usr_workers=1 sq=256 cq=8192 files=4096 idle=20ms helpers=2 affinity=none sqpoll=on`
-    /// (`affinity=+2` means worker `i` runs on CPU `(2 + i) % available CPUs`; a
+    /// (`affinity=+2` means worker `i` runs on the `(2 + i) % n`-th of the `n` allowed CPUs; a
     /// `wq_affinity=+N` field appears when `wq_affinity_offset` is set).
     /// `default_wq_worker_idle_time` is not shown: it has no effect.
     pub fn describe(&self) -> String {

@@ -387,7 +387,8 @@ struct PoolShared {
 pub struct PoolOptions {
     /// Worker threads (at least 1).
     pub workers: usize,
-    /// Pin worker `i` to CPU `(first + i) % CPUs`; `None`: not pinned.
+    /// Pin worker `i` to entry `(first + i) % n` of the `n` CPUs the process may run on
+    /// (CPU `(first + i) % n` when it may run on all); `None`: not pinned.
     pub pin: Option<usize>,
 }
 
@@ -411,7 +412,7 @@ impl Pool {
         let mut threads = Vec::with_capacity(n);
         let shared_slot: Arc<Mutex<Option<Arc<PoolShared>>>> = Arc::new(Mutex::new(None));
         let go = Arc::new((Mutex::new(false), Condvar::new()));
-        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = crate::backend::allowed_cpus();
         for i in 0..n {
             let (tx, config, shared_slot, go) = (
                 tx.clone(),
@@ -419,7 +420,11 @@ impl Pool {
                 Arc::clone(&shared_slot),
                 Arc::clone(&go),
             );
-            let cpu = opts.pin.map(|first| (first + i) % ncpu);
+            let cpu = crate::backend::pinned_cpu(
+                opts.pin.map(|first| (first % cpus.len().max(1)) as u32),
+                i as u32,
+                &cpus,
+            );
             let t = std::thread::Builder::new()
                 .name(format!("fastio-rt-{i}"))
                 .spawn(move || {

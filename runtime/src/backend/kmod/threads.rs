@@ -17,8 +17,8 @@
 //!   SIGSETXID, so `setuid()` and friends still reach the workers (their ioctl returns
 //!   `EINTR`, glibc's handler runs, the thread calls the ioctl again);
 //! - pins itself with `sched_setaffinity` when the config says so: lane `i` to CPU
-//!   `(affinity_offset + i) % available CPUs`, helper `j` to
-//!   `(wq_affinity_offset + j) % available CPUs`. A pin that fails is reported on stderr
+//!   `(affinity_offset + i) % n` of the `n` CPUs the process may run on, helper `j` to
+//!   `(wq_affinity_offset + j) % n`. A pin that fails is reported on stderr
 //!   and the thread runs unpinned (as the `threads` backend does);
 //! - calls its ioctl until it returns for good: `EINTR` → again; 0 (or `ESHUTDOWN`)
 //!   after the backend asked for the shutdown → the thread ends; any other error, or a
@@ -41,7 +41,7 @@ use std::thread::JoinHandle;
 use fastio_uapi::{ThreadArg, FASTIO_RUN_HELPER, FASTIO_RUN_LANE, FASTIO_SHUTDOWN};
 
 use super::ioctl;
-use crate::backend::{available_cpus, pin_current_thread, pinned_cpu};
+use crate::backend::{allowed_cpus, pin_current_thread, pinned_cpu};
 use crate::config::Config;
 
 /// An open `/dev/fastio` context, shared by the backend and its threads, with the first
@@ -290,11 +290,11 @@ impl Workers {
             dev: Arc::clone(dev),
             threads: Vec::with_capacity((lanes + helpers) as usize),
         };
-        let ncpu = available_cpus();
+        let cpus = allowed_cpus();
         let lane_threads =
-            (0..lanes).map(|i| (Role::Lane, i, pinned_cpu(config.affinity_offset, i, ncpu)));
+            (0..lanes).map(|i| (Role::Lane, i, pinned_cpu(config.affinity_offset, i, &cpus)));
         let helper_threads = (0..helpers).map(|j| {
-            let cpu = pinned_cpu(config.wq_affinity_offset, j, ncpu);
+            let cpu = pinned_cpu(config.wq_affinity_offset, j, &cpus);
             (Role::Helper, j, cpu)
         });
         for (role, index, cpu) in lane_threads.chain(helper_threads) {

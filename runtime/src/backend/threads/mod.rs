@@ -163,10 +163,10 @@ impl ThreadsBackend {
             shared,
             workers: Vec::with_capacity(nlanes),
         };
-        let ncpu = super::available_cpus();
+        let cpus = super::allowed_cpus();
         for (lane, epfd) in epfds.into_iter().enumerate() {
             let shared = Arc::clone(&backend.shared);
-            let cpu = super::pinned_cpu(config.affinity_offset, lane as u32, ncpu);
+            let cpu = super::pinned_cpu(config.affinity_offset, lane as u32, &cpus);
             let handle = std::thread::Builder::new()
                 .name(format!("fastio-thr-{lane}"))
                 .spawn(move || Worker::run(shared, lane as u32, epfd, cpu))?;
