@@ -198,6 +198,22 @@ pub fn parse_size(text: &str, min: usize, min_text: &str) -> Result<usize, Strin
     Ok(bytes)
 }
 
+/// What the shim says when io_uring's SQ poller must share too few CPUs with Redis's
+/// thread and its clients: the poller then waits for a CPU like any task, and a reply
+/// queued behind it waits up to a scheduler slice. Measured on 2 CPUs
+/// (scripts/redis/latency.py): redis-benchmark -c 50 -P 1 GET p50 unchanged, p99 3.7x
+/// with one client that never reads (the shim on io_uring without SQPOLL: 0.92x).
+pub fn sqpoll_note(sqpoll: bool, cpus: usize) -> Option<String> {
+    (sqpoll && cpus < 3).then(|| {
+        format!(
+            "fastio-redis-shim: SQPOLL with {cpus} CPU(s): the SQ poller needs a CPU of its \
+             own, and here it competes with Redis's thread and the clients (replies wait for \
+             it: p99 latency several times higher under load); backend = \"auto\" or \
+             sqpoll = false in fastio.conf avoids it"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +277,17 @@ mod tests {
             .apply_env(|k| (k == CLOSE_LINGER_VAR).then(|| "soon".to_string()))
             .unwrap_err();
         assert!(e.starts_with("FASTIO_SHIM_CLOSE_LINGER_MS=\"soon\""), "{e}");
+    }
+
+    #[test]
+    fn sqpoll_is_questioned_only_without_a_cpu_to_spare() {
+        assert!(sqpoll_note(true, 1).is_some());
+        let note = sqpoll_note(true, 2).unwrap();
+        assert!(
+            note.contains("2 CPU(s)") && note.contains("sqpoll = false"),
+            "{note}"
+        );
+        assert_eq!(sqpoll_note(true, 3), None);
+        assert_eq!(sqpoll_note(false, 1), None);
     }
 }

@@ -46,6 +46,45 @@ fn auto_backend_is_io_uring_without_sqpoll_for_redis() {
     shim.assert_carried("auto", 3);
 }
 
+/// SQPOLL asked for by name is used, and named at start-up when the machine has fewer
+/// than 3 CPUs for Redis's thread, the poller and the clients.
+#[test]
+fn sqpoll_by_name_warns_without_a_cpu_to_spare() {
+    let test = "sqpoll_by_name_warns_without_a_cpu_to_spare";
+    if !have_redis(test) {
+        return;
+    }
+    let f = Flavor {
+        name: "sqpoll",
+        config: Config {
+            backend: BackendKind::Uring,
+            sqpoll: true,
+            ..Config::default()
+        },
+    };
+    let dir = TempDir::new("sqpoll-note");
+    let redis = Redis::start(&f, dir.path(), &[], &[]);
+    let err = redis.stderr();
+    let mut c = redis.client();
+    c.cmd(&["SET", "k", "v"]).unwrap();
+    assert_eq!(c.bulk(&["GET", "k"]).as_deref(), Some(&b"v"[..]));
+    drop(c);
+    let shim = redis.stop().expect("shim stats");
+    if !shim.backend().starts_with("uring (SQPOLL)") {
+        eprintln!(
+            "{test}: SKIP: SQPOLL not available here ({})",
+            shim.backend()
+        );
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        err.contains("SQPOLL with"),
+        cpus < 3,
+        "{cpus} CPUs, start-up output:\n{err}"
+    );
+}
+
 /// SET with `redis-cli -x` (value on stdin), GET back through redis-cli's raw output.
 #[test]
 fn values_from_1_byte_to_64_mib_round_trip() {

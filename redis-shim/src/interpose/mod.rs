@@ -242,7 +242,14 @@ fn open() -> Result<Shim, String> {
             ),
         }
     }
-    Shim::new(&config, settings).map_err(|e| format!("cannot open the proactor: {e}"))
+    let shim =
+        Shim::new(&config, settings).map_err(|e| format!("cannot open the proactor: {e}"))?;
+    let sqpoll = shim.stats().backend.starts_with("uring (SQPOLL)");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(note) = crate::settings::sqpoll_note(sqpoll, cpus) {
+        eprintln!("{note}");
+    }
+    Ok(shim)
 }
 
 /// What the shim says when `backend = "auto"` makes it pick io_uring without SQPOLL.
