@@ -165,6 +165,90 @@ pub fn process_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// Thread names of the polling threads (kmod lanes, threads workers, io_uring's SQPOLL)
+/// and of the blocking-work threads (kmod helpers, io_uring's io-wq workers), as
+/// scripts/bench/procfs.py sorts them.
+const LANE_PREFIXES: [&str; 3] = ["fastio-lane-", "fastio-thr-", "iou-sqp-"];
+const HELPER_PREFIXES: [&str; 2] = ["fastio-help-", "iou-wrk-"];
+
+/// CPU ticks (`utime + stime` of `/proc/self/task/*/stat`) per thread id, with whether
+/// the thread is a lane (polling) thread, a helper, or neither.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadTicks(Vec<(u32, Role, u64)>);
+
+/// What a thread of the process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Polls rings (kmod lane, threads worker, SQPOLL).
+    Lane,
+    /// Runs blocking work (kmod helper, io-wq worker).
+    Helper,
+    /// Anything else: the submitting thread.
+    Other,
+}
+
+impl ThreadTicks {
+    /// The ticks of every thread of this process now (threads that vanish while the
+    /// directory is read are left out).
+    pub fn now() -> Self {
+        let mut v = Vec::new();
+        let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+            return Self(v);
+        };
+        for e in dir.flatten() {
+            let Some(tid) = e.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // "tid (comm) state ...": comm may hold spaces and parentheses.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let comm = &stat[open + 1..close];
+            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            // Fields 14 and 15 of stat(5) are the 12th and 13th after the comm.
+            let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+            let role = if LANE_PREFIXES.iter().any(|p| comm.starts_with(p)) {
+                Role::Lane
+            } else if HELPER_PREFIXES.iter().any(|p| comm.starts_with(p)) {
+                Role::Helper
+            } else {
+                Role::Other
+            };
+            v.push((tid, role, ticks(11) + ticks(12)));
+        }
+        Self(v)
+    }
+
+    /// CPU time of the threads of `role` since `before` (a thread started in between
+    /// counts from zero; one that ended in between is left out).
+    pub fn since(&self, before: &ThreadTicks, role: Role) -> Duration {
+        let hz = clock_ticks_per_sec();
+        let ticks: u64 = self
+            .0
+            .iter()
+            .filter(|(_, r, _)| *r == role)
+            .map(|(tid, _, t)| {
+                let b = before
+                    .0
+                    .iter()
+                    .find(|(bt, _, _)| bt == tid)
+                    .map_or(0, |x| x.2);
+                t.saturating_sub(b)
+            })
+            .sum();
+        Duration::from_secs_f64(ticks as f64 / hz as f64)
+    }
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +289,25 @@ mod tests {
         assert!(seen.iter().all(|&n| (800..1200).contains(&n)), "{seen:?}");
         let (mut x, mut y) = (Offsets::new(5, 1 << 20), Offsets::new(5, 1 << 20));
         assert!((0..100).all(|_| x.next_block() == y.next_block()));
+    }
+
+    #[test]
+    fn thread_ticks_see_a_busy_helper() {
+        let before = ThreadTicks::now();
+        let t = std::thread::Builder::new()
+            .name("fastio-help-9".into())
+            .spawn(|| {
+                let (mut z, t) = (0u64, std::time::Instant::now());
+                while t.elapsed() < Duration::from_millis(300) {
+                    z = mix(z);
+                }
+                // Still running when sampled below: sample from inside.
+                (z, ThreadTicks::now())
+            })
+            .unwrap();
+        let (_, after) = t.join().unwrap();
+        assert!(after.since(&before, Role::Helper) >= Duration::from_millis(100));
+        assert!(after.since(&before, Role::Lane).is_zero());
     }
 
     #[test]

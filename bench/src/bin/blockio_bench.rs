@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use fastio::{BackendKind, Config, Proactor, RejectReason, Slot};
-use fastio_bench::blockio::{check_block, fill_block, process_cpu, AlignedBlock, Offsets, BLOCK};
+use fastio_bench::blockio::{
+    check_block, fill_block, process_cpu, AlignedBlock, Offsets, Role, ThreadTicks, BLOCK,
+};
 use fastio_bench::{duration, ResultLine};
 use fastio_echo::latency::LatencyHistogram;
 
@@ -95,6 +97,9 @@ struct Phase {
     ops: u64,
     elapsed: Duration,
     cpu: Duration,
+    /// CPU time of the lane (polling) threads and of the helper threads.
+    lanes_cpu: Duration,
+    helpers_cpu: Duration,
     hist: LatencyHistogram,
     verified: u64,
 }
@@ -152,13 +157,16 @@ fn run(args: &Args) -> Result<(), BoxError> {
     let rw = if io.write { "randwrite" } else { "randread" };
     println!(
         "blockio_bench: {backend}, {rw}, depth {}: {iops:.0} IOPS ({} in {secs:.2} s), \
-         latency p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, CPU {:.2} s",
+         latency p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, CPU {:.2} s \
+         (lanes {:.2} s, helpers {:.2} s)",
         args.depth,
         m.ops,
         us(0.5),
         us(0.99),
         us(0.999),
-        m.cpu.as_secs_f64()
+        m.cpu.as_secs_f64(),
+        m.lanes_cpu.as_secs_f64(),
+        m.helpers_cpu.as_secs_f64()
     );
     let line = ResultLine::new()
         .text("backend", config.backend.as_str())
@@ -292,6 +300,7 @@ impl Io {
         let mut free: Vec<usize> = (0..depth).rev().collect();
         let start = Instant::now();
         let cpu0 = process_cpu();
+        let ticks0 = ThreadTicks::now();
         let mut queued_at = vec![start; depth];
         let mut block_of = vec![0u64; depth];
         let end = start + duration;
@@ -344,11 +353,14 @@ impl Io {
         }
         let elapsed = start.elapsed();
         let cpu = process_cpu().saturating_sub(cpu0);
+        let ticks = ThreadTicks::now();
         self.drain(p, depth - free.len())?;
         Ok(Phase {
             ops,
             elapsed,
             cpu,
+            lanes_cpu: ticks.since(&ticks0, Role::Lane),
+            helpers_cpu: ticks.since(&ticks0, Role::Helper),
             hist,
             verified,
         })
