@@ -161,6 +161,12 @@ fn random_direct_io_reads_back_what_it_wrote() {
             assert_eq!(ops, 300.0, "[{name}] depth {depth}: --max-ops");
             assert_eq!(result(&out, "verified"), ops, "[{name}] every read checked");
             assert!(result(&out, "iops") > 0.0 && result(&out, "p99_us") > 0.0);
+            let cpu = result(&out, "cpu_s");
+            let threads = result(&out, "lanes_cpu_s") + result(&out, "helpers_cpu_s");
+            assert!(
+                cpu > 0.0 && threads <= cpu + 0.05,
+                "[{name}] CPU {cpu} s, threads {threads} s"
+            );
         }
 
         // A corrupted block fails a verifying read (2,000 reads miss one of 256 blocks

@@ -182,6 +182,8 @@ fn run(args: &Args) -> Result<(), BoxError> {
             "cpu_us_per_op",
             m.cpu.as_secs_f64() * 1e6 / m.ops.max(1) as f64,
         )
+        .num("lanes_cpu_s", m.lanes_cpu.as_secs_f64())
+        .num("helpers_cpu_s", m.helpers_cpu.as_secs_f64())
         .num("verified", m.verified as f64)
         .latency("", &m.hist);
     println!("{line}");

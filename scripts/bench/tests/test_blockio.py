@@ -138,6 +138,15 @@ class Section(unittest.TestCase):
         self.assertIn("**fastio kmod (2 helpers)** is below fio in randread depth 1 (0.40x)",
                       text)
         self.assertNotIn("**fastio uring**", text)
+        self.assertNotIn("Above fio", text)
+
+    def test_above_fio_is_said(self):
+        r = results()
+        for x in r["runs"]:
+            if x["engine"] == "uring" and x["rw"] == "randread" and x["depth"] == 32:
+                x["iops"] *= 2
+        self.assertIn("Above fio: fastio uring in randread depth 32 (1.96x)",
+                      blockio.section(r))
 
     def test_quick_mode_says_so(self):
         self.assertIn("Quick mode (smoke test)", blockio.section(results("quick")))
