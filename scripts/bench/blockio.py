@@ -266,11 +266,27 @@ def losses(stats):
                            med(stats.get((rw, d, "fio")), "iops"))]
              if a is not None and b and a > 1.1 * b]
     if above:
+        busy = []
+        for rw in RWS:
+            for d in DEPTHS:
+                f = stats.get((rw, d, "fio"))
+                if med(f, "iops") and med(f, "cpu_us_per_op") is not None:
+                    busy.append(f"{med(f, 'iops') * med(f, 'cpu_us_per_op') / 1e6:.2f} "
+                                f"in {rw} depth {d}")
         out.append("- Above fio: " + ", ".join(above) + ". fio does more per transfer than "
                    "blockio_bench (it timestamps and accounts every I/O for its slat, clat "
                    "and lat statistics, and under TCG every clock read is emulated): compare "
-                   "their CPU µs/op.")
+                   "their CPU µs/op. fio's own CPU seconds per second of run (1.00 = one "
+                   "vCPU busy): " + ", ".join(busy) + ".")
     return out
+
+
+def kernel_note(config):
+    """The kernel config fragment of a run, said in words when it was derived."""
+    if config is None or config == os.path.relpath(DERIVED_FRAGMENT, REPO):
+        return ("kmod/kernel-bench.config + CONFIG_SYSVIPC=y, derived by the script: fio's "
+                "job table is System V shared memory")
+    return config
 
 
 def section(res, command=COMMAND):
@@ -284,7 +300,7 @@ def section(res, command=COMMAND):
         lines += ["**Quick mode (smoke test): one short run per cell, not for comparison.**", ""]
     lines += [
         f"- Environment: {env.get('vm', 'VM')}, kernel {env.get('kernel', '?')} "
-        f"(config {res.get('kernel_config', 'kmod/kernel-bench.config')}), CPU {env.get('cpu', '?')}, clocksource "
+        f"(config {kernel_note(res.get('kernel_config'))}), CPU {env.get('cpu', '?')}, clocksource "
         f"{env.get('clocksource', '?')}; one VM boot for every figure below.",
         f"- Disk: the VM's scratch ext4 disk (scripts/vm/run.sh --scratch-ext4 "
         f"{m['disk_mib']}: a raw image file on the host, virtio-blk), one {m['size_mib']} MiB "

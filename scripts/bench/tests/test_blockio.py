@@ -145,8 +145,11 @@ class Section(unittest.TestCase):
         for x in r["runs"]:
             if x["engine"] == "uring" and x["rw"] == "randread" and x["depth"] == 32:
                 x["iops"] *= 2
-        self.assertIn("Above fio: fastio uring in randread depth 32 (1.96x)",
-                      blockio.section(r))
+        text = blockio.section(r)
+        self.assertIn("Above fio: fastio uring in randread depth 32 (1.96x)", text)
+        # fio: 10,000 IOPS x 20 us of CPU each, every cell.
+        self.assertIn("vCPU busy): 0.20 in randread depth 1, 0.20 in randread depth 32", text)
+        self.assertIn("CONFIG_SYSVIPC=y, derived by the script", text)
 
     def test_quick_mode_says_so(self):
         self.assertIn("Quick mode (smoke test)", blockio.section(results("quick")))
