@@ -1,8 +1,10 @@
 //! Small helpers shared by the benchmark probes of `scripts/bench` (`nop_bench`,
-//! `wake_probe`).
+//! `wake_probe`, `blockio_bench`).
 //!
 //! Every probe prints human-readable lines, then one machine-readable line
 //! `RESULT {json}` (see [`ResultLine`]) that the harness parses.
+
+pub mod blockio;
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
