@@ -71,7 +71,7 @@
 //!   files behave the same): they keep their own reference; ASYNC_CANCEL or SHUTDOWN
 //!   cancels them.
 
-//! Lock order (outer first): `Context::state` → `Shared::pendings` → leaves
+//! Lock order (outer first): `Context::state` → a lane's `round` → `Shared::pendings` → leaves
 //! (`Shared::files`, `Jobs::inner`, each lane's CQ lock, `Shared::cq_lock`,
 //! `limits::USERS`). Wait-queue and port wakeups take no lock of the module.
 
@@ -91,6 +91,7 @@ mod abi;
 mod context;
 mod files;
 mod helper;
+mod inline;
 mod lane;
 mod limits;
 mod offload;
