@@ -33,6 +33,11 @@
 //! no kworker hop. Blocking work goes to the context's own helper threads, so no
 //! context can starve another, and every blocking wait is interruptible or killable.
 //!
+//! `ENTER` with `ENTER_INLINE` runs a sleeping lane's rounds on the calling thread
+//! instead of waking the lane thread: its SQEs, and while the caller waits for
+//! completions, its ready requests (inline.rs). A lane's `round` lock (held by its
+//! thread while awake; only ever try-locked by callers) keeps one round at a time.
+//!
 //! # Hostile input and limits
 //!
 //! Every value from user space is read once, copied and validated: ioctl arguments,
