@@ -145,7 +145,9 @@ impl Lane {
             return Err(EBUSY);
         }
         let r = if self.shared.stopping.load(Ordering::SeqCst) {
-            // After SHUTDOWN: make sure nothing of this lane is left waiting.
+            // After SHUTDOWN: make sure nothing of this lane is left waiting (after any
+            // inline round in progress).
+            let _round = self.round.lock();
             self.retire();
             Err(ESHUTDOWN)
         } else {
