@@ -6,8 +6,9 @@
 //! round it re-issues the requests its port handed back (ready or cancelled), then takes
 //! a batch of SQEs — no more than its CQ has room for, counting requests still in
 //! flight — reading each once into a private copy, validating and executing it, and
-//! publishes the SQ head once per batch. With nothing to do it spins for `idle_ms`,
-//! giving the CPU away at once whenever another task wants it; then it sets
+//! publishes the SQ head once per batch. With nothing to do it spins for `idle_ms`
+//! (not at all while an inline `ENTER` caller waits: inline.rs), giving the CPU away at
+//! once whenever another task wants it; then it sets
 //! `SQ_NEED_WAKEUP`, re-checks, and sleeps until `ENTER`, a ready request, SHUTDOWN or a
 //! signal. "Nothing to do" includes a full CQ: a lane whose process does not reap never
 //! spins for longer than `idle_ms`. A signal returns to user space (`-ERESTARTSYS`: the
@@ -215,7 +216,9 @@ impl Lane {
                 }
                 continue;
             }
-            if last_work.elapsed() < idle {
+            // Nothing to do: spin for idle_ms, unless a caller waits inline (inline.rs) —
+            // it does the lane's work from now on, and spinning would only take its CPU.
+            if last_work.elapsed() < idle && !self.shared.inline.has_waiters() {
                 if sys::others_want_cpu() {
                     sys::yield_cpu();
                 } else {
