@@ -308,6 +308,10 @@ impl Lane {
             self.cq_reserved_hint.store(cq.reserved, Ordering::Relaxed);
             n
         };
+        // The hint covers the whole batch before it runs: a completion posted meanwhile
+        // must not see these entries as waiting and kick a sleeping lane thread for them
+        // (an inline round runs while the thread sleeps).
+        self.sq_head.store(head.wrapping_add(n), Ordering::Relaxed);
         for _ in 0..n {
             let sqe = ring.sqe(*head);
             *head = head.wrapping_add(1);
@@ -315,7 +319,6 @@ impl Lane {
         }
         if n > 0 {
             ring.set_sq_head(*head);
-            self.sq_head.store(*head, Ordering::Relaxed);
             self.shared.stats.ops.fetch_add(n as u64, Ordering::Relaxed);
         }
         n
