@@ -3,7 +3,7 @@
 //! A context: one open of `/dev/fastio`, bound to the process that opened it, and the
 //! ioctls on it.
 //!
-//! Lock order (outer first): `Context::state` → `Shared::pendings` → leaves
+//! Lock order (outer first): `Context::state` → `Lane::round` → `Shared::pendings` → leaves
 //! (`Shared::files`, `Jobs::inner`, lane CQ locks, `Shared::cq_lock`, `limits::USERS`).
 //! `Context::state` is only held to read or swap the `Arc<Setup>`.
 
@@ -24,6 +24,7 @@ use kernel::{
 
 use crate::abi;
 use crate::helper;
+use crate::inline;
 use crate::lane::Lane;
 use crate::limits::Charge;
 use crate::shared::Shared;
@@ -186,6 +187,23 @@ impl Context {
             return Err(EINVAL);
         }
         let setup = self.setup_ref()?;
+        if a.flags & abi::ENTER_INLINE != 0 {
+            let lanes: &[Arc<Lane>] = if a.lane == abi::LANE_ALL {
+                &setup.lanes
+            } else {
+                let i = a.lane as usize;
+                setup.lanes.get(i..=i).ok_or(EINVAL)?
+            };
+            if a.flags & abi::ENTER_SQ_WAKEUP != 0 {
+                inline::submit(lanes);
+            }
+            if a.flags & abi::ENTER_GETEVENTS != 0 {
+                // Completions are counted over every lane, as without INLINE; the
+                // rounds run on every lane too.
+                inline::wait(&setup.shared, &setup.lanes, a.min_complete, a.timeout_ns)?;
+            }
+            return Ok(0);
+        }
         if a.flags & abi::ENTER_SQ_WAKEUP != 0 {
             if a.lane == abi::LANE_ALL {
                 setup.lanes.iter().for_each(|l| l.kick());
@@ -280,7 +298,9 @@ impl Context {
             wakeups: st.wakeups.load(Ordering::Relaxed),
             offloaded: st.offloaded.load(Ordering::Relaxed),
             pending: sh.pendings.len() as u64 + sh.jobs.count(),
-            resv: [0; 3],
+            inline_ops: st.inline_ops.load(Ordering::Relaxed),
+            lane_wakes: st.lane_wakes.load(Ordering::Relaxed),
+            resv: 0,
         };
         writer.write(&out)?;
         Ok(0)
@@ -430,6 +450,8 @@ impl Setup {
         for lane in self.lanes.iter() {
             lane.kick();
         }
+        // Inline ENTER callers wait for `stopping` too.
+        self.shared.inline.wq.wake_all();
         // Interrupts running blocking jobs and wakes idle helpers.
         self.shared.jobs.cancel(|_, _| true);
         // Lanes with a thread retire themselves; the others are retired here.

@@ -33,6 +33,11 @@
 //! no kworker hop. Blocking work goes to the context's own helper threads, so no
 //! context can starve another, and every blocking wait is interruptible or killable.
 //!
+//! `ENTER` with `ENTER_INLINE` runs a sleeping lane's rounds on the calling thread
+//! instead of waking the lane thread: its SQEs, and while the caller waits for
+//! completions, its ready requests (inline.rs). A lane's `round` lock (held by its
+//! thread while awake; only ever try-locked by callers) keeps one round at a time.
+//!
 //! # Hostile input and limits
 //!
 //! Every value from user space is read once, copied and validated: ioctl arguments,
@@ -71,7 +76,7 @@
 //!   files behave the same): they keep their own reference; ASYNC_CANCEL or SHUTDOWN
 //!   cancels them.
 
-//! Lock order (outer first): `Context::state` → `Shared::pendings` → leaves
+//! Lock order (outer first): `Context::state` → a lane's `round` → `Shared::pendings` → leaves
 //! (`Shared::files`, `Jobs::inner`, each lane's CQ lock, `Shared::cq_lock`,
 //! `limits::USERS`). Wait-queue and port wakeups take no lock of the module.
 
@@ -91,6 +96,7 @@ mod abi;
 mod context;
 mod files;
 mod helper;
+mod inline;
 mod lane;
 mod limits;
 mod offload;

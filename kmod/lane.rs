@@ -6,15 +6,21 @@
 //! round it re-issues the requests its port handed back (ready or cancelled), then takes
 //! a batch of SQEs — no more than its CQ has room for, counting requests still in
 //! flight — reading each once into a private copy, validating and executing it, and
-//! publishes the SQ head once per batch. With nothing to do it spins for `idle_ms`,
-//! giving the CPU away at once whenever another task wants it; then it sets
+//! publishes the SQ head once per batch. With nothing to do it spins for `idle_ms`
+//! (not at all while an inline `ENTER` caller waits: inline.rs), giving the CPU away at
+//! once whenever another task wants it; then it sets
 //! `SQ_NEED_WAKEUP`, re-checks, and sleeps until `ENTER`, a ready request, SHUTDOWN or a
 //! signal. "Nothing to do" includes a full CQ: a lane whose process does not reap never
 //! spins for longer than `idle_ms`. A signal returns to user space (`-ERESTARTSYS`: the
 //! process's handler runs, the call restarts, credentials changed by `setuid()` take
 //! effect); a fatal one ends the thread.
 //!
-//! Lock order: the lane's `cq` lock is a leaf.
+//! A round can also run on a thread that calls `ENTER` with `ENTER_INLINE` while the
+//! lane thread sleeps (inline.rs): the `round` lock, held by the lane thread while it is
+//! awake, serialises them.
+//!
+//! Lock order: `round` → everything a round takes (inline.rs); the lane's `cq` lock is
+//! a leaf.
 
 use core::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 
@@ -53,7 +59,11 @@ pub(crate) struct Lane {
     pub(crate) port: Arc<Port>,
     /// A thread serves the lane.
     attached: AtomicBool,
-    /// The SQ head as the module knows it; only the attached thread uses it.
+    /// The SQ head as the module knows it; whoever runs a round holds the lock: the lane
+    /// thread while it is awake, or an inline `ENTER` caller while it sleeps.
+    #[pin]
+    round: Mutex<u32>,
+    /// Lock-free copy of `round`'s head, for [`Self::sq_runnable`] (a hint).
     sq_head: AtomicU32,
     /// Lock-free copies of `cq` for the sleeping thread's checks (hints only).
     cq_tail_hint: AtomicU32,
@@ -70,13 +80,15 @@ fn restart() -> Error {
 impl Lane {
     pub(crate) fn new(idx: u32, shared: Arc<Shared>, ring: RingView) -> Result<Arc<Self>> {
         let tail = ring.cq_tail();
+        let inline = shared.inline.clone();
         Arc::pin_init(
             pin_init!(Lane {
                 idx,
                 shared,
                 ring,
-                port: Port::new()?,
+                port: Port::new(inline)?,
                 attached: AtomicBool::new(false),
+                round <- new_mutex!(0),
                 sq_head: AtomicU32::new(0),
                 cq_tail_hint: AtomicU32::new(tail),
                 cq_reserved_hint: AtomicU32::new(0),
@@ -134,7 +146,9 @@ impl Lane {
             return Err(EBUSY);
         }
         let r = if self.shared.stopping.load(Ordering::SeqCst) {
-            // After SHUTDOWN: make sure nothing of this lane is left waiting.
+            // After SHUTDOWN: make sure nothing of this lane is left waiting (after any
+            // inline round in progress).
+            let _round = self.round.lock();
             self.retire();
             Err(ESHUTDOWN)
         } else {
@@ -144,12 +158,16 @@ impl Lane {
         r
     }
 
-    /// Runs `f` as the lane's only server if no thread serves it (SHUTDOWN, teardown).
+    /// Runs `f` as the lane's only server if no thread serves it (SHUTDOWN, teardown),
+    /// after any inline round in progress.
     pub(crate) fn with_claim(&self, f: impl FnOnce(&Self)) -> bool {
         if self.attached.swap(true, Ordering::SeqCst) {
             return false;
         }
-        f(self);
+        {
+            let _round = self.round.lock();
+            f(self);
+        }
         self.attached.store(false, Ordering::SeqCst);
         true
     }
@@ -176,23 +194,21 @@ impl Lane {
 
     fn serve(&self) -> Result<isize> {
         let idle = Delta::from_millis(self.shared.params.idle_ms as i64);
-        let mut head = self.sq_head.load(Ordering::Relaxed);
+        let mut round = self.round.lock();
         let mut last_work = Instant::<Monotonic>::now();
         self.ring
             .sq_flags()
             .fetch_and(!abi::SQ_NEED_WAKEUP, Ordering::SeqCst);
         loop {
             if self.shared.stopping.load(Ordering::SeqCst) {
-                self.sq_head.store(head, Ordering::Relaxed);
                 self.retire();
                 return Ok(0);
             }
             if sys::must_return() {
-                self.sq_head.store(head, Ordering::Relaxed);
                 return Err(restart());
             }
             let mut progress = self.process_ready();
-            progress += self.drain(&mut head);
+            progress += self.drain(&mut *round);
             if progress > 0 {
                 last_work = Instant::now();
                 if sys::others_want_cpu() {
@@ -200,7 +216,9 @@ impl Lane {
                 }
                 continue;
             }
-            if last_work.elapsed() < idle {
+            // Nothing to do: spin for idle_ms, unless a caller waits inline (inline.rs) —
+            // it does the lane's work from now on, and spinning would only take its CPU.
+            if last_work.elapsed() < idle && !self.shared.inline.has_waiters() {
                 if sys::others_want_cpu() {
                     sys::yield_cpu();
                 } else {
@@ -208,16 +226,44 @@ impl Lane {
                 }
                 continue;
             }
-            self.sq_head.store(head, Ordering::Relaxed);
-            if self.sleep().is_err() {
+            // Asleep, the lane may be served by inline ENTER callers.
+            let slept = self.sleep(|| drop(round));
+            round = self.round.lock();
+            self.shared.stats.lane_wakes.fetch_add(1, Ordering::Relaxed);
+            if slept.is_err() {
                 return Err(restart());
             }
             last_work = Instant::now();
         }
     }
 
-    /// Sets NEED_WAKEUP and sleeps until there is something to do.
-    fn sleep(&self) -> core::result::Result<(), crate::waitq::Interrupted> {
+    /// One round on the calling thread (an inline `ENTER`) if no other thread runs one:
+    /// the lane thread sleeps or there is none.
+    pub(crate) fn try_round(&self) {
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Some(mut round) = self.round.try_lock() {
+            let n = self.process_ready() + self.drain(&mut *round);
+            if n > 0 {
+                let stats = &self.shared.stats;
+                stats.inline_ops.fetch_add(u64::from(n), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether an inline waiter should run a round: there is work and no lane thread
+    /// awake to do it (lock-free hints).
+    pub(crate) fn inline_work(&self) -> bool {
+        let idle =
+            self.port.sleeping.load(Ordering::SeqCst) || !self.attached.load(Ordering::SeqCst);
+        idle && (self.port.has_ready() || self.sq_runnable())
+    }
+
+    /// Sets NEED_WAKEUP, calls `release` (which lets go of the round lock) and sleeps
+    /// until there is something to do. Ready requests do not wake it while an inline
+    /// waiter takes them (inline.rs).
+    fn sleep(&self, release: impl FnOnce()) -> core::result::Result<(), crate::waitq::Interrupted> {
         let port = &self.port;
         port.sleeping.store(true, Ordering::SeqCst);
         self.ring
@@ -226,9 +272,16 @@ impl Lane {
         // Pairs with user space's fence between publishing its tail and reading the
         // flags, and with the port's fence between a push and reading `sleeping`.
         fence(Ordering::SeqCst);
+        release();
+        let inline = &self.shared.inline;
+        // A request pushed before `sleeping` was visible did not wake an inline waiter
+        // (the pusher saw an awake lane): wake it now, it takes the request.
+        if port.has_ready() && inline.has_waiters() {
+            inline.wq.wake_all();
+        }
         let r = port.wq.wait_interruptible(|| {
             port.kicked.swap(false, Ordering::SeqCst)
-                || port.has_ready()
+                || (port.has_ready() && !inline.has_waiters())
                 || self.sq_runnable()
                 || self.shared.stopping.load(Ordering::SeqCst)
         });
@@ -255,6 +308,10 @@ impl Lane {
             self.cq_reserved_hint.store(cq.reserved, Ordering::Relaxed);
             n
         };
+        // The hint covers the whole batch before it runs: a completion posted meanwhile
+        // must not see these entries as waiting and kick a sleeping lane thread for them
+        // (an inline round runs while the thread sleeps).
+        self.sq_head.store(head.wrapping_add(n), Ordering::Relaxed);
         for _ in 0..n {
             let sqe = ring.sqe(*head);
             *head = head.wrapping_add(1);

@@ -41,6 +41,7 @@ use kernel::{
 };
 
 use crate::abi::Op;
+use crate::inline::Inline;
 use crate::sys::{self, EPOLLERR, EPOLLHUP, POLLFREE};
 use crate::waitq::WaitQueue;
 
@@ -65,16 +66,20 @@ pub(crate) struct Port {
     pub(crate) kicked: AtomicBool,
     #[pin]
     pub(crate) wq: WaitQueue,
+    /// The context's inline waiters, who take ready requests while the lane thread
+    /// sleeps (inline.rs).
+    inline: Arc<Inline>,
 }
 
 impl Port {
-    pub(crate) fn new() -> Result<Arc<Self>> {
+    pub(crate) fn new(inline: Arc<Inline>) -> Result<Arc<Self>> {
         Arc::pin_init(
             pin_init!(Port {
                 head: AtomicPtr::new(null_mut()),
                 sleeping: AtomicBool::new(false),
                 kicked: AtomicBool::new(false),
                 wq <- WaitQueue::new(c"fastio::Port::wq", kernel::static_lock_class!()),
+                inline,
             }),
             GFP_KERNEL,
         )
@@ -87,7 +92,8 @@ impl Port {
     }
 
     /// Pushes a READY request (its armed reference moves into the stack) and wakes the
-    /// lane thread if it may be asleep. Any context.
+    /// lane thread if it may be asleep, or instead the context's inline waiters if there
+    /// are any (they run the request; the lane thread sleeps on). Any context.
     fn push(&self, p: *const Pending) {
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
@@ -104,10 +110,15 @@ impl Port {
                 Err(h) => head = h,
             }
         }
-        // Pairs with the lane's `sleeping` store + fence + `has_ready` check.
+        // Pairs with the lane's `sleeping` store + fence + `has_ready` check, and with
+        // an inline waiter's `waiters` decrement + fence + `has_ready` check.
         fence(Ordering::SeqCst);
         if self.sleeping.load(Ordering::SeqCst) {
-            self.wq.wake_all();
+            if self.inline.has_waiters() {
+                self.inline.wq.wake_all();
+            } else {
+                self.wq.wake_all();
+            }
         }
     }
 

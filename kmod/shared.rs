@@ -20,6 +20,7 @@ use kernel::{
 
 use crate::abi;
 use crate::files::FileTable;
+use crate::inline::Inline;
 use crate::limits::Charge;
 use crate::offload::Jobs;
 use crate::pending::PendingList;
@@ -32,6 +33,8 @@ pub(crate) struct Stats {
     pub(crate) parked: AtomicU64,
     pub(crate) wakeups: AtomicU64,
     pub(crate) offloaded: AtomicU64,
+    pub(crate) inline_ops: AtomicU64,
+    pub(crate) lane_wakes: AtomicU64,
 }
 
 /// The shared state of a set-up context.
@@ -65,6 +68,8 @@ pub(crate) struct Shared {
     cq_lock: Mutex<()>,
     #[pin]
     cq_cv: CondVar,
+    /// `ENTER(GETEVENTS | INLINE)` callers (inline.rs); woken like `cq_cv`'s.
+    pub(crate) inline: Arc<Inline>,
     /// Contexts and locked memory counted against the owner's user.
     _charge: Charge,
     /// The device's `file_operations`: an OPENAT that opens /dev/fastio is refused.
@@ -94,6 +99,7 @@ impl Shared {
         let base = mem.as_mut_ptr();
         let files = FileTable::new(p.max_files)?;
         let params = *p;
+        let inline = Inline::new()?;
         Arc::pin_init(
             try_pin_init!(Shared {
                 params,
@@ -109,6 +115,7 @@ impl Shared {
                 cq_waiters: AtomicU32::new(0),
                 cq_lock <- new_mutex!(()),
                 cq_cv <- new_condvar!(),
+                inline,
                 _charge: charge,
                 fops,
             }? Error),
@@ -164,6 +171,7 @@ impl Shared {
             let _g = self.cq_lock.lock();
             self.cq_cv.notify_all();
         }
+        self.inline.wake();
     }
 
     /// Sleeps until `ready()` reaches `min`, the timeout passes (`ETIME`) or a signal

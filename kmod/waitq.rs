@@ -51,12 +51,24 @@ impl WaitQueue {
     /// never missed. Must be called from a sleepable task context holding no spinlock.
     pub(crate) fn wait_interruptible(
         &self,
-        mut ready: impl FnMut() -> bool,
+        ready: impl FnMut() -> bool,
     ) -> core::result::Result<(), Interrupted> {
+        self.wait_interruptible_timeout(ready, None).map(drop)
+    }
+
+    /// As [`Self::wait_interruptible`], for at most `timeout` jiffies (`None`: no limit).
+    /// Returns the jiffies left (`Some(0)` once the time is up and `ready()` is still
+    /// false; `ready()` is checked once more after the last sleep).
+    pub(crate) fn wait_interruptible_timeout(
+        &self,
+        mut ready: impl FnMut() -> bool,
+        timeout: Option<kernel::ffi::c_long>,
+    ) -> core::result::Result<Option<kernel::ffi::c_long>, Interrupted> {
         let entry = pin!(Opaque::<bindings::wait_queue_entry>::uninit());
         // SAFETY: `entry` is valid, pinned for the whole function, and initialised here
         // before any other use.
         unsafe { bindings::init_wait(entry.get()) };
+        let mut left = timeout;
         let mut result = Ok(());
         loop {
             // SAFETY: `entry` and the head are valid; prepare_to_wait_event queues the
@@ -76,13 +88,19 @@ impl WaitQueue {
                 result = Err(Interrupted);
                 break;
             }
-            // SAFETY: we are queued and in TASK_INTERRUPTIBLE; a wake or a signal makes
-            // us runnable again.
-            unsafe { bindings::schedule() };
+            match left {
+                Some(0) => break,
+                // SAFETY: we are queued and in TASK_INTERRUPTIBLE; a wake, a signal or
+                // the timer makes us runnable again; schedule_timeout returns the
+                // jiffies left (>= 0).
+                Some(j) => left = Some(unsafe { bindings::schedule_timeout(j) }),
+                // SAFETY: as above, without a timer.
+                None => unsafe { bindings::schedule() },
+            }
         }
         // SAFETY: takes the entry off the queue if it is still on it and sets
         // TASK_RUNNING; the entry is valid.
         unsafe { bindings::finish_wait(self.head.get(), entry.get()) };
-        result
+        result.map(|()| left)
     }
 }

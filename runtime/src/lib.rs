@@ -16,6 +16,6 @@ pub mod ring;
 pub mod rt;
 
 pub use backend::Choice;
-pub use config::{BackendKind, Config, ConfigError, ConfigSource};
+pub use config::{BackendKind, Config, ConfigError, ConfigSource, InlineMode};
 pub use fastio_uapi as uapi;
 pub use proactor::{Completion, Proactor, RejectReason, Rejected, Slot};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fastio::config::{ENV_VAR, RECORDED_PATH};
-use fastio::{BackendKind, Config, ConfigError, ConfigSource};
+use fastio::{BackendKind, Config, ConfigError, ConfigSource, InlineMode};
 
 /// FastIO's original `fastio.conf`, verbatim.
 const FASTIO_ORIGINAL: &str = "\
@@ -60,6 +60,30 @@ fn assert_error(text: &str, expected: &str) {
 }
 
 #[test]
+fn kmod_inline_takes_three_names_and_decides_by_cpus() {
+    for (text, mode) in [
+        ("auto", InlineMode::Auto),
+        ("always", InlineMode::Always),
+        ("Never", InlineMode::Never),
+    ] {
+        let cfg = Config::parse(&format!("kmod_inline = \"{text}\"\n"), "f").unwrap();
+        assert_eq!(cfg.kmod_inline, mode);
+    }
+    assert_error(
+        "kmod_inline = \"sometimes\"\n",
+        "fastio.conf:1: kmod_inline = \"sometimes\": must be \"auto\", \"always\" or \"never\"",
+    );
+    assert!(error("kmod_inline = true\n").contains("a string"));
+    // auto: inline when a woken lane thread would have no CPU of its own.
+    assert!(InlineMode::Auto.inline_for(1, 2));
+    assert!(!InlineMode::Auto.inline_for(1, 3));
+    assert!(InlineMode::Auto.inline_for(2, 3));
+    assert!(!InlineMode::Auto.inline_for(u32::MAX, usize::MAX));
+    assert!(InlineMode::Always.inline_for(1, 64));
+    assert!(!InlineMode::Never.inline_for(64, 1));
+}
+
+#[test]
 fn fastio_original_file_parses() {
     let cfg = Config::parse(FASTIO_ORIGINAL, "fastio.conf").unwrap();
     let expected = Config {
@@ -74,6 +98,7 @@ fn fastio_original_file_parses() {
         wq_max_active: 2,
         affinity_offset: Some(0),
         wq_affinity_offset: Some(10),
+        kmod_inline: InlineMode::Auto,
         sqpoll: true,
         esca_localize: false,
         max_table_entry: 64,
@@ -88,7 +113,7 @@ fn fastio_original_file_parses() {
     assert_eq!(
         cfg.describe(),
         "backend=auto lanes=2 usr_workers=1 sq=1024 cq=8192 files=4096 idle=1500ms \
-         helpers=2 affinity=+0 wq_affinity=+10 sqpoll=on"
+         helpers=2 affinity=+0 wq_affinity=+10 inline=auto sqpoll=on"
     );
 }
 
@@ -129,7 +154,7 @@ fn defaults() {
     assert_eq!(
         d.describe(),
         "backend=auto lanes=1 usr_workers=1 sq=256 cq=8192 files=4096 idle=20ms helpers=2 \
-         affinity=none sqpoll=on"
+         affinity=none inline=auto sqpoll=on"
     );
 }
 
@@ -153,7 +178,7 @@ wq_max_active = 1_0
     assert_eq!(
         cfg.describe(),
         "backend=uring lanes=1 usr_workers=1 sq=64 cq=8192 files=16 idle=20ms helpers=10 \
-         affinity=+2 sqpoll=off"
+         affinity=+2 inline=auto sqpoll=off"
     );
 
     // cq defaults to 8192, or sq_entries when that is larger.

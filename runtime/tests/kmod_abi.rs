@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use fastio::backend::DEVICE_PATH;
 use fastio::uapi::{
     lane_layout, EnterArgs, RingHeader, RingInfo, SetupParams, ENTER_FLAGS, ENTER_GETEVENTS,
-    ENTER_SQ_WAKEUP, FASTIO_INSTALL_FD, FASTIO_RUN_HELPER, FASTIO_RUN_LANE, FASTIO_UNREGISTER_FILE,
-    INSTALL_CLOEXEC, LANE_ALL, MAX_HELPERS, MAX_WORKERS, PAGE_SIZE, TIMEOUT_NONE,
+    ENTER_INLINE, ENTER_SQ_WAKEUP, FASTIO_INSTALL_FD, FASTIO_RUN_HELPER, FASTIO_RUN_LANE,
+    FASTIO_UNREGISTER_FILE, INSTALL_CLOEXEC, LANE_ALL, MAX_HELPERS, MAX_WORKERS, PAGE_SIZE,
+    TIMEOUT_NONE,
 };
 use fastio::{BackendKind, Config, Proactor};
 
@@ -326,10 +327,47 @@ fn enter_refuses_unknown_flags_and_bad_lanes() {
         ),
         ("reserved field", EnterArgs { resv: 1, ..ok }),
         ("lane out of range", EnterArgs { lane: 1, ..ok }),
+        (
+            "inline, lane out of range",
+            EnterArgs {
+                flags: ENTER_SQ_WAKEUP | ENTER_INLINE,
+                lane: 1,
+                ..ok
+            },
+        ),
+        (
+            "inline, lane u32::MAX - 1",
+            EnterArgs {
+                flags: ENTER_SQ_WAKEUP | ENTER_INLINE,
+                lane: u32::MAX - 1,
+                ..ok
+            },
+        ),
     ];
     for (what, args) in bad {
         assert_eq!(enter(&f, args), Err(libc::EINVAL), "{what}");
     }
+    // ENTER_INLINE runs the (empty) rounds of lane 0 or of every lane, and waits with a
+    // timeout like GETEVENTS without it.
+    for lane in [0, LANE_ALL] {
+        let inline = EnterArgs {
+            flags: ENTER_SQ_WAKEUP | ENTER_INLINE,
+            lane,
+            ..ok
+        };
+        assert_eq!(enter(&f, inline), Ok(0), "inline submit, lane {lane}");
+    }
+    let wait = EnterArgs {
+        flags: ENTER_GETEVENTS | ENTER_INLINE,
+        min_complete: 1,
+        timeout_ns: 2_000_000,
+        ..ok
+    };
+    assert_eq!(
+        enter(&f, wait),
+        Err(libc::ETIME),
+        "inline wait, nothing to complete"
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fastio::backend::DEVICE_PATH;
-use fastio::{BackendKind, Config, Proactor};
+use fastio::{BackendKind, Config, InlineMode, Proactor};
 
 /// The loops measure sleep phases: run them one at a time, not side by side.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -89,22 +89,29 @@ fn no_lost_wakeup_at_the_idle_boundary_kmod() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let cfg = Config {
-        backend: BackendKind::Kmod,
-        idle_ms: 1,
-        max_files: 64,
-        ..Config::default()
-    };
-    let mut p = Proactor::new(&cfg).unwrap_or_else(|e| panic!("{DEVICE_PATH} exists but: {e}"));
-    boundary_loop("kmod", &mut p);
-    // With idle_ms = 1 the worker does announce its sleep, so the loop's phases crossed
-    // the boundary (a worker that never sleeps would make the loop test nothing).
-    let t0 = Instant::now();
-    while p.lane_asleep(0) != Some(true) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(2),
-            "[kmod] the worker never set NEED_WAKEUP with idle_ms = 1"
-        );
-        std::thread::sleep(Duration::from_millis(5));
+    // Both policies: the lane thread woken by ENTER, and ENTER running the work itself
+    // while the lane thread sleeps (kmod_inline), which races with the thread's own sleep.
+    for mode in [InlineMode::Never, InlineMode::Always] {
+        let cfg = Config {
+            backend: BackendKind::Kmod,
+            idle_ms: 1,
+            max_files: 64,
+            kmod_inline: mode,
+            ..Config::default()
+        };
+        let name = format!("kmod, kmod_inline = {}", mode.as_str());
+        let mut p = Proactor::new(&cfg).unwrap_or_else(|e| panic!("{DEVICE_PATH} exists but: {e}"));
+        boundary_loop(&name, &mut p);
+        // With idle_ms = 1 the worker does announce its sleep, so the loop's phases
+        // crossed the boundary (a worker that never sleeps would make the loop test
+        // nothing).
+        let t0 = Instant::now();
+        while p.lane_asleep(0) != Some(true) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "[{name}] the worker never set NEED_WAKEUP with idle_ms = 1"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

@@ -44,15 +44,21 @@ def server_config(name, pins=None):
     if name == "epoll":
         return None
     # `-raw`: proactor_echo_server --raw (the completion loop instead of fastio::rt).
-    m = re.fullmatch(r"(uring-sqpoll|uring|threads|kmod)(?:-w(\d+))?(?:-raw)?", name)
+    # `-inline` / `-poll`: kmod_inline = "always" / "never" (else the default, auto).
+    m = re.fullmatch(r"(uring-sqpoll|uring|threads|kmod)(?:-w(\d+))?(-inline|-poll)?(?:-raw)?",
+                     name)
     if not m:
         raise ValueError(f"unknown server {name}")
     backend, workers = m.group(1), int(m.group(2) or 1)
+    if m.group(3) and backend != "kmod":
+        raise ValueError(f"{name}: -inline/-poll are kmod policies")
     keys = {"backend": "uring" if backend.startswith("uring") else backend,
             "max_ker_worker": workers, "max_usr_worker": 1,
             "default_main_worker_idle_time": IDLE_MS}
     if backend.startswith("uring"):
         keys["sqpoll"] = backend == "uring-sqpoll"
+    if m.group(3):
+        keys["kmod_inline"] = "always" if m.group(3) == "-inline" else "never"
     if pins is not None and pins.affinity_offset() is not None:
         keys["affinity_offset"] = pins.affinity_offset()
     return keys

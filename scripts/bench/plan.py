@@ -112,6 +112,30 @@ def rawcmp_jobs(env, cfg, kmod_reason):
     return interleave(cells, cfg["rawcmp_reps"])
 
 
+INLINE_CONNS = [1, 25, 256]
+
+
+def inline_servers(env):
+    """The module's two execution policies side by side (kmod_inline: `-inline` always,
+    `-poll` never; see cells.server_config), with epoll and io_uring as the references."""
+    if env != "vm":
+        return []
+    return ["epoll", "uring"] + [f"kmod-w{w}{m}" for w in (1, 2) for m in ("-inline", "-poll")]
+
+
+def inline_jobs(env, cfg, kmod_reason):
+    """ENTER_INLINE on and off, interleaved run by run, at 1/25/256 connections x 512 B."""
+    secs = cfg["rawcmp_secs"]
+    jobs = []
+    for conns in INLINE_CONNS:
+        cells = [("echo", f"inline/{s}/c{conns}/l{HEAD_LEN}",
+                  {"server": s, "conns": conns, "length": HEAD_LEN, "secs": secs},
+                  secs + 1.5 + conns / 500, kmod_skip(s, kmod_reason))
+                 for s in inline_servers(env)]
+        jobs += interleave(cells, cfg["reps"])
+    return jobs
+
+
 def syscall_jobs(env, cfg, kmod_reason, strace):
     secs = cfg["echo_secs"][env]
     no_strace = None if strace else "strace not installed (apt-get install strace)"
@@ -167,7 +191,7 @@ def jobs(env, quick, repo, kmod_reason=None, shim_reason=None):
         kmod_reason = "host kernel has no module support (kmod runs in the VM only)"
     shim = find_shim(repo)
     every = (nop_jobs(env, cfg, kmod_reason) + echo_jobs(env, cfg, kmod_reason)
-             + rawcmp_jobs(env, cfg, kmod_reason)
+             + rawcmp_jobs(env, cfg, kmod_reason) + inline_jobs(env, cfg, kmod_reason)
              + syscall_jobs(env, cfg, kmod_reason, shutil.which("strace") is not None)
              + scaling_jobs(env, cfg, kmod_reason) + idle_jobs(env, cfg, kmod_reason)
              + redis_jobs(env, cfg, kmod_reason, shim, shim_reason))

@@ -226,6 +226,34 @@ def rawcmp_section(r, env):
     return with_problems(lines, r, env, "rawcmp/")
 
 
+def inline_section(r, env):
+    if not any(e == env and i.startswith("inline/") for e, i in r.cells):
+        return []
+    ln = plan.HEAD_LEN
+    lines = [f"### Inline execution on the module — {ENV_TITLE[env]} (echo -l {ln})", "",
+             "`kmod_inline`: `-inline` (always) lets a serving thread whose lane thread sleeps "
+             "run the lane's work in its own ENTER (SQEs and ready requests, as io_uring without "
+             "SQPOLL does); `-poll` (never) wakes the lane thread instead (FastIO's model). "
+             "`auto`, the default, is inline when the process may run on fewer CPUs than "
+             "lanes + 2 — on this VM's 2 vCPUs, always. Interleaved run by run; req/s median "
+             "(min–max), CPU seconds per 100k requests (server + kworkers) and context switches "
+             "per request.", ""]
+    rows = []
+    for conns in plan.INLINE_CONNS:
+        ref = f"inline/epoll/c{conns}/l{ln}"
+        for s in plan.inline_servers(env):
+            cid = f"inline/{s}/c{conns}/l{ln}"
+            base, policy = (s.rsplit("-", 1) if s.endswith(("-inline", "-poll"))
+                            else (s, ""))
+            rows.append([conns, f"{title(base)} {policy}".rstrip(),
+                         r.stat(env, cid, "rps"), ratio(r.med(env, cid, "rps"),
+                                                        r.med(env, ref, "rps")),
+                         r.stat(env, cid, "cpu_s_per_100k", ".2f"),
+                         r.stat(env, cid, "ctxsw_per_req", ".3f")])
+    lines += table(["conns", "server", "req/s", "vs epoll", "CPU s/100k", "ctx sw/req"], rows)
+    return with_problems(lines, r, env, "inline/")
+
+
 # CPU per request by role (procfs.ROLES and the kworkers), as cells.cost_metrics names
 # them; results from before the split (module v1: kernel threads fastio-PID-LANE) have
 # the process as a whole and the module's kernel threads instead.
@@ -538,7 +566,7 @@ def write(results, repo):
     lines += cores_section(r)
     for env in r.envs:
         lines += [f"## {ENV_TITLE[env]}", ""]
-        for section in (nop_section, echo_section, rawcmp_section, cost_section,
+        for section in (nop_section, echo_section, rawcmp_section, inline_section, cost_section,
                         scaling_section, idle_section, redis_section):
             lines += section(r, env)
     lines += extra_sections(repo)

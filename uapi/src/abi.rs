@@ -160,8 +160,15 @@ pub const ENTER_SQ_WAKEUP: u32 = 1 << 0;
 /// `ENTER` flag: sleep until `min_complete` CQEs are waiting over all lanes, the
 /// timeout expires (`-ETIME`) or a signal arrives (`-EINTR`).
 pub const ENTER_GETEVENTS: u32 = 1 << 1;
+/// `ENTER` flag: do the lanes' work on the calling thread where their threads sleep,
+/// instead of waking them: with [`ENTER_SQ_WAKEUP`], take the submitted SQEs of each
+/// addressed lane whose thread sleeps and run them now; with [`ENTER_GETEVENTS`], while
+/// waiting, re-issue the requests that became ready on lanes whose threads sleep (as
+/// io_uring runs task work in the waiting task). A lane thread that is awake keeps its
+/// lane's work. Without `ENTER_INLINE` the lane threads are woken.
+pub const ENTER_INLINE: u32 = 1 << 2;
 /// Every valid `ENTER` flag.
-pub const ENTER_FLAGS: u32 = ENTER_SQ_WAKEUP | ENTER_GETEVENTS;
+pub const ENTER_FLAGS: u32 = ENTER_SQ_WAKEUP | ENTER_GETEVENTS | ENTER_INLINE;
 
 /// `EnterArgs::lane` value that addresses every lane.
 pub const LANE_ALL: u32 = u32::MAX;
@@ -555,8 +562,13 @@ pub struct Stats {
     pub offloaded: u64,
     /// Requests waiting right now (parked or offloaded, not yet completed).
     pub pending: u64,
+    /// Requests run by `ENTER(ENTER_INLINE)` callers instead of a lane thread: SQEs taken
+    /// and ready requests re-issued.
+    pub inline_ops: u64,
+    /// Times a lane thread woke up from its sleep (after `SQ_NEED_WAKEUP`).
+    pub lane_wakes: u64,
     /// Reserved (0).
-    pub resv: [u64; 3],
+    pub resv: u64,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -641,7 +653,8 @@ assert_layout!(SlotArg, size 8, align 4, { slot @ 0, flags @ 4 });
 assert_layout!(ThreadArg, size 8, align 4, { index @ 0, flags @ 4 });
 assert_layout!(IoVec, size 16, align 8, { base @ 0, len @ 8 });
 assert_layout!(Stats, size 64, align 8, {
-    ops @ 0, parked @ 8, wakeups @ 16, offloaded @ 24, pending @ 32, resv @ 40,
+    ops @ 0, parked @ 8, wakeups @ 16, offloaded @ 24, pending @ 32, inline_ops @ 40,
+    lane_wakes @ 48, resv @ 56,
 });
 
 const _: () = {

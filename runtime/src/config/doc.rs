@@ -200,6 +200,17 @@ impl Entry<'_> {
         }
     }
 
+    pub(super) fn inline_mode(&self) -> Result<InlineMode, ConfigError> {
+        const EXPECTED: &str = "\"auto\", \"always\" or \"never\"";
+        let DeValue::String(s) = self.value.get_ref() else {
+            return Err(self.wrong_type(&format!("a string ({EXPECTED})")));
+        };
+        InlineMode::ALL
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| self.invalid(format!("must be {EXPECTED}")))
+    }
+
     pub(super) fn backend(&self) -> Result<BackendKind, ConfigError> {
         let DeValue::String(s) = self.value.get_ref() else {
             return Err(self.wrong_type("a string (\"auto\", \"kmod\", \"uring\" or \"threads\")"));

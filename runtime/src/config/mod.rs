@@ -21,6 +21,7 @@
 //! | `wq_max_active` | threads | `2` | `1..=64` | Helper threads per context (`kmod`: `fastio-help-N`) that do the blocking I/O (uncached file reads, FIFOs, ttys); blocking work progresses only through them. |
 //! | `affinity_offset` | CPU number | unset: not pinned | `0..=1023` | Pin polling worker `i` to CPU `(affinity_offset + i) % n` of the `n` CPUs the process may run on (its cpuset and affinity: entry, not number). |
 //! | `wq_affinity_offset` | CPU number | unset: not pinned | `0..=1023` | Pin helper thread `j` (`kmod`) to CPU `(wq_affinity_offset + j) % n` of the `n` CPUs the process may run on. |
+//! | `kmod_inline` | — | `"auto"` | `"auto"`, `"always"`, `"never"` | `kmod` backend: a serving thread that must wake a sleeping lane thread or wait for completions does the lane's work itself (`ENTER_INLINE`, as io_uring without SQPOLL does) instead of waking it; awake lane threads keep polling. `auto`: when the process may run on fewer CPUs than lanes + 2 (a lane thread woken there would take a CPU from the serving thread or its peers). |
 //! | `sqpoll` | flag | `true` | `true`/`false` (or `1`/`0`) | `uring` backend: use a kernel SQ polling thread (`IORING_SETUP_SQPOLL`). |
 //! | `esca_localize` | flag | `false` | `true`/`false` (or `1`/`0`) | FastIO/ESCA compatibility only: lanes are always per-worker memory in fastio-rs, so it has no further effect. |
 //! | `max_table_entry` | entries | `64` | `1..=32768` | FastIO's table geometry, see below. |
@@ -99,7 +100,7 @@ const TABLE_LEN: Bounds = (1, 1024);
 pub const ADAPTOR_KEY_PREFIX: &str = "shim_";
 
 /// Every key `fastio.conf` accepts, in the order of the module documentation.
-pub const KEYS: [&str; 15] = [
+pub const KEYS: [&str; 16] = [
     "backend",
     "max_ker_worker",
     "max_usr_worker",
@@ -111,6 +112,7 @@ pub const KEYS: [&str; 15] = [
     "wq_max_active",
     "affinity_offset",
     "wq_affinity_offset",
+    "kmod_inline",
     "sqpoll",
     "esca_localize",
     "max_table_entry",
@@ -169,6 +171,42 @@ impl FromStr for BackendKind {
     }
 }
 
+/// Key `kmod_inline`: when the `kmod` backend's callers run the lanes' work themselves
+/// (`ENTER_INLINE`) instead of waking the lane threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum InlineMode {
+    /// When the process may run on fewer CPUs than lanes + 2.
+    #[default]
+    Auto,
+    /// Always.
+    Always,
+    /// Never: sleeping lane threads are woken (FastIO's behaviour).
+    Never,
+}
+
+impl InlineMode {
+    /// Every mode, in the order of their names in messages.
+    pub const ALL: [InlineMode; 3] = [InlineMode::Auto, InlineMode::Always, InlineMode::Never];
+
+    /// The name used in `fastio.conf`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            InlineMode::Auto => "auto",
+            InlineMode::Always => "always",
+            InlineMode::Never => "never",
+        }
+    }
+
+    /// Whether callers run inline with `lanes` lanes on `cpus` usable CPUs.
+    pub fn inline_for(self, lanes: u32, cpus: usize) -> bool {
+        match self {
+            InlineMode::Always => true,
+            InlineMode::Never => false,
+            InlineMode::Auto => (cpus as u64) < u64::from(lanes) + 2,
+        }
+    }
+}
+
 /// The error of [`BackendKind::from_str`]: the name is none of the backends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParseBackendKindError(String);
@@ -221,6 +259,8 @@ pub struct Config {
     /// Key `wq_affinity_offset`: pin helper thread `j` (`kmod`) like `affinity_offset`
     /// pins polling workers; `None` = not pinned; `0..=1023`.
     pub wq_affinity_offset: Option<u32>,
+    /// Key `kmod_inline`: see [`InlineMode`].
+    pub kmod_inline: InlineMode,
     /// Key `sqpoll`: the `uring` backend uses `IORING_SETUP_SQPOLL`.
     pub sqpoll: bool,
     /// Key `esca_localize`: accepted for compatibility with FastIO/ESCA files. Lanes are
@@ -248,6 +288,7 @@ impl Default for Config {
             wq_max_active: 2,
             affinity_offset: None,
             wq_affinity_offset: None,
+            kmod_inline: InlineMode::Auto,
             sqpoll: true,
             esca_localize: false,
             max_table_entry: 64,
@@ -298,6 +339,7 @@ impl Config {
                 "wq_max_active" => cfg.wq_max_active = e.int(HELPERS)?,
                 "affinity_offset" => cfg.affinity_offset = Some(e.int(CPU)?),
                 "wq_affinity_offset" => cfg.wq_affinity_offset = Some(e.int(CPU)?),
+                "kmod_inline" => cfg.kmod_inline = e.inline_mode()?,
                 "sqpoll" => cfg.sqpoll = e.flag()?,
                 "esca_localize" => cfg.esca_localize = e.flag()?,
                 "max_table_entry" => {
@@ -425,7 +467,7 @@ impl Config {
     }
 
     /// One-line summary for a startup banner, e.g.
-    /// `backend=auto lanes=1 usr_workers=1 sq=256 cq=8192 files=4096 idle=20ms helpers=2 affinity=none sqpoll=on`
+    /// `backend=auto lanes=1 usr_workers=1 sq=256 cq=8192 files=4096 idle=20ms helpers=2 affinity=none inline=auto sqpoll=on`
     /// (`affinity=+2` means worker `i` runs on the `(2 + i) % n`-th of the `n` allowed CPUs; a
     /// `wq_affinity=+N` field appears when `wq_affinity_offset` is set).
     /// `default_wq_worker_idle_time` is not shown: it has no effect.
@@ -438,7 +480,7 @@ impl Config {
             .map_or_else(String::new, |o| format!(" wq_affinity=+{o}"));
         format!(
             "backend={} lanes={} usr_workers={} sq={} cq={} files={} idle={}ms helpers={} \
-             affinity={affinity}{wq_affinity} sqpoll={}",
+             affinity={affinity}{wq_affinity} inline={} sqpoll={}",
             self.backend,
             self.lanes(),
             self.max_usr_worker,
@@ -447,6 +489,7 @@ impl Config {
             self.max_files,
             self.idle_ms,
             self.wq_max_active,
+            self.kmod_inline.as_str(),
             if self.sqpoll { "on" } else { "off" },
         )
     }

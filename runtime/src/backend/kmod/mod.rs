@@ -38,8 +38,9 @@ use std::time::Duration;
 
 use fastio_uapi::{
     Cqe, EnterArgs, FilesUpdate, SetupParams, SlotArg, Sqe, Stats, ABI_VERSION, ENTER_GETEVENTS,
-    ENTER_SQ_WAKEUP, FASTIO_ENTER, FASTIO_GET_STATS, FASTIO_INSTALL_FD, FASTIO_REGISTER_FILES,
-    FASTIO_SETUP, FASTIO_UNREGISTER_FILE, INSTALL_CLOEXEC, LANE_ALL, SETUP_AFFINITY, TIMEOUT_NONE,
+    ENTER_INLINE, ENTER_SQ_WAKEUP, FASTIO_ENTER, FASTIO_GET_STATS, FASTIO_INSTALL_FD,
+    FASTIO_REGISTER_FILES, FASTIO_SETUP, FASTIO_UNREGISTER_FILE, INSTALL_CLOEXEC, LANE_ALL,
+    SETUP_AFFINITY, TIMEOUT_NONE,
 };
 use memmap2::MmapOptions;
 
@@ -64,6 +65,8 @@ pub(crate) struct KmodBackend {
     workers: Workers,
     rings: RingSide,
     dev: Arc<Device>,
+    /// `ENTER_INLINE` on every ENTER (the `kmod_inline` policy, decided at open).
+    inline: u32,
 }
 
 /// One ioctl on `fd` with argument `arg`; returns the ioctl's non-negative result.
@@ -291,22 +294,33 @@ impl KmodBackend {
         // SAFETY: `mem` is the mapping made just above; this is its only userspace side.
         let rings = unsafe { RingSide::new(&mem) };
         drop(mem); // `rings` now holds the only references to the mapping.
-                   // On error the threads already started are shut down and joined (inside), then
-                   // `rings` and `dev` go.
+
+        // On error the threads already started are shut down and joined (inside), then
+        // `rings` and `dev` go.
         let workers = Workers::start(&dev, config)?;
+        let cpus = crate::backend::allowed_cpus().len();
+        let inline = config.kmod_inline.inline_for(geometry.lanes, cpus);
         let note = format!(
-            "{} lane thread(s) + {} helper thread(s) in the kernel, sq={} cq={} idle={}ms",
+            "{} lane thread(s) + {} helper thread(s) in the kernel, sq={} cq={} idle={}ms, \
+             {} (kmod_inline = {}, {cpus} CPU(s))",
             geometry.lanes,
             config.wq_max_active,
             geometry.sq_entries,
             geometry.cq_entries,
-            config.idle_ms
+            config.idle_ms,
+            if inline {
+                "callers run the lanes' work while their threads sleep"
+            } else {
+                "sleeping lane threads are woken"
+            },
+            config.kmod_inline.as_str(),
         );
         Ok((
             KmodBackend {
                 workers,
                 rings,
                 dev,
+                inline: if inline { ENTER_INLINE } else { 0 },
             },
             note,
         ))
@@ -369,7 +383,7 @@ impl Backend for KmodBackend {
         match wake_target(self.rings.publish()) {
             None => Ok(()),
             Some(lane) => self.enter(EnterArgs {
-                flags: ENTER_SQ_WAKEUP,
+                flags: ENTER_SQ_WAKEUP | self.inline,
                 lane,
                 ..EnterArgs::default()
             }),
@@ -386,7 +400,7 @@ impl Backend for KmodBackend {
             return Ok(());
         }
         let r = self.enter(EnterArgs {
-            flags: ENTER_GETEVENTS,
+            flags: ENTER_GETEVENTS | self.inline,
             min_complete: min,
             timeout_ns: timeout_ns(timeout),
             ..EnterArgs::default()
