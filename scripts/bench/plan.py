@@ -82,17 +82,20 @@ def nop_jobs(env, cfg, kmod_reason):
     return interleave(cells, cfg["reps"])
 
 
+def echo_group(prefix, servers, conns, length, secs, slack, reps, kmod_reason):
+    """One interleaved group of echo cells `prefix/SERVER/cCONNS/lLENGTH`."""
+    cells = [("echo", f"{prefix}/{s}/c{conns}/l{length}",
+              {"server": s, "conns": conns, "length": length, "secs": secs},
+              secs + slack + conns / 500, kmod_skip(s, kmod_reason))
+             for s in servers]
+    return interleave(cells, reps)
+
+
 def echo_jobs(env, cfg, kmod_reason):
     secs = cfg["echo_secs"][env]
-    jobs = []
-    for length in cfg["echo_lens"]:
-        for conns in cfg["echo_conns"]:
-            cells = [("echo", f"echo/{s}/c{conns}/l{length}",
-                      {"server": s, "conns": conns, "length": length, "secs": secs},
-                      secs + 1.0 + conns / 500, kmod_skip(s, kmod_reason))
-                     for s in echo_servers(env)]
-            jobs += interleave(cells, cfg["reps"])
-    return jobs
+    return [j for length in cfg["echo_lens"] for conns in cfg["echo_conns"]
+            for j in echo_group("echo", echo_servers(env), conns, length, secs, 1.0,
+                                cfg["reps"], kmod_reason)]
 
 
 def rawcmp_servers(env):
@@ -125,15 +128,9 @@ def inline_servers(env):
 
 def inline_jobs(env, cfg, kmod_reason):
     """ENTER_INLINE on and off, interleaved run by run, at 1/25/256 connections x 512 B."""
-    secs = cfg["rawcmp_secs"]
-    jobs = []
-    for conns in INLINE_CONNS:
-        cells = [("echo", f"inline/{s}/c{conns}/l{HEAD_LEN}",
-                  {"server": s, "conns": conns, "length": HEAD_LEN, "secs": secs},
-                  secs + 1.5 + conns / 500, kmod_skip(s, kmod_reason))
-                 for s in inline_servers(env)]
-        jobs += interleave(cells, cfg["reps"])
-    return jobs
+    return [j for conns in INLINE_CONNS
+            for j in echo_group("inline", inline_servers(env), conns, HEAD_LEN,
+                                cfg["rawcmp_secs"], 1.5, cfg["reps"], kmod_reason)]
 
 
 def syscall_jobs(env, cfg, kmod_reason, strace):
