@@ -55,6 +55,7 @@ fn serve(shared: &Shared, lanes: &[Arc<Lane>], idx: u32) -> Result<isize> {
             return Ok(0);
         }
         if sys::must_return() {
+            shared.jobs.pass_on();
             return Err(restart());
         }
         let Some(job) = shared.jobs.take(idx) else {

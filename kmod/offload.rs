@@ -126,7 +126,8 @@ impl Jobs {
             }
             self.queued.fetch_add(1, Ordering::SeqCst);
         }
-        self.wq.wake_all();
+        // One job, one helper: the others sleep on (helpers wait exclusively).
+        self.wq.wake_one();
         Ok(())
     }
 
@@ -142,7 +143,7 @@ impl Jobs {
         }
         self.queued.fetch_add(1, Ordering::SeqCst);
         drop(inner);
-        self.wq.wake_all();
+        self.wq.wake_one();
         Ok(())
     }
 
@@ -256,8 +257,24 @@ impl Jobs {
         out
     }
 
-    /// Helper `idx` sleeps until a job is queued or `stop()` says so.
+    /// Helper `idx` sleeps until a job is queued or `stop()` says so. Helpers wait
+    /// exclusively: a queued job wakes one of them. One that leaves for a signal passes
+    /// its wakeup on.
     pub(crate) fn wait(&self, stop: impl Fn() -> bool) -> core::result::Result<(), Interrupted> {
-        self.wq.wait_interruptible(|| self.has_queued() || stop())
+        let r = self
+            .wq
+            .wait_interruptible_exclusive(|| self.has_queued() || stop());
+        if r.is_err() {
+            self.pass_on();
+        }
+        r
+    }
+
+    /// A helper that was woken for a job leaves without taking it (a signal): another
+    /// one must take it.
+    pub(crate) fn pass_on(&self) {
+        if self.has_queued() {
+            self.wq.wake_one();
+        }
     }
 }

@@ -46,6 +46,52 @@ impl WaitQueue {
         unsafe { bindings::__wake_up(self.head.get(), bindings::TASK_NORMAL, 0, null_mut()) };
     }
 
+    /// Wakes one exclusive waiter ([`Self::wait_interruptible_exclusive`]) and every
+    /// other one. Callable from any context.
+    pub(crate) fn wake_one(&self) {
+        // SAFETY: as in `wake_all`; nr_exclusive = 1 stops after the first exclusive
+        // waiter woken.
+        unsafe { bindings::__wake_up(self.head.get(), bindings::TASK_NORMAL, 1, null_mut()) };
+    }
+
+    /// As [`Self::wait_interruptible`], queued as an exclusive waiter: a
+    /// [`Self::wake_one`] wakes only one of them (the wake-one of io-wq and of accept
+    /// queues, no thundering herd). A waiter woken that leaves without taking what it was
+    /// woken for (a signal) must pass the wakeup on; the caller knows what it takes.
+    pub(crate) fn wait_interruptible_exclusive(
+        &self,
+        mut ready: impl FnMut() -> bool,
+    ) -> core::result::Result<(), Interrupted> {
+        let entry = pin!(Opaque::<bindings::wait_queue_entry>::uninit());
+        // SAFETY: `entry` is valid, pinned for the whole function, and initialised here
+        // before any other use.
+        unsafe { bindings::init_wait(entry.get()) };
+        let result = loop {
+            // SAFETY: `entry` and the head are valid; the entry is queued at the tail as
+            // exclusive if it is not queued (a wakeup dequeues it), and the task state
+            // is TASK_INTERRUPTIBLE before the checks below.
+            unsafe {
+                bindings::prepare_to_wait_exclusive(
+                    self.head.get(),
+                    entry.get(),
+                    bindings::TASK_INTERRUPTIBLE as c_int,
+                )
+            };
+            if ready() {
+                break Ok(());
+            }
+            if crate::sys::signal_pending() {
+                break Err(Interrupted);
+            }
+            // SAFETY: queued and TASK_INTERRUPTIBLE: a wake or a signal (which wakes
+            // TASK_INTERRUPTIBLE tasks) makes us runnable again.
+            unsafe { bindings::schedule() };
+        };
+        // SAFETY: takes the entry off the queue if still on it, sets TASK_RUNNING.
+        unsafe { bindings::finish_wait(self.head.get(), entry.get()) };
+        result
+    }
+
     /// Sleeps until `ready()` is true, or a signal is pending (`Err`). `ready` is checked
     /// after the caller is queued, so a `wake_all` after the condition became true is
     /// never missed. Must be called from a sleepable task context holding no spinlock.
