@@ -50,7 +50,7 @@
 use core::sync::atomic::AtomicU32;
 
 /// Version of this ABI. `SetupParams::abi_version` must carry it.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Cache line size assumed by the layout.
 pub const CACHE_LINE: usize = 64;
@@ -273,6 +273,111 @@ pub const SHUT_RDWR: u32 = 2;
 pub const MAX_SOCKADDR_LEN: u32 = 128;
 
 // ---------------------------------------------------------------------------------------
+// Provided buffers and multishot requests (ABI 3)
+// ---------------------------------------------------------------------------------------
+
+/// SQE `flags`: the request takes its buffer from the provided-buffer group
+/// `Sqe::buf_group` instead of `addr`/`len` (RECV only; `addr`, `len` and `op_flags`
+/// must be 0). The CQE carries [`CQE_F_BUFFER`] and the buffer id when a buffer was
+/// used. An unregistered group, or a group whose ring is empty, completes the request
+/// with `-ENOBUFS` (io_uring's answer); nothing is received then.
+pub const SQE_BUFFER_SELECT: u8 = 1 << 0;
+/// SQE `flags`: one request, many completions. RECV (with [`SQE_BUFFER_SELECT`]): every
+/// reception takes a buffer from the group and posts a CQE with
+/// `CQE_F_BUFFER | CQE_F_MORE`. ACCEPT: every accepted connection is installed into an
+/// empty slot of `aux..aux + len` (which one is the executor's choice: the `threads`
+/// backend scans on from the slot it filled last, io_uring allocates from its
+/// file-allocation range the same way) and posts a CQE (result: that slot) with
+/// [`CQE_F_MORE`]. The request stays armed until a CQE *without* [`CQE_F_MORE`] ends it:
+/// end of stream (0), out of buffers (`-ENOBUFS`: the data stays in the socket), no
+/// empty slot left in the range (`-ENFILE`, posted when a connection comes: it stays
+/// in the backlog, except on io_uring, which has accepted and then closes it),
+/// `-ECANCELED` (ASYNC_CANCEL, CLOSE of the slot, shutdown), another error, or a CQ
+/// without room: then the last CQE carries its data (a positive result with
+/// [`CQE_F_BUFFER`]) and no [`CQE_F_MORE`]; re-arm to go on. A multishot request's
+/// CQEs are not bounded by the CQ size: userspace reserves CQ room only for its final
+/// CQE (executors keep completions that find the CQ full in a backlog, never drop them).
+pub const SQE_MULTISHOT: u8 = 1 << 1;
+/// Every valid SQE `flags` bit.
+pub const SQE_FLAGS: u8 = SQE_BUFFER_SELECT | SQE_MULTISHOT;
+
+/// CQE `flags`: the request used a provided buffer; its id is `flags >> CQE_BUFFER_SHIFT`.
+pub const CQE_F_BUFFER: u32 = 1 << 0;
+/// CQE `flags`: the multishot request stays armed; more CQEs will come for it.
+pub const CQE_F_MORE: u32 = 1 << 1;
+/// Shift of the buffer id in CQE `flags` (the upper 16 bits, as io_uring).
+pub const CQE_BUFFER_SHIFT: u32 = 16;
+
+/// Number of provided-buffer groups of a context (group ids `0..MAX_BUF_GROUPS`).
+pub const MAX_BUF_GROUPS: u32 = 1024;
+/// Largest number of entries of a provided-buffer ring (and of buffers in a group).
+pub const MAX_PBUF_ENTRIES: u32 = 32768;
+/// Largest size of one provided buffer.
+pub const MAX_PBUF_SIZE: u32 = 1 << 20;
+/// Largest total size of a group's buffers (`count * buf_size`).
+pub const MAX_PBUF_BYTES: u64 = 1 << 30;
+
+/// Header of a provided-buffer ring in user memory, followed by `entries` `u16` buffer
+/// ids (slot of index `i`: `i & (entries - 1)`).
+///
+/// Userspace writes ids at `tail` and publishes them with a release store of `tail`; the
+/// executor keeps its own head (it never reads `head` back), reads `tail` once per
+/// reception with an acquire load, takes the id at its head and advances it, and stores
+/// its head into `head` for debugging tools only. Every id read from the ring is
+/// hostile: an id outside `0..count` is consumed and ends the request with `-EINVAL`
+/// (nothing is received into it). The `uring` backend uses io_uring's own ring format
+/// behind the same proactor API. Userspace
+/// never puts more than `entries` ids in flight: it gives back only ids that a CQE
+/// handed it (and, at registration, every id once).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct BufRingHeader {
+    /// Producer index (userspace).
+    pub tail: PaddedU32,
+    /// Consumer index as the executor last published it (informative).
+    pub head: PaddedU32,
+}
+
+/// Argument of [`FASTIO_REGISTER_BUF_RING`]: a group of `count` buffers of `buf_size`
+/// bytes at `bufs_addr` (buffer `id` at `bufs_addr + id * buf_size`), and its ring of
+/// `entries` ids at `ring_addr` ([`BufRingHeader`] then the ids; [`buf_ring_size`] bytes,
+/// aligned to [`CACHE_LINE`]). The module copies this description once, checks every
+/// range, and touches both areas only through user-copy routines.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BufRingReg {
+    /// User address of the ring (aligned to [`CACHE_LINE`]).
+    pub ring_addr: u64,
+    /// User address of the buffers.
+    pub bufs_addr: u64,
+    /// Ring entries ([`valid_buf_ring`]: a power of two up to [`MAX_PBUF_ENTRIES`]).
+    pub entries: u32,
+    /// Number of buffers, `1..=entries`.
+    pub count: u32,
+    /// Bytes per buffer, `1..=MAX_PBUF_SIZE`.
+    pub buf_size: u32,
+    /// Group id, below [`MAX_BUF_GROUPS`].
+    pub group: u32,
+    /// Reserved (must be 0).
+    pub resv: [u64; 2],
+}
+
+/// Argument of [`FASTIO_UNREGISTER_BUF_RING`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BufGroupArg {
+    /// Group id.
+    pub group: u32,
+    /// Reserved (must be 0).
+    pub flags: u32,
+}
+
+/// Bytes of a provided-buffer ring of `entries` entries (header and ids).
+pub const fn buf_ring_size(entries: u32) -> u64 {
+    core::mem::size_of::<BufRingHeader>() as u64 + entries as u64 * 2
+}
+
+// ---------------------------------------------------------------------------------------
 // Entries and ring header
 // ---------------------------------------------------------------------------------------
 
@@ -285,10 +390,10 @@ pub const MAX_SOCKADDR_LEN: u32 = 128;
 pub struct Sqe {
     /// One of the `OP_*` constants.
     pub opcode: u8,
-    /// Per-entry flags; none are defined in this version (must be 0).
+    /// Per-entry flags: [`SQE_BUFFER_SELECT`], [`SQE_MULTISHOT`].
     pub flags: u8,
-    /// Reserved (must be 0).
-    pub ioprio: u16,
+    /// With [`SQE_BUFFER_SELECT`]: the provided-buffer group (else must be 0).
+    pub buf_group: u16,
     /// The registered file slot the request operates on.
     pub slot: u32,
     /// File offset for READ/WRITE/WRITEV (or [`OFF_CURRENT`]), FSYNC and FALLOCATE;
@@ -298,14 +403,15 @@ pub struct Sqe {
     /// socket address for CONNECT; the length for FALLOCATE.
     pub addr: u64,
     /// Byte count, iovec count for WRITEV, address length for CONNECT, range length
-    /// for FSYNC.
+    /// for FSYNC, slot count for a multishot ACCEPT.
     pub len: u32,
     /// Opcode-specific flags (`MSG_*` for RECV/SEND, `ACCEPT_*` for ACCEPT, `O_*` for
     /// OPENAT, `FSYNC_*`, the FALLOCATE mode, the SHUTDOWN `how`).
     pub op_flags: u32,
     /// Opaque token copied into the CQE.
     pub user_data: u64,
-    /// ACCEPT and OPENAT: the slot that receives the new file.
+    /// ACCEPT and OPENAT: the slot that receives the new file (multishot ACCEPT: the
+    /// first slot of its range).
     pub aux: u32,
     /// Reserved (must be 0).
     pub resv0: u32,
@@ -318,7 +424,7 @@ impl Sqe {
     pub const ZERO: Sqe = Sqe {
         opcode: OP_NOP,
         flags: 0,
-        ioprio: 0,
+        buf_group: 0,
         slot: 0,
         off: 0,
         addr: 0,
@@ -339,7 +445,8 @@ pub struct Cqe {
     pub user_data: u64,
     /// Result: a count or slot (>= 0) or a negative errno.
     pub res: i32,
-    /// Completion flags; none are defined in this version.
+    /// Completion flags: [`CQE_F_BUFFER`] (with the buffer id in the upper 16 bits),
+    /// [`CQE_F_MORE`].
     pub flags: u32,
 }
 
@@ -601,6 +708,12 @@ pub const FASTIO_RUN_LANE: u32 = ioc(IOC_WRITE, 7, core::mem::size_of::<ThreadAr
 /// `_IOW(0xFA, 8, ThreadArg)`: the calling thread becomes a helper that does the
 /// context's blocking work, until [`FASTIO_SHUTDOWN`] or a signal (as `RUN_LANE`).
 pub const FASTIO_RUN_HELPER: u32 = ioc(IOC_WRITE, 8, core::mem::size_of::<ThreadArg>());
+/// `_IOW(0xFA, 10, BufRingReg)`: registers a provided-buffer group (see [`BufRingReg`]).
+/// `-EEXIST`: the group is registered.
+pub const FASTIO_REGISTER_BUF_RING: u32 = ioc(IOC_WRITE, 10, core::mem::size_of::<BufRingReg>());
+/// `_IOW(0xFA, 11, BufGroupArg)`: unregisters a provided-buffer group; `-EBUSY` while a
+/// request that uses it is in flight, `-ENOENT` if it is not registered.
+pub const FASTIO_UNREGISTER_BUF_RING: u32 = ioc(IOC_WRITE, 11, core::mem::size_of::<BufGroupArg>());
 /// `_IO(0xFA, 9)`: every lane and helper thread of the context returns 0, waiting
 /// requests complete with `-ECANCELED`; later `RUN_*` calls fail with `-ESHUTDOWN`.
 pub const FASTIO_SHUTDOWN: u32 = ioc(0, 9, 0);
@@ -620,7 +733,7 @@ macro_rules! assert_layout {
 }
 
 assert_layout!(Sqe, size 64, align 8, {
-    opcode @ 0, flags @ 1, ioprio @ 2, slot @ 4, off @ 8, addr @ 16, len @ 24,
+    opcode @ 0, flags @ 1, buf_group @ 2, slot @ 4, off @ 8, addr @ 16, len @ 24,
     op_flags @ 28, user_data @ 32, aux @ 40, resv0 @ 44, resv @ 48,
 });
 assert_layout!(Cqe, size 16, align 8, { user_data @ 0, res @ 8, flags @ 12 });
@@ -639,6 +752,12 @@ assert_layout!(EnterArgs, size 24, align 8, {
 assert_layout!(FilesUpdate, size 24, align 8, { fds @ 0, slots @ 8, count @ 16, resv @ 20 });
 assert_layout!(SlotArg, size 8, align 4, { slot @ 0, flags @ 4 });
 assert_layout!(ThreadArg, size 8, align 4, { index @ 0, flags @ 4 });
+assert_layout!(BufRingHeader, size 128, align 64, { tail @ 0, head @ 64 });
+assert_layout!(BufRingReg, size 48, align 8, {
+    ring_addr @ 0, bufs_addr @ 8, entries @ 16, count @ 20, buf_size @ 24, group @ 28,
+    resv @ 32,
+});
+assert_layout!(BufGroupArg, size 8, align 4, { group @ 0, flags @ 4 });
 assert_layout!(IoVec, size 16, align 8, { base @ 0, len @ 8 });
 assert_layout!(Stats, size 64, align 8, {
     ops @ 0, parked @ 8, wakeups @ 16, offloaded @ 24, pending @ 32, resv @ 40,
@@ -666,6 +785,11 @@ const _: () = {
     assert!(FASTIO_RUN_LANE == 0x4008_FA07);
     assert!(FASTIO_RUN_HELPER == 0x4008_FA08);
     assert!(FASTIO_SHUTDOWN == 0x0000_FA09);
+    assert!(FASTIO_REGISTER_BUF_RING == 0x4030_FA0A);
+    assert!(FASTIO_UNREGISTER_BUF_RING == 0x4008_FA0B);
+    // Buffer ids fit the upper 16 bits of the CQE flags.
+    assert!(MAX_PBUF_ENTRIES <= 1 << 16);
+    assert!(MAX_PBUF_BYTES >= MAX_PBUF_SIZE as u64);
     assert!(MAX_RW_LEN == 0x7FFF_F000);
     // Opcodes are dense: OP_LAST is one past CONNECT, the last one.
     assert!(OP_ASYNC_CANCEL == 8 && OP_OPENAT == 9 && OP_CONNECT == 13);
