@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use fastio_uapi::{
     Sqe, CQE_BUFFER_SHIFT, CQE_F_BUFFER, MAX_BUF_GROUPS, MAX_PBUF_BYTES, MAX_PBUF_ENTRIES,
-    MAX_PBUF_SIZE, OP_ACCEPT, OP_RECV, SQE_BUFFER_SELECT, SQE_MULTISHOT,
+    MAX_PBUF_SIZE, OP_ACCEPT, OP_RECV, OP_SEND, SQE_BUFFER_SELECT, SQE_MULTISHOT,
 };
 
 use super::types::reject;
@@ -261,6 +261,41 @@ impl Proactor {
         self.queue(lane, sqe, user_data, None, Vec::new())?;
         if let Some(g) = self.groups.get_mut(&group.0) {
             g.users += 1;
+        }
+        Ok(())
+    }
+
+    /// Queues a SEND of `buf[range]`, a provided buffer a reception handed out; the
+    /// completion hands it back in [`Completion::provided`] (drop it to recycle it).
+    /// The result may be short; send the rest again.
+    pub fn send_provided(
+        &mut self,
+        slot: Slot,
+        buf: ProvidedBuf,
+        range: std::ops::Range<usize>,
+        user_data: u64,
+    ) -> Result<(), (Rejected, ProvidedBuf)> {
+        if range.start > range.end || range.end > buf.len() {
+            return Err((reject(RejectReason::BadRange, None, Vec::new()), buf));
+        }
+        if let Err(r) = self.check_open(slot) {
+            return Err((reject(r, None, Vec::new()), buf));
+        }
+        let sqe = Sqe {
+            opcode: OP_SEND,
+            slot: slot.0,
+            addr: buf.as_ptr() as u64 + range.start as u64,
+            len: range.len() as u32,
+            ..Sqe::ZERO
+        };
+        let lane = self.lane_of(slot.0);
+        if let Err(r) = self.queue(lane, sqe, user_data, None, Vec::new()) {
+            return Err((r, buf));
+        }
+        // The buffer is read by the executor until the completion: the proactor keeps
+        // it (its memory does not move) and hands it back then.
+        if let Some(f) = self.inflight[self.last_token as usize].as_mut() {
+            f.pbuf = Some(buf);
         }
         Ok(())
     }

@@ -119,6 +119,8 @@ struct InFlight {
     group: Option<u16>,
     /// A multishot request (many CQEs; `dest` is the first slot of an ACCEPT's range).
     multishot: bool,
+    /// A SEND from a provided buffer: the buffer, handed back in the completion.
+    pbuf: Option<ProvidedBuf>,
 }
 
 /// Whether a tracked request with `opcode` counts in its slot's in-flight count (every
@@ -485,11 +487,14 @@ impl Proactor {
         self.lane_inflight[f.lane as usize] -= f.cost;
         self.pending -= 1;
         let mut accepted = None;
-        let provided = f.group.and_then(|g| {
-            let b = self.take_provided(g, cqe.res, cqe.flags);
-            self.group_user_done(g);
-            b
-        });
+        let provided = match f.group {
+            Some(g) => {
+                let b = self.take_provided(g, cqe.res, cqe.flags);
+                self.group_user_done(g);
+                b
+            }
+            None => f.pbuf,
+        };
         if f.tracked && f.multishot && f.opcode == OP_ACCEPT {
             accepted = self.accept_landed(cqe.res);
             self.accept_range_done(f.dest);

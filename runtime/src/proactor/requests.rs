@@ -385,6 +385,7 @@ impl Proactor {
             iovecs,
             group: (tracked && sqe.flags & SQE_BUFFER_SELECT != 0).then_some(sqe.buf_group),
             multishot: sqe.flags & SQE_MULTISHOT != 0,
+            pbuf: None,
         });
         if tracked && counts_on_slot(opcode) {
             // OPENAT in the current directory names no slot (OPENAT_CWD).
