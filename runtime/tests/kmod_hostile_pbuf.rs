@@ -2,10 +2,13 @@
 //! rings (`common/kmod.rs`). The module decodes the flags with the shared `decode`: an
 //! unknown bit, BUFFER_SELECT on an opcode without it, MULTISHOT without BUFFER_SELECT on
 //! RECV, a group without BUFFER_SELECT, nonzero unused fields, a group out of range, a
-//! slot range beyond max_files: `-EINVAL` or `-EBADF`. Well-formed provided-buffer and
-//! multishot requests complete with `-EOPNOTSUPP`, and the buffer-ring ioctls are refused,
-//! because the module does not implement provided buffers yet (the `uring` and `threads`
-//! backends do). Ends by checking the kernel log (no WARNING, BUG, Oops, Rust panic).
+//! slot range beyond max_files: `-EINVAL` or `-EBADF`. Buffer-ring registration with a
+//! hostile description (entries not a power of two or huge, counts and sizes out of
+//! range, sizes whose product is too large, misaligned, null, kernel and wrapping
+//! addresses, reserved fields): `-EINVAL`; a group twice: `-EEXIST`; unregistering an
+//! unknown group: `-ENOENT`. Well-formed provided-buffer and multishot requests complete
+//! with `-EOPNOTSUPP`: the module registers groups but does not receive into them yet
+//! (the `uring` and `threads` backends do). Ends by checking the kernel log (no WARNING, BUG, Oops, Rust panic).
 //!
 //! Runs where /dev/fastio exists, as root (inside the VM); elsewhere prints SKIP.
 
@@ -134,10 +137,14 @@ fn sqe_flags_and_buffer_rings_hostile() {
         -libc::EOPNOTSUPP
     );
     assert_eq!(call(&mut ctx, accept), -libc::EOPNOTSUPP);
-    // The buffer-ring ioctls are refused, whatever the description says.
-    let mut ring = vec![0u64; 64];
+    // Registration of a buffer ring: the module validates and keeps the description.
+    // The ring must be cache-line aligned.
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy)]
+    struct Line([u8; 64]);
+    let mut ring = vec![Line([0; 64]); 4];
     let mut bufs = vec![0u8; 8 * 64];
-    let mut reg = BufRingReg {
+    let good = BufRingReg {
         ring_addr: ring.as_mut_ptr() as u64,
         bufs_addr: bufs.as_mut_ptr() as u64,
         entries: 8,
@@ -146,20 +153,113 @@ fn sqe_flags_and_buffer_rings_hostile() {
         group: 1,
         resv: [0; 2],
     };
-    // SAFETY: the ioctl reads `reg` (valid) and, if it existed, would only copy from the
-    // user memory described, which lives across the call.
-    let r = unsafe { kmod::ioctl(ctx.fd(), FASTIO_REGISTER_BUF_RING, &mut reg) };
-    assert!(
-        matches!(r, Err(e) if e == libc::ENOTTY || e == libc::EINVAL),
-        "{r:?}"
+    let fd = ctx.fd();
+    let register = |mut reg: BufRingReg| {
+        // SAFETY: the ioctl reads `reg`; the module touches the described memory only
+        // through user copies (and not at all at registration).
+        unsafe { kmod::ioctl(fd, FASTIO_REGISTER_BUF_RING, &mut reg) }
+    };
+    let unregister = |group: u32, flags: u32| {
+        let mut a = BufGroupArg { group, flags };
+        // SAFETY: the ioctl reads `a`.
+        unsafe { kmod::ioctl(fd, FASTIO_UNREGISTER_BUF_RING, &mut a) }
+    };
+    let kernel = [
+        0xffff_8880_0000_0000u64,
+        0xffff_ffff_8100_0000,
+        u64::MAX - 63,
+    ];
+    let mut hostile = vec![
+        BufRingReg { entries: 0, ..good },
+        BufRingReg { entries: 6, ..good },
+        BufRingReg {
+            entries: 65536,
+            count: 1,
+            ..good
+        },
+        BufRingReg {
+            entries: u32::MAX,
+            ..good
+        },
+        BufRingReg { count: 0, ..good },
+        BufRingReg { count: 9, ..good },
+        BufRingReg {
+            buf_size: 0,
+            ..good
+        },
+        BufRingReg {
+            buf_size: (1 << 20) + 1,
+            ..good
+        },
+        BufRingReg {
+            entries: 32768,
+            count: 32768,
+            buf_size: 1 << 20,
+            ..good
+        },
+        BufRingReg {
+            group: MAX_BUF_GROUPS,
+            ..good
+        },
+        BufRingReg {
+            resv: [1, 0],
+            ..good
+        },
+        BufRingReg {
+            ring_addr: 0,
+            ..good
+        },
+        BufRingReg {
+            ring_addr: good.ring_addr + 8,
+            ..good
+        },
+        BufRingReg {
+            bufs_addr: 0,
+            ..good
+        },
+        BufRingReg {
+            bufs_addr: u64::MAX - 4095,
+            ..good
+        },
+    ];
+    for k in kernel {
+        hostile.push(BufRingReg {
+            ring_addr: k & !63,
+            ..good
+        });
+        hostile.push(BufRingReg {
+            bufs_addr: k,
+            ..good
+        });
+    }
+    for bad in hostile {
+        assert_eq!(register(bad), Err(libc::EINVAL), "{bad:?}");
+    }
+    assert_eq!(
+        unregister(1, 0),
+        Err(libc::ENOENT),
+        "nothing registered yet"
     );
-    let mut arg = BufGroupArg { group: 1, flags: 0 };
-    // SAFETY: as above.
-    let r = unsafe { kmod::ioctl(ctx.fd(), FASTIO_UNREGISTER_BUF_RING, &mut arg) };
-    assert!(
-        matches!(r, Err(e) if e == libc::ENOTTY || e == libc::EINVAL),
-        "{r:?}"
-    );
+    assert_eq!(register(good), Ok(0));
+    assert_eq!(register(good), Err(libc::EEXIST), "the same group twice");
+    // An unmapped (but user) range is accepted: nothing is touched at registration,
+    // every use would be a user copy (-EFAULT).
+    let unmapped = BufRingReg {
+        ring_addr: 0x10_0000_0000,
+        bufs_addr: 0x20_0000_0000,
+        group: 2,
+        ..good
+    };
+    assert_eq!(register(unmapped), Ok(0));
+    // Requests on a registered group: still not implemented.
+    assert_eq!(call(&mut ctx, recv), -libc::EOPNOTSUPP);
+    assert_eq!(unregister(1, 1), Err(libc::EINVAL), "flags");
+    assert_eq!(unregister(MAX_BUF_GROUPS, 0), Err(libc::EINVAL), "group");
+    assert_eq!(unregister(1, 0), Ok(0));
+    assert_eq!(unregister(1, 0), Err(libc::ENOENT));
+    assert_eq!(unregister(2, 0), Ok(0));
+    // Registered again after unregistering.
+    assert_eq!(register(good), Ok(0));
     // The connection still works after all of it.
     let mut buf = [0u8; 4];
     use std::io::Write;
