@@ -45,6 +45,10 @@ unsafe impl FromBytes for abi::SlotArg {}
 unsafe impl FromBytes for abi::ThreadArg {}
 // SAFETY: as above.
 unsafe impl AsBytes for abi::Stats {}
+// SAFETY: as above.
+unsafe impl FromBytes for abi::BufRingReg {}
+// SAFETY: as above.
+unsafe impl FromBytes for abi::BufGroupArg {}
 
 /// Notices about refused requests printed so far; capped so that a looping program
 /// cannot flood the log.
@@ -285,6 +289,48 @@ impl Context {
         // the slot holds then cancels only that file's requests. The reference is
         // dropped outside the lock.
         drop(old);
+        Ok(0)
+    }
+
+    /// `FASTIO_REGISTER_BUF_RING`: the description is copied once and validated
+    /// (`validate_buf_ring`: counts, sizes, alignment, ranges with checked arithmetic
+    /// below `TASK_SIZE_MAX`, then `access_ok` of both ranges); only the copy is kept.
+    /// Nothing is pinned or mapped: the memory stays the process's, so there is nothing
+    /// to charge beyond the small record (at most `MAX_BUF_GROUPS` per context).
+    pub(crate) fn register_buf_ring(&self, mut reader: UserSliceReader) -> Result<isize> {
+        let reg: abi::BufRingReg = reader.read()?;
+        let ring = abi::validate_buf_ring(&reg, crate::sys::user_end()).map_err(|_| EINVAL)?;
+        let ring_len = abi::buf_ring_size(ring.entries);
+        // Cannot overflow: validate_buf_ring checked count * buf_size.
+        let bufs_len = ring.count as u64 * ring.buf_size as u64;
+        if !crate::sys::user_range_ok(ring.ring_addr, ring_len)
+            || !crate::sys::user_range_ok(ring.bufs_addr, bufs_len)
+        {
+            return Err(EFAULT);
+        }
+        let setup = self.setup_ref()?;
+        let mut rings = setup.shared.buf_rings.lock();
+        if rings.iter().any(|r| r.group == ring.group) {
+            return Err(EEXIST);
+        }
+        rings.push(ring, GFP_KERNEL)?;
+        Ok(0)
+    }
+
+    /// `FASTIO_UNREGISTER_BUF_RING`: `-ENOENT` for a group that is not registered (no
+    /// request can be using one: none takes provided buffers yet).
+    pub(crate) fn unregister_buf_ring(&self, mut reader: UserSliceReader) -> Result<isize> {
+        let a: abi::BufGroupArg = reader.read()?;
+        if a.flags != 0 || a.group >= abi::MAX_BUF_GROUPS {
+            return Err(EINVAL);
+        }
+        let setup = self.setup_ref()?;
+        let mut rings = setup.shared.buf_rings.lock();
+        let i = rings
+            .iter()
+            .position(|r| r.group as u32 == a.group)
+            .ok_or(ENOENT)?;
+        rings.remove(i).map_err(|_| ENOENT)?;
         Ok(0)
     }
 

@@ -176,3 +176,15 @@ int fastio_sock_error(struct socket *sock)
 {
 	return sock_error(sock->sk);
 }
+
+/* access_ok() of a user range (a macro). */
+bool fastio_access_ok(unsigned long addr, unsigned long len)
+{
+	return access_ok((const void __user *)addr, len);
+}
+
+/* TASK_SIZE_MAX: the end of the largest user address space (a macro). */
+unsigned long fastio_task_size_max(void)
+{
+	return TASK_SIZE_MAX;
+}

@@ -42,5 +42,7 @@ void fastio_f_pos_unlock(struct file *file);
 ssize_t fastio_read_cached(struct file *file, struct iov_iter *iter, loff_t *pos);
 __poll_t fastio_poll_now(struct file *file);
 int fastio_sock_error(struct socket *sock);
+bool fastio_access_ok(unsigned long addr, unsigned long len);
+unsigned long fastio_task_size_max(void);
 
 #endif

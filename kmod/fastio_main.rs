@@ -27,6 +27,13 @@
 //! helper threads (ops/fs.rs, ops/file.rs); CONNECT in progress waits for readiness
 //! like RECV (ops/net.rs).
 //!
+//! ABI 3 (provided buffers, multishot): the SQE flags are validated by `decode` like
+//! every field, and `FASTIO_REGISTER_BUF_RING` / `FASTIO_UNREGISTER_BUF_RING` validate
+//! and record a group's description (context.rs: copied once, `validate_buf_ring` with
+//! checked arithmetic, `access_ok` of both ranges; nothing pinned). Receiving into a
+//! group (RECV with BUFFER_SELECT) and multishot RECV/ACCEPT are not implemented here
+//! yet: they complete with `-EOPNOTSUPP` (the `uring` and `threads` backends have them).
+//!
 //! Requests are first tried without blocking (ops/). One that must wait for readiness
 //! is armed on the file's poll queues; the wake function hands it back to its lane
 //! thread through the lane's port, and the lane thread re-issues it (pending.rs):
@@ -214,6 +221,8 @@ impl MiscDevice for FastioDevice {
             abi::FASTIO_RUN_LANE => ctx.run_lane(user.reader()),
             abi::FASTIO_RUN_HELPER => ctx.run_helper(user.reader()),
             abi::FASTIO_SHUTDOWN => ctx.shutdown(),
+            abi::FASTIO_REGISTER_BUF_RING => ctx.register_buf_ring(user.reader()),
+            abi::FASTIO_UNREGISTER_BUF_RING => ctx.unregister_buf_ring(user.reader()),
             _ => Err(ENOTTY),
         }
     }

@@ -344,6 +344,11 @@ impl Lane {
                 };
                 self.post(user_data, res)
             }
+            // Provided buffers and multishot requests are not implemented by the module
+            // yet (the uring and threads backends have them).
+            Op::RecvSelect { .. } | Op::AcceptMulti { .. } => {
+                self.post(user_data, neg(bindings::EOPNOTSUPP))
+            }
             Op::Close { slot } => {
                 let old = shared.files.lock().take(slot);
                 let res = match old {

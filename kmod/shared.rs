@@ -4,8 +4,8 @@
 //! memory, the file table, the waiting and blocking requests, the counters.
 //!
 //! Lock order (outer first): `PendingList::list` → (wait-queue and port internals, which
-//! take no lock of ours). `files`, `Jobs::inner`, `cq_lock` and each lane's CQ lock are
-//! leaves: no other lock of the module is taken while holding one of them.
+//! take no lock of ours). `files`, `buf_rings`, `Jobs::inner`, `cq_lock` and each lane's
+//! CQ lock are leaves: no other lock of the module is taken while holding one of them.
 
 use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
@@ -48,6 +48,11 @@ pub(crate) struct Shared {
     /// Registered files by slot.
     #[pin]
     pub(crate) files: Mutex<FileTable>,
+    /// Registered provided-buffer groups: validated copies of their descriptions (the
+    /// ring and the buffers stay in user memory, reached only by user copies). No
+    /// request uses them yet: provided-buffer RECV is not implemented by the module.
+    #[pin]
+    pub(crate) buf_rings: Mutex<KVec<abi::BufRing>>,
     /// Requests waiting for readiness.
     #[pin]
     pub(crate) pendings: PendingList,
@@ -106,6 +111,7 @@ impl Shared {
                 stats: Stats::default(),
                 stopping: AtomicBool::new(false),
                 files <- new_mutex!(files),
+                buf_rings <- new_mutex!(KVec::new()),
                 pendings <- PendingList::new(),
                 jobs <- Jobs::new(p.helpers)?,
                 layout,

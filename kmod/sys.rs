@@ -38,6 +38,8 @@ extern "C" {
         pos: *mut i64,
     ) -> isize;
     fn fastio_poll_now(file: *mut bindings::file) -> c_uint;
+    fn fastio_access_ok(addr: c_ulong, len: c_ulong) -> bool;
+    fn fastio_task_size_max() -> c_ulong;
     pub(crate) fn fastio_sock_error(sock: *mut bindings::socket) -> c_int;
     /// Exported by the scheduler: whether the current task is alone on its CPU.
     fn single_task_running() -> bool;
@@ -187,4 +189,17 @@ impl FileMode {
     pub(crate) fn direct(self) -> bool {
         self.0 & Self::DIRECT != 0
     }
+}
+
+/// Whether `addr..addr + len` may be a user range (`access_ok`: below the end of the
+/// user address space, without wrapping). Says nothing about whether it is mapped.
+pub(crate) fn user_range_ok(addr: u64, len: u64) -> bool {
+    // SAFETY: access_ok only compares numbers.
+    unsafe { fastio_access_ok(addr as c_ulong, len as c_ulong) }
+}
+
+/// The end of the largest user address space (`TASK_SIZE_MAX`).
+pub(crate) fn user_end() -> u64 {
+    // SAFETY: returns a constant.
+    unsafe { fastio_task_size_max() as u64 }
 }

@@ -5,6 +5,8 @@
 //!   default of `proactor_echo_server`.
 //! - [`proactor_server`]: the same server as a hand-written completion loop on the
 //!   proactor (`proactor_echo_server --raw`).
+//! - [`multishot_server`]: the completion loop on multishot ACCEPT and RECV with a
+//!   provided-buffer group (`proactor_echo_server --multishot`).
 //! - [`epoll_server`]: the classic epoll baseline.
 //! - [`mod@bench`]: the load client behind `echo_bench`.
 //! - [`latency`]: latency percentiles (HdrHistogram) for echo_bench and the probes.
@@ -16,6 +18,7 @@ pub mod bench;
 pub mod check;
 pub mod epoll_server;
 pub mod latency;
+pub mod multishot_server;
 pub mod net;
 pub mod proactor_server;
 pub mod signals;

@@ -101,22 +101,25 @@ pub(crate) fn serve_threads(
 
 /// What a request was for; packed into user_data with the slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Accept = 0,
     Recv = 1,
     Send = 2,
     Close = 3,
+    /// An ASYNC_CANCEL (the multishot server's).
+    Cancel = 4,
 }
 
-fn token(kind: Kind, slot: u32) -> u64 {
+pub(crate) fn token(kind: Kind, slot: u32) -> u64 {
     (slot as u64) << 8 | kind as u64
 }
 
-fn untoken(ud: u64) -> (Kind, u32) {
+pub(crate) fn untoken(ud: u64) -> (Kind, u32) {
     let kind = match ud & 0xff {
         0 => Kind::Accept,
         1 => Kind::Recv,
         2 => Kind::Send,
+        4 => Kind::Cancel,
         _ => Kind::Close,
     };
     (kind, (ud >> 8) as u32)
@@ -170,26 +173,60 @@ fn serve_one(
     for _ in 0..opts.accept_depth.max(1) {
         lp.queue(Req::Accept);
     }
+    run_loop(&mut lp, shutdown)?;
+    lp.stats.closed += lp.conns.len() as u64;
+    Ok(lp.stats)
+}
+
+/// A completion loop of one serving thread, for [`run_loop`].
+pub(crate) trait CompletionLoop {
+    /// The thread's proactor.
+    fn proactor(&mut self) -> &mut Proactor;
+    /// Handles one completion.
+    fn on_completion(&mut self, c: Completion);
+    /// An error that ends the serving thread, if one happened.
+    fn take_fatal(&mut self) -> Option<io::Error>;
+    /// Queues again the requests refused for lack of room.
+    fn retry(&mut self);
+}
+
+/// Waits for completions and hands them to `lp` until `shutdown` is set (checked at
+/// least every 100 ms) or a fatal error.
+pub(crate) fn run_loop(lp: &mut impl CompletionLoop, shutdown: &AtomicBool) -> io::Result<()> {
     while !shutdown.load(Ordering::Relaxed) {
-        match lp.p.wait(1, Some(Duration::from_millis(100))) {
+        match lp.proactor().wait(1, Some(Duration::from_millis(100))) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
-        while let Some(c) = lp.p.next_completion() {
+        while let Some(c) = lp.proactor().next_completion() {
             lp.on_completion(c);
         }
-        if let Some(e) = lp.fatal.take() {
+        if let Some(e) = lp.take_fatal() {
             return Err(e);
         }
         // Requests refused for lack of room go again now that completions freed some.
-        for _ in 0..lp.retry.len() {
-            let r = lp.retry.pop_front().expect("counted");
-            lp.queue(r);
+        lp.retry();
+    }
+    Ok(())
+}
+
+impl CompletionLoop for Loop<'_> {
+    fn proactor(&mut self) -> &mut Proactor {
+        &mut self.p
+    }
+    fn on_completion(&mut self, c: Completion) {
+        Loop::on_completion(self, c)
+    }
+    fn take_fatal(&mut self) -> Option<io::Error> {
+        self.fatal.take()
+    }
+    fn retry(&mut self) {
+        for _ in 0..self.retry.len() {
+            let r = self.retry.pop_front().expect("counted");
+            self.queue(r);
         }
     }
-    lp.stats.closed += lp.conns.len() as u64;
-    Ok(lp.stats)
 }
 
 impl Loop<'_> {
@@ -294,7 +331,7 @@ impl Loop<'_> {
                 self.conns.remove(&idx);
                 self.stats.closed += 1;
             }
-            Kind::Accept => unreachable!("handled above"),
+            Kind::Accept | Kind::Cancel => {}
         }
     }
 

@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use fastio::{BackendKind, Config, Proactor};
+use fastio_echo::multishot_server::{self, MultishotOptions};
 use fastio_echo::proactor_server::{serve, EchoOptions, ServeStats};
 use fastio_echo::{async_server, check};
 
@@ -27,8 +28,28 @@ struct Server {
     handle: Option<JoinHandle<std::io::Result<ServeStats>>>,
 }
 
-/// The server's two forms: the async runtime (the default) and the raw loop (`--raw`).
-const MODES: [(&str, Serve); 2] = [("async", async_server::serve), ("raw", serve)];
+/// The server's three forms: the async runtime (the default), the raw loop (`--raw`)
+/// and the multishot loop with provided buffers (`--multishot`).
+const MODES: [(&str, Serve); 3] = [
+    ("async", async_server::serve),
+    ("raw", serve),
+    ("multishot", multishot),
+];
+
+fn multishot(
+    l: &std::net::TcpListener,
+    config: &Config,
+    _: &EchoOptions,
+    shutdown: &AtomicBool,
+) -> std::io::Result<ServeStats> {
+    // Few small buffers, so that running out of them (-ENOBUFS, re-arm) is exercised.
+    let opts = MultishotOptions {
+        buffers: 64,
+        buf_size: 2048,
+        accept_range: 0,
+    };
+    multishot_server::serve(l, config, &opts, shutdown)
+}
 
 type Serve =
     fn(&std::net::TcpListener, &Config, &EchoOptions, &AtomicBool) -> std::io::Result<ServeStats>;
@@ -100,6 +121,13 @@ fn each_backend(test: &str, f: impl Fn(SocketAddr) -> Result<(), String>) {
             }
         }
         for (mode, serve) in MODES {
+            if mode == "multishot" && kmod {
+                println!(
+                    "SKIP {test} [{name}, {mode}]: the kernel module has no provided-buffer \
+                     rings yet"
+                );
+                continue;
+            }
             let server = Server::start(cfg.clone(), serve);
             let t0 = Instant::now();
             if let Err(e) = f(server.addr) {

@@ -91,6 +91,8 @@ pub(crate) fn issue(
         Op::Shutdown { how, .. } => net::shutdown(file, how),
         Op::Connect { addr, len, .. } => net::connect(file, addr, len),
         Op::Nop | Op::Close { .. } | Op::AsyncCancel { .. } | Op::OpenAt { .. } => Outcome::Done(0),
+        // Refused by the lane before they get here.
+        Op::RecvSelect { .. } | Op::AcceptMulti { .. } => Outcome::Done(neg(bindings::EOPNOTSUPP)),
     }
 }
 

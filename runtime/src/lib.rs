@@ -18,4 +18,4 @@ pub mod rt;
 pub use backend::Choice;
 pub use config::{BackendKind, Config, ConfigError, ConfigSource, InlineMode};
 pub use fastio_uapi as uapi;
-pub use proactor::{Completion, Proactor, RejectReason, Rejected, Slot};
+pub use proactor::{BufGroup, Completion, Proactor, ProvidedBuf, RejectReason, Rejected, Slot};

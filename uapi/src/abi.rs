@@ -50,7 +50,7 @@
 use core::sync::atomic::AtomicU32;
 
 /// Version of this ABI. `SetupParams::abi_version` must carry it.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Cache line size assumed by the layout.
 pub const CACHE_LINE: usize = 64;
@@ -280,6 +280,14 @@ pub const SHUT_RDWR: u32 = 2;
 pub const MAX_SOCKADDR_LEN: u32 = 128;
 
 // ---------------------------------------------------------------------------------------
+// Provided buffers and multishot requests (ABI 3): pbuf.rs
+// ---------------------------------------------------------------------------------------
+
+#[path = "pbuf.rs"]
+mod pbuf;
+pub use pbuf::*;
+
+// ---------------------------------------------------------------------------------------
 // Entries and ring header
 // ---------------------------------------------------------------------------------------
 
@@ -292,10 +300,10 @@ pub const MAX_SOCKADDR_LEN: u32 = 128;
 pub struct Sqe {
     /// One of the `OP_*` constants.
     pub opcode: u8,
-    /// Per-entry flags; none are defined in this version (must be 0).
+    /// Per-entry flags: [`SQE_BUFFER_SELECT`], [`SQE_MULTISHOT`].
     pub flags: u8,
-    /// Reserved (must be 0).
-    pub ioprio: u16,
+    /// With [`SQE_BUFFER_SELECT`]: the provided-buffer group (else must be 0).
+    pub buf_group: u16,
     /// The registered file slot the request operates on.
     pub slot: u32,
     /// File offset for READ/WRITE/WRITEV (or [`OFF_CURRENT`]), FSYNC and FALLOCATE;
@@ -305,14 +313,15 @@ pub struct Sqe {
     /// socket address for CONNECT; the length for FALLOCATE.
     pub addr: u64,
     /// Byte count, iovec count for WRITEV, address length for CONNECT, range length
-    /// for FSYNC.
+    /// for FSYNC, slot count for a multishot ACCEPT.
     pub len: u32,
     /// Opcode-specific flags (`MSG_*` for RECV/SEND, `ACCEPT_*` for ACCEPT, `O_*` for
     /// OPENAT, `FSYNC_*`, the FALLOCATE mode, the SHUTDOWN `how`).
     pub op_flags: u32,
     /// Opaque token copied into the CQE.
     pub user_data: u64,
-    /// ACCEPT and OPENAT: the slot that receives the new file.
+    /// ACCEPT and OPENAT: the slot that receives the new file (multishot ACCEPT: the
+    /// first slot of its range).
     pub aux: u32,
     /// Reserved (must be 0).
     pub resv0: u32,
@@ -325,7 +334,7 @@ impl Sqe {
     pub const ZERO: Sqe = Sqe {
         opcode: OP_NOP,
         flags: 0,
-        ioprio: 0,
+        buf_group: 0,
         slot: 0,
         off: 0,
         addr: 0,
@@ -346,7 +355,8 @@ pub struct Cqe {
     pub user_data: u64,
     /// Result: a count or slot (>= 0) or a negative errno.
     pub res: i32,
-    /// Completion flags; none are defined in this version.
+    /// Completion flags: [`CQE_F_BUFFER`] (with the buffer id in the upper 16 bits),
+    /// [`CQE_F_MORE`].
     pub flags: u32,
 }
 
@@ -613,6 +623,12 @@ pub const FASTIO_RUN_LANE: u32 = ioc(IOC_WRITE, 7, core::mem::size_of::<ThreadAr
 /// `_IOW(0xFA, 8, ThreadArg)`: the calling thread becomes a helper that does the
 /// context's blocking work, until [`FASTIO_SHUTDOWN`] or a signal (as `RUN_LANE`).
 pub const FASTIO_RUN_HELPER: u32 = ioc(IOC_WRITE, 8, core::mem::size_of::<ThreadArg>());
+/// `_IOW(0xFA, 10, BufRingReg)`: registers a provided-buffer group (see [`BufRingReg`]).
+/// `-EEXIST`: the group is registered.
+pub const FASTIO_REGISTER_BUF_RING: u32 = ioc(IOC_WRITE, 10, core::mem::size_of::<BufRingReg>());
+/// `_IOW(0xFA, 11, BufGroupArg)`: unregisters a provided-buffer group; `-EBUSY` while a
+/// request that uses it is in flight, `-ENOENT` if it is not registered.
+pub const FASTIO_UNREGISTER_BUF_RING: u32 = ioc(IOC_WRITE, 11, core::mem::size_of::<BufGroupArg>());
 /// `_IO(0xFA, 9)`: every lane and helper thread of the context returns 0, waiting
 /// requests complete with `-ECANCELED`; later `RUN_*` calls fail with `-ESHUTDOWN`.
 pub const FASTIO_SHUTDOWN: u32 = ioc(0, 9, 0);
@@ -632,7 +648,7 @@ macro_rules! assert_layout {
 }
 
 assert_layout!(Sqe, size 64, align 8, {
-    opcode @ 0, flags @ 1, ioprio @ 2, slot @ 4, off @ 8, addr @ 16, len @ 24,
+    opcode @ 0, flags @ 1, buf_group @ 2, slot @ 4, off @ 8, addr @ 16, len @ 24,
     op_flags @ 28, user_data @ 32, aux @ 40, resv0 @ 44, resv @ 48,
 });
 assert_layout!(Cqe, size 16, align 8, { user_data @ 0, res @ 8, flags @ 12 });
@@ -651,6 +667,12 @@ assert_layout!(EnterArgs, size 24, align 8, {
 assert_layout!(FilesUpdate, size 24, align 8, { fds @ 0, slots @ 8, count @ 16, resv @ 20 });
 assert_layout!(SlotArg, size 8, align 4, { slot @ 0, flags @ 4 });
 assert_layout!(ThreadArg, size 8, align 4, { index @ 0, flags @ 4 });
+assert_layout!(BufRingHeader, size 128, align 64, { tail @ 0, head @ 64 });
+assert_layout!(BufRingReg, size 48, align 8, {
+    ring_addr @ 0, bufs_addr @ 8, entries @ 16, count @ 20, buf_size @ 24, group @ 28,
+    resv @ 32,
+});
+assert_layout!(BufGroupArg, size 8, align 4, { group @ 0, flags @ 4 });
 assert_layout!(IoVec, size 16, align 8, { base @ 0, len @ 8 });
 assert_layout!(Stats, size 64, align 8, {
     ops @ 0, parked @ 8, wakeups @ 16, offloaded @ 24, pending @ 32, inline_ops @ 40,
@@ -679,6 +701,11 @@ const _: () = {
     assert!(FASTIO_RUN_LANE == 0x4008_FA07);
     assert!(FASTIO_RUN_HELPER == 0x4008_FA08);
     assert!(FASTIO_SHUTDOWN == 0x0000_FA09);
+    assert!(FASTIO_REGISTER_BUF_RING == 0x4030_FA0A);
+    assert!(FASTIO_UNREGISTER_BUF_RING == 0x4008_FA0B);
+    // Buffer ids fit the upper 16 bits of the CQE flags.
+    assert!(MAX_PBUF_ENTRIES <= 1 << 16);
+    assert!(MAX_PBUF_BYTES >= MAX_PBUF_SIZE as u64);
     assert!(MAX_RW_LEN == 0x7FFF_F000);
     // Opcodes are dense: OP_LAST is one past CONNECT, the last one.
     assert!(OP_ASYNC_CANCEL == 8 && OP_OPENAT == 9 && OP_CONNECT == 13);

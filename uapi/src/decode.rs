@@ -48,6 +48,27 @@ pub enum Op {
         /// `MSG_*` flags (a subset of [`RECV_FLAGS`]).
         flags: u32,
     },
+    /// [`OP_RECV`] with [`SQE_BUFFER_SELECT`]: into a buffer of a provided group.
+    RecvSelect {
+        /// Socket.
+        slot: u32,
+        /// Provided-buffer group (below [`MAX_BUF_GROUPS`]).
+        group: u16,
+        /// With [`SQE_MULTISHOT`]: stays armed, one CQE per reception.
+        multishot: bool,
+    },
+    /// [`OP_ACCEPT`] with [`SQE_MULTISHOT`]: each connection into the lowest empty slot
+    /// of `first..first + count`.
+    AcceptMulti {
+        /// Listening socket.
+        slot: u32,
+        /// First slot of the range.
+        first: u32,
+        /// Number of slots in the range (`first + count <= max_files`, `count >= 1`).
+        count: u32,
+        /// [`ACCEPT_*`](ACCEPT_NONBLOCK) flags.
+        flags: u32,
+    },
     /// [`OP_SEND`].
     Send {
         /// Socket.
@@ -174,6 +195,8 @@ impl Op {
             Op::Nop | Op::AsyncCancel { .. } => None,
             Op::OpenAt { dir, .. } => dir,
             Op::Accept { slot, .. }
+            | Op::AcceptMulti { slot, .. }
+            | Op::RecvSelect { slot, .. }
             | Op::Recv { slot, .. }
             | Op::Send { slot, .. }
             | Op::Read { slot, .. }
@@ -190,7 +213,11 @@ impl Op {
     /// The readiness the request needs when it would block.
     pub const fn direction(&self) -> Direction {
         match self {
-            Op::Accept { .. } | Op::Recv { .. } | Op::Read { .. } => Direction::In,
+            Op::Accept { .. }
+            | Op::AcceptMulti { .. }
+            | Op::Recv { .. }
+            | Op::RecvSelect { .. }
+            | Op::Read { .. } => Direction::In,
             Op::Send { .. } | Op::Write { .. } | Op::Writev { .. } | Op::Connect { .. } => {
                 Direction::Out
             }
@@ -221,8 +248,20 @@ const fn clamp_len(len: u32) -> u32 {
 /// checked without overflow) and CONNECT's address length in `2..=MAX_SOCKADDR_LEN`.
 /// Lengths above [`MAX_RW_LEN`] are clamped, not refused. Addresses are not checked
 /// here: the copy to or from user memory reports `-EFAULT`.
+///
+/// SQE flags: only [`SQE_FLAGS`]; [`SQE_BUFFER_SELECT`] only on RECV (with `addr`,
+/// `len` and `op_flags` 0 and a group below [`MAX_BUF_GROUPS`]); [`SQE_MULTISHOT`] only
+/// on RECV with [`SQE_BUFFER_SELECT`] and on ACCEPT (with a slot range `aux..aux + len`,
+/// `len >= 1`, inside `max_files`); `buf_group` is 0 without [`SQE_BUFFER_SELECT`].
+/// Whether the group is registered is the executor's business (`-ENOBUFS`).
 pub const fn decode(sqe: &Sqe, max_files: u32) -> Result<Op, SqeError> {
-    if sqe.flags != 0 || sqe.ioprio != 0 || sqe.resv0 != 0 || sqe.resv[0] != 0 || sqe.resv[1] != 0 {
+    if sqe.flags & !SQE_FLAGS != 0 || sqe.resv0 != 0 || sqe.resv[0] != 0 || sqe.resv[1] != 0 {
+        return Err(SqeError::Invalid);
+    }
+    if sqe.flags != 0 {
+        return decode_selected(sqe, max_files);
+    }
+    if sqe.buf_group != 0 {
         return Err(SqeError::Invalid);
     }
     let slot = sqe.slot;
@@ -385,6 +424,134 @@ pub const fn decode(sqe: &Sqe, max_files: u32) -> Result<Op, SqeError> {
         _ => return Err(SqeError::Invalid),
     };
     Ok(op)
+}
+
+/// A request with SQE flags (the reserved fields are checked).
+const fn decode_selected(sqe: &Sqe, max_files: u32) -> Result<Op, SqeError> {
+    let select = sqe.flags & SQE_BUFFER_SELECT != 0;
+    let multishot = sqe.flags & SQE_MULTISHOT != 0;
+    if sqe.opcode != OP_RECV && sqe.opcode != OP_ACCEPT {
+        return Err(SqeError::Invalid);
+    }
+    if sqe.slot >= max_files {
+        return Err(SqeError::BadSlot);
+    }
+    if sqe.opcode == OP_RECV {
+        // The buffer comes from the group: no address, length or flags of its own.
+        if !select
+            || sqe.off != 0
+            || sqe.addr != 0
+            || sqe.len != 0
+            || sqe.op_flags != 0
+            || sqe.aux != 0
+            || sqe.buf_group as u32 >= MAX_BUF_GROUPS
+        {
+            return Err(SqeError::Invalid);
+        }
+        return Ok(Op::RecvSelect {
+            slot: sqe.slot,
+            group: sqe.buf_group,
+            multishot,
+        });
+    }
+    // ACCEPT takes no buffer; only MULTISHOT.
+    if select
+        || !multishot
+        || sqe.buf_group != 0
+        || sqe.off != 0
+        || sqe.addr != 0
+        || sqe.op_flags & !ACCEPT_FLAGS != 0
+        || sqe.len == 0
+    {
+        return Err(SqeError::Invalid);
+    }
+    match sqe.aux.checked_add(sqe.len) {
+        Some(end) if end <= max_files => {}
+        _ => return Err(SqeError::BadSlot),
+    }
+    Ok(Op::AcceptMulti {
+        slot: sqe.slot,
+        first: sqe.aux,
+        count: sqe.len,
+        flags: sqe.op_flags,
+    })
+}
+
+/// Why a [`BufRingReg`] was refused: always `-EINVAL`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufRingError;
+
+/// A validated [`BufRingReg`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufRing {
+    /// Group id.
+    pub group: u16,
+    /// User address of the ring header.
+    pub ring_addr: u64,
+    /// User address of the first id (after the header).
+    pub ids_addr: u64,
+    /// Ring entries (a power of two).
+    pub entries: u32,
+    /// User address of the buffers.
+    pub bufs_addr: u64,
+    /// Number of buffers.
+    pub count: u32,
+    /// Bytes per buffer.
+    pub buf_size: u32,
+}
+
+impl BufRing {
+    /// User address of buffer `id` (below `count`; `None` otherwise).
+    pub const fn buf_addr(&self, id: u16) -> Option<u64> {
+        if id as u32 >= self.count {
+            return None;
+        }
+        // Cannot overflow: `validate_buf_ring` checked the end of the last buffer.
+        Some(self.bufs_addr + id as u64 * self.buf_size as u64)
+    }
+}
+
+/// Validates a private copy of a [`BufRingReg`]: group below [`MAX_BUF_GROUPS`],
+/// entries a power of two up to [`MAX_PBUF_ENTRIES`], `count` in `1..=entries`,
+/// `buf_size` in `1..=MAX_PBUF_SIZE`, `count * buf_size <= MAX_PBUF_BYTES`, the ring
+/// aligned to [`CACHE_LINE`], both areas non-empty ranges that do not wrap and end below
+/// `user_end` (the top of the user address space; the caller also checks access), and
+/// the reserved fields 0. All arithmetic is checked.
+pub const fn validate_buf_ring(reg: &BufRingReg, user_end: u64) -> Result<BufRing, BufRingError> {
+    if reg.resv[0] != 0 || reg.resv[1] != 0 || reg.group >= MAX_BUF_GROUPS {
+        return Err(BufRingError);
+    }
+    let e = reg.entries;
+    if e == 0 || e > MAX_PBUF_ENTRIES || !e.is_power_of_two() {
+        return Err(BufRingError);
+    }
+    if reg.count == 0 || reg.count > e || reg.buf_size == 0 || reg.buf_size > MAX_PBUF_SIZE {
+        return Err(BufRingError);
+    }
+    let bytes = match (reg.count as u64).checked_mul(reg.buf_size as u64) {
+        Some(b) if b <= MAX_PBUF_BYTES => b,
+        _ => return Err(BufRingError),
+    };
+    if reg.ring_addr == 0 || reg.ring_addr & (CACHE_LINE as u64 - 1) != 0 || reg.bufs_addr == 0 {
+        return Err(BufRingError);
+    }
+    match reg.ring_addr.checked_add(buf_ring_size(e)) {
+        Some(end) if end <= user_end => {}
+        _ => return Err(BufRingError),
+    }
+    match reg.bufs_addr.checked_add(bytes) {
+        Some(end) if end <= user_end => {}
+        _ => return Err(BufRingError),
+    }
+    Ok(BufRing {
+        group: reg.group as u16,
+        ring_addr: reg.ring_addr,
+        ids_addr: reg.ring_addr + core::mem::size_of::<BufRingHeader>() as u64,
+        entries: e,
+        bufs_addr: reg.bufs_addr,
+        count: reg.count,
+        buf_size: reg.buf_size,
+    })
 }
 
 /// OPENAT's checks (the common ones are done).

@@ -102,7 +102,7 @@ fn garbage_is_refused_with_the_right_errno() {
         ),
         (
             Sqe {
-                ioprio: 1,
+                buf_group: 1,
                 ..sqe(OP_NOP)
             },
             SqeError::Invalid,
@@ -238,7 +238,7 @@ fn random_entries_never_escape_bounds() {
             chunk.copy_from_slice(&next().to_le_bytes());
         }
         // Zero each field with probability 3/4 so that valid requests are reached too;
-        // field boundaries: opcode, flags, ioprio, slot, off, addr, len, op_flags,
+        // field boundaries: opcode, flags, buf_group, slot, off, addr, len, op_flags,
         // user_data, aux, resv0, resv.
         let bounds = [0, 1, 2, 4, 8, 16, 24, 28, 32, 40, 44, 48, 64];
         for w in bounds.windows(2).skip(1) {
@@ -269,6 +269,10 @@ fn random_entries_never_escape_bounds() {
                 }
                 Op::Shutdown { how, .. } => assert!(how <= SHUT_RDWR),
                 Op::Connect { len, .. } => assert!((2..=MAX_SOCKADDR_LEN).contains(&len)),
+                Op::RecvSelect { group, .. } => assert!((group as u32) < MAX_BUF_GROUPS),
+                Op::AcceptMulti { first, count, .. } => {
+                    assert!(count >= 1 && first.checked_add(count).unwrap() <= MAX_FILES_)
+                }
             }
         }
     }

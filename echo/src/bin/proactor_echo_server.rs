@@ -1,6 +1,8 @@
-//! `proactor_echo_server PORT [--config PATH] [--backend KIND] [--raw]`: the FastIO echo
-//! server on the fastio async runtime (`--raw`: the hand-written completion loop on the
-//! proactor, for comparison). Stops cleanly on SIGINT/SIGTERM.
+//! `proactor_echo_server PORT [--config PATH] [--backend KIND] [--raw | --multishot]`:
+//! the FastIO echo server on the fastio async runtime (`--raw`: the hand-written
+//! completion loop on the proactor, for comparison; `--multishot`: a completion loop on
+//! multishot ACCEPT and RECV with a provided-buffer group, whose idle connections hold
+//! no buffer). Stops cleanly on SIGINT/SIGTERM.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -31,8 +33,18 @@ struct Args {
     buf_size: usize,
     /// Serve with the hand-written completion loop on the proactor instead of the async
     /// runtime.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "multishot")]
     raw: bool,
+    /// Serve with multishot ACCEPT and RECV into a provided-buffer group shared by every
+    /// connection (buffers recycled once their bytes are sent back).
+    #[arg(long)]
+    multishot: bool,
+    /// --multishot: buffers in the group (per serving thread).
+    #[arg(long, default_value_t = 1024)]
+    pbufs: u32,
+    /// --multishot: bytes per buffer of the group.
+    #[arg(long, default_value_t = 4096)]
+    pbuf_size: u32,
 }
 
 fn main() -> ExitCode {
@@ -72,6 +84,20 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         buf_size: args.buf_size,
         ..EchoOptions::default()
     };
+    if args.multishot {
+        eprintln!(
+            "proactor_echo_server: multishot accept + recv, {} provided buffers of {} bytes \
+             (--multishot)",
+            args.pbufs, args.pbuf_size
+        );
+        let opts = fastio_echo::multishot_server::MultishotOptions {
+            buffers: args.pbufs,
+            buf_size: args.pbuf_size,
+            accept_range: 0,
+        };
+        let stats = fastio_echo::multishot_server::serve(&listener, &config, &opts, shutdown)?;
+        return report(&stats);
+    }
     let serve = if args.raw {
         fastio_echo::proactor_server::serve
     } else {
@@ -86,6 +112,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     );
     let stats = serve(&listener, &config, &opts, shutdown)?;
+    report(&stats)
+}
+
+fn report(
+    stats: &fastio_echo::proactor_server::ServeStats,
+) -> Result<(), Box<dyn std::error::Error>> {
     eprintln!(
         "proactor_echo_server: shut down: {} connection(s) accepted, {} closed, {} byte(s) echoed, {} accept error(s)",
         stats.accepted, stats.closed, stats.bytes, stats.accept_errors

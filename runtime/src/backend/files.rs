@@ -92,6 +92,11 @@ impl FileTable {
         self.slot(slot).ok().and_then(|m| lock(m).clone())
     }
 
+    /// Whether `slot` exists and holds no file.
+    pub(crate) fn is_empty(&self, slot: u32) -> bool {
+        self.slot(slot).is_ok_and(|m| lock(m).is_none())
+    }
+
     /// Fills the empty `slot`; `EBUSY` if it is occupied, `EBADF` if out of range.
     pub(crate) fn insert(&self, slot: u32, file: FileRef) -> io::Result<()> {
         let mut s = lock(self.slot(slot)?);

@@ -13,6 +13,7 @@ pub(crate) mod kmod;
 pub(crate) mod rings;
 pub(crate) mod threads;
 pub(crate) mod uring;
+mod uring_bufs;
 
 use std::fmt;
 use std::io;
@@ -64,6 +65,39 @@ pub(crate) trait Backend: Send {
     fn cancel_all(&mut self) -> io::Result<bool>;
     /// Whether the executor of `lane` is asleep with NEED_WAKEUP set (None: no such flag).
     fn lane_asleep(&self, lane: u32) -> Option<bool>;
+    /// Registers provided-buffer group `group`: `count` buffers of `buf_size` bytes
+    /// starting at `bufs` (buffer `id` at `bufs + id * buf_size`), every one of them
+    /// given to the executor. `Unsupported` on a backend without provided buffers.
+    ///
+    /// # Safety
+    ///
+    /// The memory must stay valid until `unregister_buffers` of the group returned Ok
+    /// (or the backend is dropped), and nobody may access a buffer while the executor
+    /// owns it: from registration, or from `provide_buffer`, until a CQE hands its id
+    /// out.
+    unsafe fn register_buffers(
+        &mut self,
+        group: u16,
+        bufs: *mut u8,
+        buf_size: u32,
+        count: u32,
+    ) -> io::Result<()> {
+        let _ = (group, bufs, buf_size, count);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "provided-buffer rings are not supported by this backend",
+        ))
+    }
+    /// Gives buffer `id` of `group` back to the executor (its bytes are no longer
+    /// accessed by userspace). An id the executor already owns is a caller bug.
+    fn provide_buffer(&mut self, group: u16, id: u16) {
+        let _ = (group, id);
+    }
+    /// Unregisters `group`; the caller made sure no request that uses it is in flight.
+    fn unregister_buffers(&mut self, group: u16) -> io::Result<()> {
+        let _ = group;
+        Err(io::Error::from_raw_os_error(libc::ENOENT))
+    }
     /// The kernel module's counters of this context (`FASTIO_GET_STATS`); None on
     /// backends other than `kmod`.
     fn kernel_stats(&self) -> Option<io::Result<fastio_uapi::Stats>> {

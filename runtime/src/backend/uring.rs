@@ -43,6 +43,7 @@ use std::time::Duration;
 use fastio_uapi::{decode, Cqe, Op, Sqe, FSYNC_DATASYNC, MSG_NOSIGNAL, OFF_CURRENT};
 use io_uring::{opcode, squeue, types, IoUring};
 
+use super::uring_bufs::{cqe_flags, UringBufs};
 use super::Backend;
 use crate::config::Config;
 
@@ -69,6 +70,8 @@ pub(crate) struct UringBackend {
     /// OPENATs in a directory slot in flight: their user_data, the descriptor of the
     /// directory and the `open_how`, both kept until the completion.
     opens: Vec<(u64, OwnedFd, Box<types::OpenHow>)>,
+    /// Provided-buffer rings and the multishot ACCEPT range.
+    bufs: UringBufs,
 }
 
 impl UringBackend {
@@ -137,6 +140,7 @@ impl UringBackend {
                 stash: Vec::new(),
                 cancels: Vec::new(),
                 opens: Vec::new(),
+                bufs: UringBufs::default(),
             },
             sqpoll,
             note,
@@ -168,6 +172,30 @@ impl UringBackend {
             } => opcode::Recv::new(fixed(slot), addr as *mut u8, len)
                 .flags(flags as i32)
                 .build(),
+            Op::RecvSelect {
+                slot,
+                group,
+                multishot: true,
+            } => opcode::RecvMulti::new(fixed(slot), group).build(),
+            Op::RecvSelect { slot, group, .. } => {
+                opcode::Recv::new(fixed(slot), std::ptr::null_mut(), 0)
+                    .buf_group(group)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
+            }
+            Op::AcceptMulti {
+                slot,
+                first,
+                count,
+                flags,
+            } => {
+                self.bufs
+                    .arm_accept(&self.ring, first, count, sqe.user_data)?;
+                opcode::AcceptMulti::new(fixed(slot))
+                    .allocate_file_index(true)
+                    .flags(flags as i32)
+                    .build()
+            }
             Op::Send {
                 slot,
                 addr,
@@ -353,7 +381,11 @@ impl Backend for UringBackend {
                     INSTALL_TOKEN => found = Some(c.result()),
                     // The backend's own cancel (of a CLOSE): nobody waits for it.
                     CANCEL_TOKEN => {}
-                    _ => self.stash.push(cqe(&c)),
+                    _ => {
+                        let e = cqe(&c);
+                        self.bufs.on_cqe(e.user_data, e.flags);
+                        self.stash.push(e)
+                    }
                 }
             }
             match found {
@@ -404,8 +436,10 @@ impl Backend for UringBackend {
             self.cancels.push(sqe.user_data);
         }
         if !pushed {
-            // Refused for now: an OPENAT's directory descriptor is not needed after all.
+            // Refused for now: an OPENAT's directory descriptor is not needed after all,
+            // a multishot ACCEPT is not armed.
             self.forget_open(sqe.user_data);
+            self.bufs.accept_done(sqe.user_data);
         }
         pushed
     }
@@ -440,6 +474,7 @@ impl Backend for UringBackend {
                 continue;
             }
             let mut e = cqe(&c);
+            self.bufs.on_cqe(e.user_data, e.flags);
             if let Some(i) = self.opens.iter().position(|o| o.0 == e.user_data) {
                 self.opens.swap_remove(i);
             }
@@ -516,6 +551,25 @@ impl Backend for UringBackend {
     fn lane_asleep(&self, _lane: u32) -> Option<bool> {
         None
     }
+
+    unsafe fn register_buffers(
+        &mut self,
+        group: u16,
+        bufs: *mut u8,
+        buf_size: u32,
+        count: u32,
+    ) -> io::Result<()> {
+        // SAFETY: forwarded from our caller.
+        unsafe { self.bufs.register(&self.ring, group, bufs, buf_size, count) }
+    }
+
+    fn provide_buffer(&mut self, group: u16, id: u16) {
+        self.bufs.provide(group, id)
+    }
+
+    fn unregister_buffers(&mut self, group: u16) -> io::Result<()> {
+        self.bufs.unregister(&self.ring, group)
+    }
 }
 
 /// The ABI's result of an ASYNC_CANCEL from io_uring's: with `ALL` io_uring answers the
@@ -538,7 +592,7 @@ fn cqe(c: &io_uring::cqueue::Entry) -> Cqe {
     Cqe {
         user_data: c.user_data(),
         res: c.result(),
-        flags: 0,
+        flags: cqe_flags(c.flags()),
     }
 }
 

@@ -47,6 +47,7 @@
 //! only after every other request on the slot has completed, so a CLOSE's completion
 //! always comes after the `-ECANCELED` completions of the requests it cancelled.
 
+mod bufs;
 mod requests;
 mod sysops;
 #[cfg(test)]
@@ -59,11 +60,14 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use fastio_uapi::{Cqe, IoVec, OP_ACCEPT, OP_ASYNC_CANCEL, OP_CLOSE, OP_NOP, OP_OPENAT};
+use fastio_uapi::{
+    Cqe, IoVec, CQE_F_MORE, OP_ACCEPT, OP_ASYNC_CANCEL, OP_CLOSE, OP_NOP, OP_OPENAT,
+};
 
 use crate::backend::{self, Backend, Choice};
 use crate::config::Config;
 
+pub use self::bufs::{BufGroup, ProvidedBuf};
 pub use self::types::{Completion, RejectReason, Rejected, Slot};
 
 /// CQ entries per lane kept back for the runtime's own requests (cancel, install).
@@ -111,6 +115,12 @@ struct InFlight {
     bufs: Vec<Vec<u8>>,
     /// WRITEV: the iovec array the executor reads (points into `bufs`).
     iovecs: Vec<IoVec>,
+    /// A RECV into provided buffers: the group.
+    group: Option<u16>,
+    /// A multishot request (many CQEs; `dest` is the first slot of an ACCEPT's range).
+    multishot: bool,
+    /// A SEND from a provided buffer: the buffer, handed back in the completion.
+    pbuf: Option<ProvidedBuf>,
 }
 
 /// Whether a tracked request with `opcode` counts in its slot's in-flight count (every
@@ -151,6 +161,10 @@ pub struct Proactor {
     /// The token `queue_full` gave its last request.
     pub(super) last_token: u32,
     free_slots: Vec<u32>,
+    /// Provided-buffer groups, by id.
+    groups: HashMap<u16, bufs::GroupState>,
+    /// Slot ranges of the armed multishot ACCEPTs.
+    accept_ranges: Vec<std::ops::Range<u32>>,
     ready: VecDeque<Completion>,
     next_nop_lane: u32,
     staged: bool,
@@ -185,6 +199,8 @@ impl Proactor {
             cancel_targets: HashMap::new(),
             last_token: 0,
             free_slots: (0..max_files).rev().collect(),
+            groups: HashMap::new(),
+            accept_ranges: Vec::new(),
             ready: VecDeque::new(),
             next_nop_lane: 0,
             staged: false,
@@ -286,6 +302,11 @@ impl Proactor {
     }
 
     fn release_slot(&mut self, slot: u32) {
+        if self.in_accept_range(slot) {
+            // Back to the armed multishot ACCEPT that may install into it.
+            self.slots[slot as usize] = SlotState::Accepting;
+            return;
+        }
         self.slots[slot as usize] = SlotState::Free;
         self.free_slots.push(slot);
     }
@@ -303,6 +324,9 @@ impl Proactor {
 
     /// Hands every queued request to the executors (waking sleeping workers).
     pub fn submit(&mut self) -> io::Result<()> {
+        if !self.groups.is_empty() {
+            self.return_buffers();
+        }
         if self.staged {
             self.backend.submit()?;
             // A backend whose executor had no room (io_uring's EBUSY) keeps the rest for
@@ -397,7 +421,55 @@ impl Proactor {
         }
     }
 
+    /// A CQE with `CQE_F_MORE`: the multishot request stays in flight.
+    fn finish_more(&mut self, cqe: Cqe) {
+        let Some(f) = self
+            .inflight
+            .get(cqe.user_data as usize)
+            .and_then(Option::as_ref)
+        else {
+            eprintln!(
+                "fastio: completion for unknown request {:#x} (result {}) ignored",
+                cqe.user_data, cqe.res
+            );
+            return;
+        };
+        let (user_data, group, accept) = (f.user_data, f.group, f.opcode == OP_ACCEPT && f.tracked);
+        let provided = group.and_then(|g| self.take_provided(g, cqe.res, cqe.flags));
+        let accepted = if accept {
+            self.accept_landed(cqe.res)
+        } else {
+            None
+        };
+        self.ready.push_back(Completion {
+            user_data,
+            result: cqe.res,
+            buf: None,
+            bufs: Vec::new(),
+            accepted,
+            provided,
+            more: true,
+            flags: cqe.flags,
+        });
+    }
+
+    /// A multishot ACCEPT installed a connection into `res` (if it is a slot of an armed
+    /// range waiting for one): the slot is open now.
+    fn accept_landed(&mut self, res: i32) -> Option<Slot> {
+        let slot = u32::try_from(res).ok()?;
+        if self.slots.get(slot as usize) != Some(&SlotState::Accepting)
+            || !self.in_accept_range(slot)
+        {
+            return None;
+        }
+        self.slots[slot as usize] = SlotState::Open;
+        Some(Slot(slot))
+    }
+
     fn finish(&mut self, cqe: Cqe) {
+        if cqe.flags & CQE_F_MORE != 0 {
+            return self.finish_more(cqe);
+        }
         let token = cqe.user_data as usize;
         let Some(f) = self.inflight.get_mut(token).and_then(Option::take) else {
             eprintln!(
@@ -415,7 +487,19 @@ impl Proactor {
         self.lane_inflight[f.lane as usize] -= f.cost;
         self.pending -= 1;
         let mut accepted = None;
-        let installs = matches!(f.opcode, OP_ACCEPT | OP_OPENAT);
+        let provided = match f.group {
+            Some(g) => {
+                let b = self.take_provided(g, cqe.res, cqe.flags);
+                self.group_user_done(g);
+                b
+            }
+            None => f.pbuf,
+        };
+        if f.tracked && f.multishot && f.opcode == OP_ACCEPT {
+            accepted = self.accept_landed(cqe.res);
+            self.accept_range_done(f.dest);
+        }
+        let installs = matches!(f.opcode, OP_ACCEPT | OP_OPENAT) && !f.multishot;
         if f.tracked && installs && (f.dest as usize) < self.slots.len() {
             if cqe.res >= 0 {
                 self.slots[f.dest as usize] = SlotState::Open;
@@ -435,6 +519,9 @@ impl Proactor {
             buf: f.buf,
             bufs: f.bufs,
             accepted,
+            provided,
+            more: false,
+            flags: cqe.flags,
         };
         if !f.tracked {
             self.ready.push_back(completion);
@@ -536,6 +623,7 @@ impl Drop for Proactor {
                 self.pending
             );
             std::mem::forget(std::mem::take(&mut self.inflight));
+            self.leak_groups();
         }
     }
 }

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use fastio_uapi::{
     IoVec, Sqe, ACCEPT_NONBLOCK, OFF_CURRENT, OP_ACCEPT, OP_ASYNC_CANCEL, OP_CLOSE, OP_READ,
-    OP_RECV, OP_SEND, OP_WRITE, OP_WRITEV,
+    OP_RECV, OP_SEND, OP_WRITE, OP_WRITEV, SQE_BUFFER_SELECT, SQE_MULTISHOT,
 };
 
 use super::types::reject;
@@ -192,6 +192,9 @@ impl Proactor {
                 buf: None,
                 bufs: Vec::new(),
                 accepted: None,
+                provided: None,
+                more: false,
+                flags: 0,
             });
             return Ok(());
         };
@@ -304,9 +307,12 @@ impl Proactor {
         slot % self.lanes
     }
 
-    /// CQ entries a request with `opcode` may make its lane's executor post.
-    fn cost(&self, opcode: u8) -> u32 {
-        if opcode == OP_CLOSE {
+    /// CQ entries a request may make its lane's executor post that the proactor must
+    /// budget for: a multishot request none (the executors keep what finds the CQ full).
+    fn cost(&self, sqe: &Sqe) -> u32 {
+        if sqe.flags & SQE_MULTISHOT != 0 {
+            0
+        } else if sqe.opcode == OP_CLOSE {
             self.backend.close_cost()
         } else {
             1
@@ -347,7 +353,7 @@ impl Proactor {
         origin: Origin,
     ) -> Result<(), Rejected> {
         let opcode = sqe.opcode;
-        let cost = self.cost(opcode);
+        let cost = self.cost(&sqe);
         if !self.has_room(lane, cost, origin) {
             return Err(reject(RejectReason::Busy, buf, bufs));
         }
@@ -377,6 +383,9 @@ impl Proactor {
             buf,
             bufs,
             iovecs,
+            group: (tracked && sqe.flags & SQE_BUFFER_SELECT != 0).then_some(sqe.buf_group),
+            multishot: sqe.flags & SQE_MULTISHOT != 0,
+            pbuf: None,
         });
         if tracked && counts_on_slot(opcode) {
             // OPENAT in the current directory names no slot (OPENAT_CWD).

@@ -34,6 +34,13 @@ pub struct Completion {
     pub bufs: Vec<Vec<u8>>,
     /// For a successful ACCEPT or OPENAT: the slot of the new connection or file.
     pub accepted: Option<Slot>,
+    /// A RECV into provided buffers: the buffer holding the `result` bytes received.
+    pub provided: Option<super::ProvidedBuf>,
+    /// A multishot request stays armed: more completions will come for it. The last
+    /// completion of every request has it clear.
+    pub more: bool,
+    /// The CQE's flags as the executor posted them (`CQE_F_*`).
+    pub flags: u32,
 }
 
 impl Completion {

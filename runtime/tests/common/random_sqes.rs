@@ -144,6 +144,20 @@ pub fn check_result(sqe: &Sqe, res: i32, max_files: u32) {
         Ok(Op::Fsync { .. } | Op::Fallocate { .. } | Op::Shutdown { .. } | Op::Connect { .. }) => {
             assert!(res <= 0, "{}", ctx())
         }
+        Ok(Op::RecvSelect { .. }) => {
+            assert!(
+                res < 0 || res as u32 <= fastio::uapi::MAX_PBUF_SIZE,
+                "{}",
+                ctx()
+            )
+        }
+        Ok(Op::AcceptMulti { first, count, .. }) => {
+            assert!(
+                res < 0 || (first..first + count).contains(&(res as u32)),
+                "{}",
+                ctx()
+            )
+        }
     }
 }
 
@@ -351,8 +365,9 @@ impl Gen {
         }
         if sloppy {
             match self.rng.below(9) {
-                0 => s.flags = 1 + self.rng.below(255) as u8,
-                1 => s.ioprio = 1 + self.rng.below(65535) as u16,
+                // Always an undefined flag bit (4 and up), so the entry stays invalid.
+                0 => s.flags = 4 + self.rng.below(252) as u8,
+                1 => s.buf_group = 1 + self.rng.below(65535) as u16,
                 2 => s.resv0 = 1 + self.rng.below(u32::MAX as u64 - 1) as u32,
                 3 => s.resv[0] = 1 + self.rng.below(u64::MAX - 1),
                 4 => s.resv[1] = 1 + self.rng.below(u64::MAX - 1),

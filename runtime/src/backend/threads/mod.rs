@@ -37,6 +37,7 @@
 //! - an explicit `MSG_DONTWAIT` in a RECV or SEND completes with `-EAGAIN` instead of
 //!   being parked, as everywhere.
 
+mod bufs;
 mod sys;
 #[cfg(test)]
 mod tests;
@@ -84,6 +85,8 @@ struct Shared {
     /// Eventfd the waiter polls; written by workers after posting completions.
     cq_event: OwnedFd,
     stats: Vec<LaneStats>,
+    /// Provided-buffer groups.
+    groups: bufs::Groups,
 }
 
 impl Shared {
@@ -156,6 +159,7 @@ impl ThreadsBackend {
             cq_waiters: AtomicU32::new(0),
             cq_event: eventfd()?,
             stats: (0..nlanes).map(|_| LaneStats::default()).collect(),
+            groups: bufs::Groups::default(),
         });
         let mut backend = ThreadsBackend {
             // SAFETY: `mem` is fresh; this is its only userspace side.
@@ -281,5 +285,39 @@ impl Backend for ThreadsBackend {
 
     fn lane_asleep(&self, lane: u32) -> Option<bool> {
         self.rings.lane_asleep(lane)
+    }
+
+    unsafe fn register_buffers(
+        &mut self,
+        group: u16,
+        bufs: *mut u8,
+        buf_size: u32,
+        count: u32,
+    ) -> io::Result<()> {
+        if count == 0 || count > fastio_uapi::MAX_PBUF_ENTRIES || buf_size == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        if !self
+            .shared
+            .groups
+            .insert(group, bufs::Group::new(bufs, buf_size, count))
+        {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        Ok(())
+    }
+
+    fn provide_buffer(&mut self, group: u16, id: u16) {
+        if let Some(g) = self.shared.groups.get(group) {
+            g.give(id);
+        }
+    }
+
+    fn unregister_buffers(&mut self, group: u16) -> io::Result<()> {
+        if self.shared.groups.remove(group) {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::ENOENT))
+        }
     }
 }

@@ -16,10 +16,17 @@ use fastio_uapi::{
     decode, Cqe, Direction, IoVec, Op, Sqe, FSYNC_DATASYNC, MSG_DONTWAIT, OFF_CURRENT,
 };
 
+use self::multishot::{is_selected, Step};
 use super::sys::{block_sigpipe, drain_eventfd, epoll_ctl, pin_to_cpu};
 use super::Shared;
 use crate::backend::files::FileRef;
 use crate::ring::{CqProducer, SqConsumer};
+
+mod multishot;
+
+/// Most steps one readiness event gives one multishot request before the others on the
+/// worker get their turn (it stays armed; epoll reports the file again).
+const MAX_STEPS: u32 = 64;
 
 /// A request waiting for readiness.
 struct Parked {
@@ -150,6 +157,8 @@ pub(super) struct Worker {
     waits: HashMap<u64, FileWait>,
     /// The last `cancel_epoch` acted on.
     cancel_seen: u32,
+    /// Multishot ACCEPTs: where the next scan for an empty slot of the range starts.
+    accept_hints: HashMap<u64, u32>,
     posted: bool,
 }
 
@@ -184,6 +193,7 @@ impl Worker {
             backlog: VecDeque::new(),
             waits: HashMap::new(),
             cancel_seen: shared.cancel_epoch.load(Ordering::Acquire),
+            accept_hints: HashMap::new(),
             posted: false,
             epfd,
             shared,
@@ -291,6 +301,7 @@ impl Worker {
                 let r = self.openat(&op, None);
                 self.complete(user_data, r)
             }
+            op if is_selected(&op) => self.execute_selected(op, user_data),
             _ => {
                 let slot = op.slot().unwrap_or(0);
                 let Some(file) = self.shared.files.get(slot) else {
@@ -418,6 +429,8 @@ impl Worker {
                 libc::connect(fd, addr as *const libc::sockaddr, len as libc::socklen_t)
             } as isize),
             Op::Nop | Op::Close { .. } | Op::AsyncCancel { .. } => 0,
+            // Issued through `step_selected` only.
+            Op::RecvSelect { .. } | Op::AcceptMulti { .. } => -libc::EINVAL,
         }
     }
 
@@ -540,8 +553,24 @@ impl Worker {
             return;
         };
         let file = Arc::clone(&wait.file);
+        let mut steps = 0;
         for dir in [Direction::In, Direction::Out] {
             while let Some(p) = wait.queue(dir).front() {
+                if is_selected(&p.op) {
+                    let (op, user_data) = (p.op, p.user_data);
+                    if steps == MAX_STEPS {
+                        break;
+                    }
+                    steps += 1;
+                    match self.step_selected(&op, user_data, &file) {
+                        Step::Blocked => break,
+                        Step::Armed => continue,
+                        Step::Ended => {
+                            wait.queue(dir).pop_front();
+                            continue;
+                        }
+                    }
+                }
                 let r = self.issue(&p.op, &file);
                 if r == -libc::EAGAIN {
                     break;
@@ -641,10 +670,14 @@ impl Worker {
     }
 
     fn complete(&mut self, user_data: u64, res: i32) {
+        self.complete_flags(user_data, res, 0)
+    }
+
+    fn complete_flags(&mut self, user_data: u64, res: i32, flags: u32) {
         let cqe = Cqe {
             user_data,
             res,
-            flags: 0,
+            flags,
         };
         if !self.backlog.is_empty() || !self.cq.push(cqe) {
             self.backlog.push_back(cqe);
