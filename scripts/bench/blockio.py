@@ -231,15 +231,14 @@ def losses(stats):
         "kmod": "the module sends every O_DIRECT READ/WRITE to the context's helper "
                 "threads (a lane thread never waits for a device), and there are 2 of "
                 "them by default: at most 2 transfers are at the device at a time, and each "
-                "pays a hand-off from lane to helper and a wake-up; meanwhile the lane "
-                "thread polls for `default_main_worker_idle_time` after each request, so "
-                "it keeps one of the 2 vCPUs busy (lanes µs/op)",
+                "pays a hand-off to a helper and a wake-up (with `kmod_inline` the lane's "
+                "share runs in the submitting thread's ENTER, so the lane thread itself "
+                "costs almost nothing: lanes µs/op)",
         "kmod-h16": "with 16 helpers the depth reaches the device, but every transfer is "
                     "still a synchronous read/write on a helper thread plus two hand-offs "
-                    "(lane → helper → CQ), where io_uring issues it asynchronously from the "
-                    "submitting call; and each queued job wakes every idle helper "
-                    "(kmod/offload.rs, `Jobs::push`: `wq.wake_all()`), so at depth 1 fifteen "
-                    "helpers wake for nothing per transfer and compete for the 2 vCPUs",
+                    "(submitter → helper → CQ) with a wake-up each, where io_uring issues "
+                    "it asynchronously from the submitting call (a queued job wakes one "
+                    "helper: they wait exclusively)",
         "threads": "the threads backend reads and writes regular files inline on its one "
                    "worker thread with pread/pwrite, so its effective depth is 1 whatever "
                    "the queue depth",
