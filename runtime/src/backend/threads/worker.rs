@@ -159,6 +159,17 @@ fn last_errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
+/// The `S_IFMT` bits of the file `fd`, or `-errno`.
+fn file_type(fd: RawFd) -> Result<libc::mode_t, i32> {
+    // SAFETY: stat is plain data; all-zero is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into `st`; `fd` is a descriptor the caller holds.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(-last_errno());
+    }
+    Ok(st.st_mode & libc::S_IFMT)
+}
+
 /// Converts a syscall's return value to a CQE result.
 fn res(r: isize) -> i32 {
     if r < 0 {
@@ -417,8 +428,47 @@ impl Worker {
             Op::Connect { addr, len, .. } => res(unsafe {
                 libc::connect(fd, addr as *const libc::sockaddr, len as libc::socklen_t)
             } as isize),
+            Op::Sendfile { src, off, len, .. } => self.sendfile(fd, src, off, len),
             Op::Nop | Op::Close { .. } | Op::AsyncCancel { .. } => 0,
         }
+    }
+
+    /// SENDFILE: `sendfile(2)` from the file in slot `src` to the socket `fd`, which is
+    /// non-blocking (`-EAGAIN`: the request waits for writability like a SEND). Reading
+    /// an uncached source blocks the worker, as READ of a regular file does here. The
+    /// kinds are checked as the kernel module checks them: a socket destination
+    /// (`-ENOTSOCK`), a regular file or block device as the source (`-EINVAL`).
+    fn sendfile(&self, fd: RawFd, src: u32, off: u64, len: u32) -> i32 {
+        let Some(src) = self.shared.files.get(src) else {
+            return -libc::EBADF;
+        };
+        match (file_type(fd), file_type(src.raw())) {
+            (Err(e), _) | (_, Err(e)) => return e,
+            (Ok(d), _) if d != libc::S_IFSOCK => return -libc::ENOTSOCK,
+            (_, Ok(s)) if s != libc::S_IFREG && s != libc::S_IFBLK => return -libc::EINVAL,
+            _ => {}
+        }
+        // The socket's O_NONBLOCK (set at registration) belongs to its open file
+        // description, which the application may have changed since: sendfile(2) has no
+        // MSG_DONTWAIT, so make sure it cannot block the worker.
+        // SAFETY: fcntl on a descriptor the caller holds.
+        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        // SAFETY: as above.
+        if fl < 0
+            || (fl & libc::O_NONBLOCK == 0
+                && unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0)
+        {
+            return -last_errno();
+        }
+        let mut pos = off as libc::off_t;
+        let ppos = if off == OFF_CURRENT {
+            std::ptr::null_mut()
+        } else {
+            &mut pos as *mut libc::off_t
+        };
+        // SAFETY: both descriptors are held by file references alive across the call;
+        // `ppos` is null or points to `pos`.
+        res(unsafe { libc::sendfile(fd, src.raw(), ppos, len as usize) })
     }
 
     /// OPENAT (blocking: the threads backend's workers do blocking file calls): in the
@@ -590,33 +640,28 @@ impl Worker {
             self.finish_wait(w, -libc::ECANCELED);
         }
         drop(file);
+        // A SENDFILE waiting for its socket also goes when its source slot is closed.
+        self.cancel_parked_where(|p| matches!(p.op, Op::Sendfile { src, .. } if src == slot));
         0
     }
 
-    /// ASYNC_CANCEL: completes every request parked on this lane with `user_data ==
-    /// target` with `-ECANCELED` (before the cancel's own completion); 0 if there was
-    /// one, `-ENOENT` if not. A request that is not parked has already completed: this
-    /// worker executes its lane's requests one at a time, in order, and the proactor
-    /// queues a cancel on its target's lane.
-    fn cancel_target(&mut self, target: u64) -> i32 {
+    /// Completes every parked request `pred` selects with `-ECANCELED` (in submission
+    /// order per file and direction); returns whether there was one.
+    fn cancel_parked_where(&mut self, pred: impl Fn(&Parked) -> bool) -> bool {
         let keys: Vec<u64> = self
             .waits
             .iter()
-            .filter(|(_, w)| w.read.iter().chain(&w.write).any(|p| p.user_data == target))
+            .filter(|(_, w)| w.read.iter().chain(&w.write).any(&pred))
             .map(|(&k, _)| k)
             .collect();
-        if keys.is_empty() {
-            return -libc::ENOENT;
-        }
-        for key in keys {
+        for &key in &keys {
             let Some(mut wait) = self.waits.remove(&key) else {
                 continue;
             };
             for dir in [Direction::In, Direction::Out] {
                 let q = wait.queue(dir);
-                let (gone, kept): (VecDeque<Parked>, VecDeque<Parked>) = std::mem::take(q)
-                    .into_iter()
-                    .partition(|p| p.user_data == target);
+                let (gone, kept): (VecDeque<Parked>, VecDeque<Parked>) =
+                    std::mem::take(q).into_iter().partition(&pred);
                 *q = kept;
                 for p in gone {
                     self.complete(p.user_data, -libc::ECANCELED);
@@ -630,7 +675,20 @@ impl Worker {
                 self.arm(key);
             }
         }
-        0
+        !keys.is_empty()
+    }
+
+    /// ASYNC_CANCEL: completes every request parked on this lane with `user_data ==
+    /// target` with `-ECANCELED` (before the cancel's own completion); 0 if there was
+    /// one, `-ENOENT` if not. A request that is not parked has already completed: this
+    /// worker executes its lane's requests one at a time, in order, and the proactor
+    /// queues a cancel on its target's lane.
+    fn cancel_target(&mut self, target: u64) -> i32 {
+        if self.cancel_parked_where(|p| p.user_data == target) {
+            0
+        } else {
+            -libc::ENOENT
+        }
     }
 
     /// `cancel_all`: completes every parked request with `-ECANCELED`.
