@@ -524,7 +524,7 @@ mod tests {
             (open_error(err(libc::EACCES)), "permission denied"),
             (
                 setup_error(err(libc::EINVAL), &p),
-                "rejected SETUP (ABI version 2?)",
+                "rejected SETUP (ABI version 3?)",
             ),
             (
                 setup_error(err(libc::EINVAL), &p),
@@ -533,7 +533,7 @@ mod tests {
             (setup_error(err(libc::EINVAL), &p), "helpers=33"),
             (
                 setup_error(err(libc::ENOTTY), &p),
-                "rejected SETUP (ABI version 2?)",
+                "rejected SETUP (ABI version 3?)",
             ),
             (setup_error(err(libc::EMFILE), &p), "max_user_contexts"),
             (

@@ -16,7 +16,9 @@ use fastio_uapi::{
     decode, Cqe, Direction, IoVec, Op, Sqe, FSYNC_DATASYNC, MSG_DONTWAIT, OFF_CURRENT,
 };
 
-use super::sys::{block_sigpipe, drain_eventfd, epoll_ctl, pin_to_cpu};
+use super::sys::{
+    block_sigpipe, connect_result, drain_eventfd, epoll_ctl, file_type, last_errno, pin_to_cpu,
+};
 use super::Shared;
 use crate::backend::files::FileRef;
 use crate::ring::{CqProducer, SqConsumer};
@@ -100,44 +102,6 @@ fn connect_in_progress(op: Op) -> Op {
     }
 }
 
-/// The end of a connect in progress on `fd`: `-EAGAIN` while it is not writable, then
-/// the socket's error (`SO_ERROR`), `-ECONNABORTED` if it hung up without one, else 0.
-fn connect_result(fd: RawFd) -> i32 {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, no timeout.
-    if unsafe { libc::poll(&mut p, 1, 0) } < 0 {
-        return -last_errno();
-    }
-    if p.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) == 0 {
-        return -libc::EAGAIN;
-    }
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `err` and `len` are valid for getsockopt's output.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r < 0 {
-        -last_errno()
-    } else if err != 0 {
-        -err
-    } else if p.revents & libc::POLLHUP != 0 {
-        -libc::ECONNABORTED
-    } else {
-        0
-    }
-}
-
 pub(super) struct Worker {
     shared: Arc<Shared>,
     lane: usize,
@@ -151,23 +115,6 @@ pub(super) struct Worker {
     /// The last `cancel_epoch` acted on.
     cancel_seen: u32,
     posted: bool,
-}
-
-fn last_errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
-}
-
-/// The `S_IFMT` bits of the file `fd`, or `-errno`.
-fn file_type(fd: RawFd) -> Result<libc::mode_t, i32> {
-    // SAFETY: stat is plain data; all-zero is valid.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat writes into `st`; `fd` is a descriptor the caller holds.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return Err(-last_errno());
-    }
-    Ok(st.st_mode & libc::S_IFMT)
 }
 
 /// Converts a syscall's return value to a CQE result.
