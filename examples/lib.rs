@@ -2,7 +2,9 @@
 //!
 //! - `echo ADDR [WORKERS]`: an echo server on a pool of workers sharing one listener;
 //! - `http ADDR [WORKERS]`: a small HTTP/1.1 responder (keep-alive, fixed body);
-//! - `copy SRC DST`: a file copy with several reads and writes in flight.
+//! - `copy SRC DST`: a file copy with several reads and writes in flight;
+//! - `fileserver --root DIR ...`: a static file server (SENDFILE or READ + SEND, or the
+//!   epoll + `sendfile(2)` baseline): [`fileserver`].
 //!
 //! The HTTP responder's connection handler is [`http::serve`], here so that the tests
 //! can drive it.
@@ -59,6 +61,9 @@ where
     }
     Ok(())
 }
+
+#[path = "fileserver_lib.rs"]
+pub mod fileserver;
 
 /// The HTTP/1.1 responder of the `http` example.
 pub mod http {
@@ -117,13 +122,27 @@ pub mod http {
                 let (r, _) = conn.write_all(msg.to_vec()).await;
                 return r;
             }
-            buf.clear();
-            let (r, b) = conn.read(buf).await;
-            buf = b;
-            if r? == 0 {
+            if !read_more(&conn, &mut buf, &mut pending).await? {
                 return Ok(());
             }
-            pending.extend_from_slice(&buf);
         }
+    }
+
+    /// Reads what `conn` has into `buf` and appends it to `pending`; false at the end
+    /// of the stream.
+    pub async fn read_more(
+        conn: &TcpStream,
+        buf: &mut Vec<u8>,
+        pending: &mut Vec<u8>,
+    ) -> std::io::Result<bool> {
+        let mut b = std::mem::take(buf);
+        b.clear();
+        let (r, b) = conn.read(b).await;
+        *buf = b;
+        if r? == 0 {
+            return Ok(false);
+        }
+        pending.extend_from_slice(buf);
+        Ok(true)
     }
 }

@@ -499,7 +499,7 @@ impl Setup {
         // Inline ENTER callers wait for `stopping` too.
         self.shared.inline.wq.wake_all();
         // Interrupts running blocking jobs and wakes idle helpers.
-        self.shared.jobs.cancel(|_, _| true);
+        self.shared.jobs.cancel(|_, _, _| true);
         // Lanes with a thread retire themselves; the others are retired here.
         for lane in self.lanes.iter() {
             lane.with_claim(Lane::retire);

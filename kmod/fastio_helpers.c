@@ -116,6 +116,12 @@ unsigned int fastio_file_mode(struct file *file)
 		out |= FASTIO_FMODE_REGULAR;
 	if (READ_ONCE(file->f_flags) & O_DIRECT)
 		out |= FASTIO_FMODE_DIRECT;
+	if (m & FMODE_READ)
+		out |= FASTIO_FMODE_READ;
+	if (m & FMODE_WRITE)
+		out |= FASTIO_FMODE_WRITE;
+	if (S_ISBLK(file_inode(file)->i_mode))
+		out |= FASTIO_FMODE_BLOCKDEV;
 	return out;
 }
 

@@ -23,6 +23,9 @@ struct wait_queue_entry;
 #define FASTIO_FMODE_NOWAIT	(1u << 4)
 #define FASTIO_FMODE_REGULAR	(1u << 5)
 #define FASTIO_FMODE_DIRECT	(1u << 6)
+#define FASTIO_FMODE_READ	(1u << 7)
+#define FASTIO_FMODE_WRITE	(1u << 8)
+#define FASTIO_FMODE_BLOCKDEV	(1u << 9)
 
 bool fastio_need_resched(void);
 bool fastio_task_work_to_run(void);

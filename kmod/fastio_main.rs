@@ -22,10 +22,11 @@
 //! and a D-state hang in that design.
 //!
 //! Opcodes: NOP, ACCEPT, RECV, SEND, READ, WRITE, WRITEV, CLOSE, ASYNC_CANCEL, OPENAT,
-//! FSYNC, FALLOCATE, SHUTDOWN, CONNECT (`uapi/src/abi.rs` describes each, `decode.rs`
-//! validates them). OPENAT, FSYNC, FALLOCATE and `O_DIRECT` transfers always go to the
-//! helper threads (ops/fs.rs, ops/file.rs); CONNECT in progress waits for readiness
-//! like RECV (ops/net.rs).
+//! FSYNC, FALLOCATE, SHUTDOWN, CONNECT, SENDFILE (`uapi/src/abi.rs` describes each,
+//! `decode.rs` validates them). OPENAT, FSYNC, FALLOCATE and `O_DIRECT` transfers always
+//! go to the helper threads (ops/fs.rs, ops/file.rs); CONNECT in progress waits for
+//! readiness like RECV (ops/net.rs); SENDFILE waits for a writable socket on its lane,
+//! then `do_splice_direct` runs on a helper (ops/sendfile.rs).
 //!
 //! ABI 3 (provided buffers, multishot): the SQE flags are validated by `decode` like
 //! every field, and `FASTIO_REGISTER_BUF_RING` / `FASTIO_UNREGISTER_BUF_RING` validate

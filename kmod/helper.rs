@@ -14,6 +14,7 @@ use core::sync::atomic::Ordering;
 
 use kernel::{bindings, prelude::*, sync::Arc};
 
+use crate::abi::Op;
 use crate::lane::Lane;
 use crate::offload::Job;
 use crate::ops::{self, add_progress, Outcome};
@@ -71,6 +72,21 @@ fn serve(shared: &Shared, lanes: &[Arc<Lane>], idx: u32) -> Result<isize> {
         }
         let outcome = ops::issue(shared, &job.op, job.file.as_ref(), true);
         let cancelled = shared.jobs.done(idx);
+        if let (Outcome::Wait(events), Op::Sendfile { .. }, Some(file), Some(lane)) = (
+            &outcome,
+            job.op,
+            job.file.as_ref(),
+            lanes.get(job.lane as usize),
+        ) {
+            // A SENDFILE whose non-blocking socket filled up since its lane looked:
+            // back to waiting for writability on its lane (its CQ entry stays reserved).
+            if cancelled || stopping() {
+                complete(lanes, &job, neg(bindings::ECANCELED));
+            } else {
+                lane.park_again(job.op, job.user_data, file.clone(), *events);
+            }
+            continue;
+        }
         let res = match outcome {
             Outcome::Done(r) => r,
             Outcome::Partial(n) => n as i32,

@@ -354,8 +354,10 @@ impl Lane {
                 let res = match old {
                     Some(file) => {
                         // What waits on this very file completes -ECANCELED (after the
-                        // CLOSE's own completion, as with io_uring).
+                        // CLOSE's own completion, as with io_uring), and so do the
+                        // SENDFILEs whose source this slot is.
                         shared.cancel_file(Some(&file));
+                        shared.cancel_sendfiles_from(slot);
                         0
                     }
                     None => neg(bindings::EBADF),
@@ -390,6 +392,12 @@ impl Lane {
             (Outcome::Offload, file) => self.offload(op, user_data, file, 0),
             (Outcome::Partial(n), file) => self.offload(ops::advance(op, n), user_data, file, n),
         }
+    }
+
+    /// A helper hands back a request that must wait for readiness after all (a
+    /// SENDFILE whose socket filled up): it waits on this lane as if it had parked here.
+    pub(crate) fn park_again(&self, op: Op, user_data: u64, file: ARef<File>, events: u32) {
+        self.park(op, user_data, file, events)
     }
 
     fn park(&self, op: Op, user_data: u64, file: ARef<File>, events: u32) {

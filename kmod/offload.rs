@@ -64,6 +64,7 @@ struct Running {
     task: *mut bindings::task_struct,
     file: *const bindings::file,
     user_data: u64,
+    op: Op,
     cancelled: bool,
 }
 
@@ -190,6 +191,7 @@ impl Jobs {
                 task,
                 file: job.file_ptr(),
                 user_data: job.user_data,
+                op: job.op,
                 cancelled: false,
             });
         }
@@ -207,21 +209,21 @@ impl Jobs {
         r.is_some_and(|r| r.cancelled)
     }
 
-    /// Cancels the jobs `pred(file, user_data)` selects (`file` is null for a job
+    /// Cancels the jobs `pred(file, user_data, op)` selects (`file` is null for a job
     /// without one): queued ones are marked (a
     /// helper completes them without running them), running ones are interrupted.
     /// Returns how many it selected.
-    pub(crate) fn cancel(&self, pred: impl Fn(*const bindings::file, u64) -> bool) -> usize {
+    pub(crate) fn cancel(&self, pred: impl Fn(*const bindings::file, u64, &Op) -> bool) -> usize {
         let mut inner = self.inner.lock();
         let mut n = 0;
         for job in inner.queue.iter_mut() {
-            if !job.cancelled && pred(job.file_ptr(), job.user_data) {
+            if !job.cancelled && pred(job.file_ptr(), job.user_data, &job.op) {
                 job.cancelled = true;
                 n += 1;
             }
         }
         for r in inner.running.iter_mut().flatten() {
-            if !r.cancelled && pred(r.file, r.user_data) {
+            if !r.cancelled && pred(r.file, r.user_data, &r.op) {
                 r.cancelled = true;
                 n += 1;
                 // SAFETY: the helper is inside the module's ioctl while its entry

@@ -158,14 +158,22 @@ impl Shared {
         let ptr = file.map(|f| f.as_ptr() as *const bindings::file);
         let is = move |f: *const bindings::file| ptr.is_none_or(|want| core::ptr::eq(f, want));
         self.pendings.cancel_where(|p| is(p.file.as_ptr()));
-        self.jobs.cancel(|f, _| is(f));
+        self.jobs.cancel(|f, _, _| is(f));
+    }
+
+    /// CLOSE of `slot`: cancels the SENDFILEs that read from it (waiting for their
+    /// socket, queued for or running on a helper).
+    pub(crate) fn cancel_sendfiles_from(&self, slot: u32) {
+        let from = |op: &abi::Op| matches!(*op, abi::Op::Sendfile { src, .. } if src == slot);
+        self.pendings.cancel_where(|p| from(&p.op));
+        self.jobs.cancel(|_, _, op| from(op));
     }
 
     /// ASYNC_CANCEL: cancels the requests whose `user_data` is `target`; returns how
     /// many were found (waiting for readiness or for/on a helper).
     pub(crate) fn cancel_user_data(&self, target: u64) -> usize {
         self.pendings.cancel_where(|p| p.user_data == target)
-            + self.jobs.cancel(|_, ud| ud == target)
+            + self.jobs.cancel(|_, ud, _| ud == target)
     }
 
     /// Called after posting completions: wakes `ENTER(GETEVENTS)` sleepers.

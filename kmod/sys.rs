@@ -43,6 +43,16 @@ extern "C" {
     pub(crate) fn fastio_sock_error(sock: *mut bindings::socket) -> c_int;
     /// Exported by the scheduler: whether the current task is alone on its CPU.
     fn single_task_running() -> bool;
+    /// Exported by fs/splice.c (`EXPORT_SYMBOL`), what sendfile(2) uses: splices `len`
+    /// bytes of `in_` from `*ppos` to `out` through the calling task's internal pipe.
+    pub(crate) fn do_splice_direct(
+        in_: *mut bindings::file,
+        ppos: *mut i64,
+        out: *mut bindings::file,
+        opos: *mut i64,
+        len: usize,
+        flags: c_uint,
+    ) -> isize;
 }
 
 // Constants that are macros with casts in C, so bindgen does not export them.
@@ -148,6 +158,9 @@ impl FileMode {
     const NOWAIT: u32 = 1 << 4;
     const REGULAR: u32 = 1 << 5;
     const DIRECT: u32 = 1 << 6;
+    const READ: u32 = 1 << 7;
+    const WRITE: u32 = 1 << 8;
+    const BLOCKDEV: u32 = 1 << 9;
 
     pub(crate) fn of(file: &File) -> Self {
         // SAFETY: the file is held; its mode bits and inode type are fixed once open.
@@ -182,6 +195,21 @@ impl FileMode {
     /// A regular file (page cache; no readiness to wait for).
     pub(crate) fn regular(self) -> bool {
         self.0 & Self::REGULAR != 0
+    }
+
+    /// Open for reading (`FMODE_READ`).
+    pub(crate) fn read(self) -> bool {
+        self.0 & Self::READ != 0
+    }
+
+    /// Open for writing (`FMODE_WRITE`).
+    pub(crate) fn write(self) -> bool {
+        self.0 & Self::WRITE != 0
+    }
+
+    /// A block device.
+    pub(crate) fn blockdev(self) -> bool {
+        self.0 & Self::BLOCKDEV != 0
     }
 
     /// Opened with `O_DIRECT`: I/O goes to the device (a synchronous direct transfer

@@ -42,7 +42,7 @@ impl Dir {
 }
 
 /// The position one request transfers at; gives back (and unlocks) `f_pos` on drop.
-struct Position<'a> {
+pub(super) struct Position<'a> {
     file: &'a File,
     /// `f_pos` is used (and written back on drop).
     current: bool,
@@ -54,7 +54,7 @@ struct Position<'a> {
 }
 
 impl<'a> Position<'a> {
-    fn acquire(
+    pub(super) fn acquire(
         file: &'a File,
         mode: FileMode,
         dir: Dir,
@@ -105,7 +105,7 @@ impl<'a> Position<'a> {
     }
 
     /// The `loff_t *` for the VFS call: null for a stream.
-    fn ptr(&mut self) -> *mut i64 {
+    pub(super) fn ptr(&mut self) -> *mut i64 {
         if self.stream {
             null_mut()
         } else {

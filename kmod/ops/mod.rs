@@ -15,6 +15,7 @@ mod file;
 mod fs;
 mod iov;
 mod net;
+mod sendfile;
 
 use kernel::{bindings, fs::File, sync::aref::ARef};
 
@@ -40,7 +41,7 @@ pub(crate) enum Outcome {
 /// current directory has none.
 ///
 /// OPENAT, FSYNC and FALLOCATE always block (path lookup, disk I/O, journal): a lane
-/// thread hands them to a helper at once.
+/// thread hands them to a helper at once; so does SENDFILE once its socket is writable.
 pub(crate) fn issue(
     shared: &Shared,
     op: &Op,
@@ -90,6 +91,11 @@ pub(crate) fn issue(
         Op::Fallocate { mode, off, len, .. } => fs::fallocate(file, mode, off, len),
         Op::Shutdown { how, .. } => net::shutdown(file, how),
         Op::Connect { addr, len, .. } => net::connect(file, addr, len),
+        // The source is the file in its slot when the attempt runs.
+        Op::Sendfile { src, off, len, .. } => {
+            let src = shared.file(src);
+            sendfile::sendfile(file, src.as_ref(), off, len, blocking)
+        }
         Op::Nop | Op::Close { .. } | Op::AsyncCancel { .. } | Op::OpenAt { .. } => Outcome::Done(0),
         // Refused by the lane before they get here.
         Op::RecvSelect { .. } | Op::AcceptMulti { .. } => Outcome::Done(neg(bindings::EOPNOTSUPP)),

@@ -15,23 +15,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::Flavor;
-use fastio::{Completion, Config, Proactor};
+use fastio::{Completion, Proactor};
 
 fn each_backend(test: &str, f: impl Fn(&Flavor, &mut Proactor)) {
-    let base = Config {
-        sq_entries: 64,
-        cq_entries: 128,
-        max_files: 64,
-        idle_ms: 5,
-        ..Config::default()
-    };
-    common::each_flavor(
-        test,
-        common::flavors(base),
-        Proactor::new,
-        |p| p.backend().sqpoll,
-        f,
-    );
+    common::each_proactor(test, f);
 }
 
 const T: Option<Duration> = Some(Duration::from_secs(20));

@@ -195,3 +195,68 @@ fn rt_connect_in_progress_cancelled_on_drop() {
         }));
     });
 }
+
+/// `TcpStream::sendfile_all` / `sendfile`: a file of a few MiB (on the scratch disk in
+/// the VM, uncached), a range in the middle and the file position, to a peer that
+/// compares every byte.
+#[test]
+fn rt_sendfile_byte_verified() {
+    each_runtime("rt_sendfile", |fl, rt| {
+        let in_vm = std::env::var("FASTIO_SCRATCH").ok();
+        let root = in_vm
+            .clone()
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let path = root.join(format!(
+            "fastio-rt-sendfile-{}-{}",
+            std::process::id(),
+            fl.name.replace(['+', ' '], "_")
+        ));
+        let size: usize = if in_vm.is_some() { 2 << 20 } else { 6 << 20 };
+        let data: Vec<u8> = (0..size as u64)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&path, &data).unwrap();
+        if in_vm.is_some() {
+            common::drop_caches();
+        }
+        let (mid, mid_len) = (777_777usize, 333_333usize);
+        let want: Vec<u8> = [&data[..], &data[mid..mid + mid_len], &data[..5000]].concat();
+        let peer = rt.block_on(bounded("sendfile", async {
+            let l = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let addr = l.local_addr().unwrap();
+            let n = want.len();
+            let peer = std::thread::spawn(move || {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                let mut got = Vec::with_capacity(n);
+                std::io::Read::read_to_end(&mut c, &mut got).unwrap();
+                got
+            });
+            let s = l.accept().await.unwrap();
+            let f = rt::File::open(&path).await.unwrap();
+            assert_eq!(
+                s.sendfile_all(&f, 0, size as u64).await.unwrap(),
+                size as u64
+            );
+            let sent = s.sendfile_all(&f, mid as u64, mid_len as u64).await;
+            assert_eq!(sent.unwrap(), mid_len as u64);
+            // The file position (0: nothing used it yet), twice.
+            let mut cur = 0;
+            while cur < 5000 {
+                let r = s.sendfile(&f, None, 5000 - cur as u32).await.unwrap();
+                assert!(r > 0, "[{}] end of file at {cur}", fl.name);
+                cur += r;
+            }
+            // Past the end: 0; length 0: refused before the rings.
+            assert_eq!(s.sendfile(&f, Some(size as u64), 10).await.unwrap(), 0);
+            assert!(s.sendfile(&f, Some(0), 0).await.is_err());
+            s.close().await.unwrap();
+            peer
+        }));
+        let got = peer.join().unwrap();
+        assert_eq!(got.len(), want.len(), "[{}]", fl.name);
+        assert!(got == want, "[{}] bytes differ", fl.name);
+        let _ = std::fs::remove_file(&path);
+    });
+}

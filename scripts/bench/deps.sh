@@ -2,9 +2,10 @@
 # Installs what `make bench` measures and draws with, when missing: strace (syscalls per
 # request on the serving thread), Debian's python3-matplotlib (the plots in bench/plots/;
 # it is installed for /usr/bin/python3, which bench.py switches to when `python3` lacks
-# it), Debian's fio (the io_uring reference of the block I/O section, scripts/bench/blockio.py)
-# and Debian's redis (scripts/redis/deps.sh). Without them those cells are reported
-# as "not run", or the plots as skipped.
+# it), Debian's fio (the io_uring reference of the block I/O section, scripts/bench/blockio.py),
+# wrk (the HTTP load client of scripts/bench/fileserver.sh) and Debian's redis
+# (scripts/redis/deps.sh). Without them those cells are reported as "not run", or the
+# plots as skipped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -12,6 +13,7 @@ scripts/redis/deps.sh
 missing=()
 command -v strace >/dev/null || missing+=(strace)
 command -v fio >/dev/null || missing+=(fio)
+command -v wrk >/dev/null || missing+=(wrk)
 if ! { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; }; then
   missing+=(python3-matplotlib)
 fi

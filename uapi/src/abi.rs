@@ -145,8 +145,24 @@ pub const OP_SHUTDOWN: u8 = 12;
 /// error (`SO_ERROR`): 0 when connected. Cancellable while it waits, like RECV. `off`,
 /// `op_flags` and `aux` must be 0.
 pub const OP_CONNECT: u8 = 13;
+/// Sends up to `len` bytes of the file in slot `aux` (the source) to the socket in
+/// `slot` (the destination), as `sendfile(2)` does: the bytes never enter user space.
+/// `off` is the source offset, or [`OFF_CURRENT`] for the source's file position, which
+/// then advances by the bytes sent. `len` is nonzero (a result of
+/// 0 then always means end of file) and clamped to [`MAX_RW_LEN`]; `off + len` must
+/// not exceed `i64::MAX` for an explicit offset. `addr` and `op_flags` must be 0.
+///
+/// Completes with the byte count, which may be short (end of file, a signal, the
+/// backend's chunk size; callers loop like with `sendfile(2)`), or `-errno`: `-EBADF`
+/// for a source not open for reading or a destination not open for writing, `-EINVAL`
+/// for a source that is not a regular file or block device, `-ENOTSOCK` for a
+/// destination that is not a socket, `-EPIPE`/`-ECONNRESET` when the peer is gone.
+/// It waits for the destination to become writable like SEND (cancellable the same
+/// way: ASYNC_CANCEL, CLOSE of the destination slot, SHUTDOWN). Bytes already sent
+/// when it is cancelled are reported, never lost.
+pub const OP_SENDFILE: u8 = 14;
 /// One past the last valid opcode.
-pub const OP_LAST: u8 = 14;
+pub const OP_LAST: u8 = 15;
 
 // ---------------------------------------------------------------------------------------
 // Flags
@@ -306,7 +322,8 @@ pub struct Sqe {
     pub buf_group: u16,
     /// The registered file slot the request operates on.
     pub slot: u32,
-    /// File offset for READ/WRITE/WRITEV (or [`OFF_CURRENT`]), FSYNC and FALLOCATE;
+    /// File offset for READ/WRITE/WRITEV/SENDFILE (or [`OFF_CURRENT`]), FSYNC and
+    /// FALLOCATE;
     /// the mode for OPENAT.
     pub off: u64,
     /// User address: the buffer, the iovec array for WRITEV, the path for OPENAT, the
@@ -321,7 +338,7 @@ pub struct Sqe {
     /// Opaque token copied into the CQE.
     pub user_data: u64,
     /// ACCEPT and OPENAT: the slot that receives the new file (multishot ACCEPT: the
-    /// first slot of its range).
+    /// first slot of its range); SENDFILE: the source file's slot.
     pub aux: u32,
     /// Reserved (must be 0).
     pub resv0: u32,
@@ -707,9 +724,9 @@ const _: () = {
     assert!(MAX_PBUF_ENTRIES <= 1 << 16);
     assert!(MAX_PBUF_BYTES >= MAX_PBUF_SIZE as u64);
     assert!(MAX_RW_LEN == 0x7FFF_F000);
-    // Opcodes are dense: OP_LAST is one past CONNECT, the last one.
+    // Opcodes are dense: OP_LAST is one past SENDFILE, the last one.
     assert!(OP_ASYNC_CANCEL == 8 && OP_OPENAT == 9 && OP_CONNECT == 13);
-    assert!(OP_LAST == OP_CONNECT + 1);
+    assert!(OP_SENDFILE == 14 && OP_LAST == OP_SENDFILE + 1);
     assert!(OPEN_FLAGS & O_PATH == 0);
     // ASYNC_CANCEL takes its target from `addr` and uses no slot.
     let cancel = Sqe {

@@ -174,6 +174,17 @@ pub enum Op {
         /// Its length, `2..=MAX_SOCKADDR_LEN` (0 only inside a backend: "in progress").
         len: u32,
     },
+    /// [`OP_SENDFILE`].
+    Sendfile {
+        /// Destination socket.
+        slot: u32,
+        /// Source file.
+        src: u32,
+        /// Source offset or [`OFF_CURRENT`].
+        off: u64,
+        /// Byte count, nonzero (clamped to [`MAX_RW_LEN`]).
+        len: u32,
+    },
 }
 
 /// Which readiness a request waits for when it would block.
@@ -181,7 +192,7 @@ pub enum Op {
 pub enum Direction {
     /// Needs the file readable (ACCEPT, RECV, READ).
     In,
-    /// Needs the file writable (SEND, WRITE, WRITEV, CONNECT in progress).
+    /// Needs the file writable (SEND, WRITE, WRITEV, CONNECT in progress, SENDFILE).
     Out,
     /// Never waits for readiness (NOP, CLOSE, ASYNC_CANCEL, OPENAT, FSYNC, FALLOCATE,
     /// SHUTDOWN).
@@ -206,7 +217,8 @@ impl Op {
             | Op::Fsync { slot, .. }
             | Op::Fallocate { slot, .. }
             | Op::Shutdown { slot, .. }
-            | Op::Connect { slot, .. } => Some(slot),
+            | Op::Connect { slot, .. }
+            | Op::Sendfile { slot, .. } => Some(slot),
         }
     }
 
@@ -218,9 +230,11 @@ impl Op {
             | Op::Recv { .. }
             | Op::RecvSelect { .. }
             | Op::Read { .. } => Direction::In,
-            Op::Send { .. } | Op::Write { .. } | Op::Writev { .. } | Op::Connect { .. } => {
-                Direction::Out
-            }
+            Op::Send { .. }
+            | Op::Write { .. }
+            | Op::Writev { .. }
+            | Op::Connect { .. }
+            | Op::Sendfile { .. } => Direction::Out,
             Op::Nop
             | Op::Close { .. }
             | Op::AsyncCancel { .. }
@@ -245,7 +259,8 @@ const fn clamp_len(len: u32) -> u32 {
 /// Every reserved field and flag must be zero, the opcode known, every slot below
 /// `max_files` (OPENAT's directory may be [`OPENAT_CWD`]), flags within the opcode's
 /// set, WRITEV's count in `1..=MAX_IOVECS`, ranges within `i64` (FSYNC, FALLOCATE,
-/// checked without overflow) and CONNECT's address length in `2..=MAX_SOCKADDR_LEN`.
+/// SENDFILE, checked without overflow), CONNECT's address length in
+/// `2..=MAX_SOCKADDR_LEN`, SENDFILE's source slot and nonzero length.
 /// Lengths above [`MAX_RW_LEN`] are clamped, not refused. Addresses are not checked
 /// here: the copy to or from user memory reports `-EFAULT`.
 ///
@@ -421,6 +436,7 @@ pub const fn decode(sqe: &Sqe, max_files: u32) -> Result<Op, SqeError> {
                 len: sqe.len,
             }
         }
+        OP_SENDFILE => return decode_sendfile(sqe, max_files),
         _ => return Err(SqeError::Invalid),
     };
     Ok(op)
@@ -551,6 +567,30 @@ pub const fn validate_buf_ring(reg: &BufRingReg, user_end: u64) -> Result<BufRin
         bufs_addr: reg.bufs_addr,
         count: reg.count,
         buf_size: reg.buf_size,
+    })
+}
+
+/// SENDFILE's checks (the common ones are done).
+const fn decode_sendfile(sqe: &Sqe, max_files: u32) -> Result<Op, SqeError> {
+    if sqe.addr != 0 || sqe.op_flags != 0 || sqe.len == 0 {
+        return Err(SqeError::Invalid);
+    }
+    if sqe.aux >= max_files {
+        return Err(SqeError::BadSlot);
+    }
+    let len = clamp_len(sqe.len);
+    // An explicit offset and the end of the range stay valid loff_t values (a u32 added
+    // to a value at most i64::MAX cannot overflow a u64).
+    if sqe.off != OFF_CURRENT
+        && (sqe.off > i64::MAX as u64 || sqe.off + len as u64 > i64::MAX as u64)
+    {
+        return Err(SqeError::Invalid);
+    }
+    Ok(Op::Sendfile {
+        slot: sqe.slot,
+        src: sqe.aux,
+        off: sqe.off,
+        len,
     })
 }
 

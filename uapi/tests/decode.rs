@@ -273,6 +273,10 @@ fn random_entries_never_escape_bounds() {
                 Op::AcceptMulti { first, count, .. } => {
                     assert!(count >= 1 && first.checked_add(count).unwrap() <= MAX_FILES_)
                 }
+                Op::Sendfile { src, off, len, .. } => {
+                    assert!(src < MAX_FILES_ && (1..=MAX_RW_LEN).contains(&len));
+                    assert!(off == OFF_CURRENT || off + len as u64 <= i64::MAX as u64);
+                }
             }
         }
     }

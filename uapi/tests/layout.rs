@@ -97,6 +97,7 @@ fn opcodes_are_dense_and_flags_match_linux() {
         OP_FALLOCATE,
         OP_SHUTDOWN,
         OP_CONNECT,
+        OP_SENDFILE,
     ];
     for (i, op) in ops.iter().enumerate() {
         assert_eq!(*op as usize, i);

@@ -11,6 +11,7 @@
 pub(crate) mod files;
 pub(crate) mod kmod;
 pub(crate) mod rings;
+mod splice;
 pub(crate) mod threads;
 pub(crate) mod uring;
 mod uring_bufs;

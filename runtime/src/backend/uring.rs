@@ -43,6 +43,7 @@ use std::time::Duration;
 use fastio_uapi::{decode, Cqe, Op, Sqe, FSYNC_DATASYNC, MSG_NOSIGNAL, OFF_CURRENT};
 use io_uring::{opcode, squeue, types, IoUring};
 
+use super::splice::{Next, Sendfiles};
 use super::uring_bufs::{cqe_flags, UringBufs};
 use super::Backend;
 use crate::config::Config;
@@ -72,6 +73,10 @@ pub(crate) struct UringBackend {
     opens: Vec<(u64, OwnedFd, Box<types::OpenHow>)>,
     /// Provided-buffer rings and the multishot ACCEPT range.
     bufs: UringBufs,
+    /// SENDFILEs in flight (SPLICE through a pipe, in steps: see `splice.rs`).
+    sendfiles: Sendfiles,
+    /// CQEs taken from the ring in one `reap` (kept to reuse its allocation).
+    scratch: Vec<Cqe>,
 }
 
 impl UringBackend {
@@ -141,6 +146,8 @@ impl UringBackend {
                 cancels: Vec::new(),
                 opens: Vec::new(),
                 bufs: UringBufs::default(),
+                sendfiles: Sendfiles::default(),
+                scratch: Vec::new(),
             },
             sqpoll,
             note,
@@ -302,6 +309,15 @@ impl UringBackend {
             Op::Connect { slot, addr, len } => {
                 opcode::Connect::new(fixed(slot), addr as *const libc::sockaddr, len).build()
             }
+            Op::Sendfile {
+                slot,
+                src,
+                off,
+                len,
+            } => self
+                .sendfiles
+                .start(sqe.user_data, slot, src, off, len)
+                .map_err(|e| -e.raw_os_error().unwrap_or(libc::ENOMEM))?,
         };
         Ok(entry.user_data(sqe.user_data))
     }
@@ -434,11 +450,18 @@ impl Backend for UringBackend {
         drop(sq);
         if pushed && sqe.opcode == fastio_uapi::OP_ASYNC_CANCEL {
             self.cancels.push(sqe.user_data);
+            // A SENDFILE between two steps must not start the next one.
+            self.sendfiles.cancel(sqe.addr);
         }
-        if !pushed {
+        if pushed {
+            if let Some(slot) = close_slot(sqe) {
+                self.sendfiles.close_slot(slot);
+            }
+        } else {
             // Refused for now: an OPENAT's directory descriptor is not needed after all,
-            // a multishot ACCEPT is not armed.
+            // nor a SENDFILE's pipe; a multishot ACCEPT is not armed.
             self.forget_open(sqe.user_data);
+            self.sendfiles.abort(sqe.user_data);
             self.bufs.accept_done(sqe.user_data);
         }
         pushed
@@ -464,28 +487,58 @@ impl Backend for UringBackend {
     }
 
     fn reap(&mut self, f: &mut dyn FnMut(Cqe)) -> usize {
-        let mut n = self.stash.len();
-        for c in std::mem::take(&mut self.stash) {
-            self.forget_open(c.user_data);
-            f(c);
-        }
-        for c in self.ring.completion() {
-            if c.user_data() == CANCEL_TOKEN {
-                continue;
+        let mut cqes = std::mem::take(&mut self.scratch);
+        cqes.append(&mut self.stash);
+        // The stash holds the backend's own answers; the provided-buffer bookkeeping
+        // follows the kernel's CQEs only.
+        let stashed = cqes.len();
+        cqes.extend(
+            self.ring
+                .completion()
+                .filter(|c| c.user_data() != CANCEL_TOKEN)
+                .map(|c| cqe(&c)),
+        );
+        let mut n = 0;
+        let mut steps = 0;
+        for (i, mut e) in cqes.drain(..).enumerate() {
+            if i >= stashed {
+                self.bufs.on_cqe(e.user_data, e.flags);
             }
-            let mut e = cqe(&c);
-            self.bufs.on_cqe(e.user_data, e.flags);
-            if let Some(i) = self.opens.iter().position(|o| o.0 == e.user_data) {
-                self.opens.swap_remove(i);
-            }
+            self.forget_open(e.user_data);
             if !self.cancels.is_empty() {
                 if let Some(i) = self.cancels.iter().position(|&u| u == e.user_data) {
                     self.cancels.swap_remove(i);
                     e.res = cancel_result(e.res);
                 }
             }
+            match self.sendfiles.on_cqe(e.user_data, e.res) {
+                Some(Next::Push(entry)) => {
+                    // The next step of a SENDFILE: the CQE was the backend's own.
+                    if self.push_now(&entry).is_err() {
+                        // Cannot happen with a ring that still exists; end the request.
+                        if let Some(Next::Done(r)) =
+                            self.sendfiles.on_cqe(e.user_data, -libc::ECANCELED)
+                        {
+                            e.res = r;
+                            f(e);
+                            n += 1;
+                        }
+                        continue;
+                    }
+                    steps += 1;
+                    continue;
+                }
+                Some(Next::Done(r)) => e.res = r,
+                None => {}
+            }
             f(e);
             n += 1;
+        }
+        self.scratch = cqes;
+        if steps > 0 {
+            // Hand the new steps to the kernel now: the proactor only submits what it
+            // queued itself.
+            let _ = self.ring.submit();
         }
         n
     }

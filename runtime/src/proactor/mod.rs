@@ -61,7 +61,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use fastio_uapi::{
-    Cqe, IoVec, CQE_F_MORE, OP_ACCEPT, OP_ASYNC_CANCEL, OP_CLOSE, OP_NOP, OP_OPENAT,
+    Cqe, IoVec, CQE_F_MORE, OP_ACCEPT, OP_ASYNC_CANCEL, OP_CLOSE, OP_NOP, OP_OPENAT, OP_SENDFILE,
 };
 
 use crate::backend::{self, Backend, Choice};
@@ -105,7 +105,7 @@ struct InFlight {
     opcode: u8,
     origin: Origin,
     slot: u32,
-    /// ACCEPT and OPENAT: the destination slot.
+    /// ACCEPT and OPENAT: the destination slot; SENDFILE: the source slot.
     dest: u32,
     /// Whether the slot bookkeeping applies (not a raw request).
     tracked: bool,
@@ -547,6 +547,9 @@ impl Proactor {
         self.ready.push_back(completion);
         if counts_on_slot(f.opcode) {
             self.slot_request_done(f.slot);
+            if f.opcode == OP_SENDFILE {
+                self.slot_request_done(f.dest);
+            }
         }
     }
 

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use fastio_uapi::{
     IoVec, Sqe, ACCEPT_NONBLOCK, OFF_CURRENT, OP_ACCEPT, OP_ASYNC_CANCEL, OP_CLOSE, OP_READ,
-    OP_RECV, OP_SEND, OP_WRITE, OP_WRITEV, SQE_BUFFER_SELECT, SQE_MULTISHOT,
+    OP_RECV, OP_SEND, OP_SENDFILE, OP_WRITE, OP_WRITEV, SQE_BUFFER_SELECT, SQE_MULTISHOT,
 };
 
 use super::types::reject;
@@ -392,6 +392,12 @@ impl Proactor {
             if let Some(n) = self.slot_inflight.get_mut(sqe.slot as usize) {
                 *n += 1;
             }
+            // SENDFILE also keeps its source slot from being reused.
+            if opcode == OP_SENDFILE {
+                if let Some(n) = self.slot_inflight.get_mut(sqe.aux as usize) {
+                    *n += 1;
+                }
+            }
         }
         self.lane_inflight[lane as usize] += cost;
         self.pending += 1;
@@ -421,6 +427,6 @@ impl Proactor {
     }
 }
 
-fn off(offset: Option<u64>) -> u64 {
+pub(super) fn off(offset: Option<u64>) -> u64 {
     offset.unwrap_or(OFF_CURRENT)
 }

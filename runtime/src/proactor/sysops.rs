@@ -1,5 +1,5 @@
-//! The requests that open, sync and shape files and connect and shut down sockets:
-//! OPENAT, FSYNC, FALLOCATE, SHUTDOWN, CONNECT.
+//! The requests that open, sync and shape files, connect and shut down sockets, and
+//! send files: OPENAT, FSYNC, FALLOCATE, SHUTDOWN, CONNECT, SENDFILE.
 //!
 //! OPENAT reserves its destination slot like ACCEPT ([`Completion::accepted`] is the new
 //! file's slot); its path and CONNECT's address are copied into memory the proactor owns
@@ -12,8 +12,8 @@ use std::ffi::CStr;
 use std::net::{Shutdown, SocketAddr};
 
 use fastio_uapi::{
-    Sqe, FSYNC_DATASYNC, OPENAT_CWD, OP_CONNECT, OP_FALLOCATE, OP_FSYNC, OP_OPENAT, OP_SHUTDOWN,
-    SHUT_RD, SHUT_RDWR, SHUT_WR,
+    Sqe, FSYNC_DATASYNC, OPENAT_CWD, OP_CONNECT, OP_FALLOCATE, OP_FSYNC, OP_OPENAT, OP_SENDFILE,
+    OP_SHUTDOWN, SHUT_RD, SHUT_RDWR, SHUT_WR,
 };
 
 use super::types::reject;
@@ -178,6 +178,36 @@ impl Proactor {
             ..Sqe::ZERO
         };
         self.slot_request(slot, sqe, Some(sa), user_data)
+    }
+
+    /// Queues a SENDFILE of up to `len` bytes of the file in `src` (a regular file or
+    /// block device), from `offset` (`None`: its file position, which advances by what
+    /// was sent), to the socket in `dst`: the bytes never enter user space. The result
+    /// may be short (end of file, a backend's chunk size), like `sendfile(2)`: send the
+    /// rest again; 0 means end of file. It waits for `dst` to become writable like a
+    /// SEND and is cancelled the same way. Both slots stay in use until the completion.
+    /// `len` 0 is refused ([`RejectReason::BadRange`]).
+    pub fn sendfile(
+        &mut self,
+        dst: Slot,
+        src: Slot,
+        offset: Option<u64>,
+        len: u32,
+        user_data: u64,
+    ) -> Result<(), Rejected> {
+        if len == 0 {
+            return Err(reject(RejectReason::BadRange, None, Vec::new()));
+        }
+        self.check_open(src)
+            .map_err(|r| reject(r, None, Vec::new()))?;
+        let sqe = Sqe {
+            opcode: OP_SENDFILE,
+            aux: src.0,
+            off: super::requests::off(offset),
+            len,
+            ..Sqe::ZERO
+        };
+        self.slot_request(dst, sqe, None, user_data)
     }
 
     /// Queues `sqe` on the open `slot`, owning `buf` until the completion.

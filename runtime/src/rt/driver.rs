@@ -71,6 +71,13 @@ pub(crate) enum Req {
         slot: Slot,
         addr: std::net::SocketAddr,
     },
+    /// SENDFILE of `len` bytes of the file in `src` to the socket in `slot`.
+    Sendfile {
+        slot: Slot,
+        src: Slot,
+        offset: Option<u64>,
+        len: u32,
+    },
 }
 
 /// What a completed operation reports.
@@ -267,6 +274,12 @@ impl Driver {
             } => self.p.fallocate(slot, mode, offset, len, ud),
             Req::Shutdown { slot, how } => self.p.shutdown_socket(slot, how, ud),
             Req::Connect { slot, addr } => self.p.connect(slot, addr, ud),
+            Req::Sendfile {
+                slot,
+                src,
+                offset,
+                len,
+            } => self.p.sendfile(slot, src, offset, len.min(MAX_RW_LEN), ud),
             Req::Io {
                 opcode,
                 slot,

@@ -35,6 +35,11 @@ pub struct File {
 }
 
 impl File {
+    /// The file's slot (for requests on another object, such as SENDFILE).
+    pub(crate) fn slot(&self) -> crate::proactor::Slot {
+        self.io.slot
+    }
+
     /// Opens `path` read-only (OPENAT into a slot; the module runs it on a helper
     /// thread, never on a polling lane).
     pub async fn open(path: impl AsRef<Path>) -> io::Result<File> {

@@ -10,7 +10,7 @@ use fastio_uapi::{OP_RECV, OP_SEND};
 
 use super::driver::Req;
 use super::op::Op;
-use super::{current, Inner, IoBuf, IoBufMut};
+use super::{current, File, Inner, IoBuf, IoBufMut};
 use crate::proactor::Slot;
 
 /// A registered file slot owned by an I/O object: closed (CLOSE through the rings, which
@@ -222,6 +222,39 @@ impl TcpStream {
             }
         }
         (Ok(()), buf)
+    }
+
+    /// Sends up to `len` bytes of `file` from `offset` (`None`: its file position, which
+    /// advances) without copying them through user space (SENDFILE). May be short, like
+    /// `sendfile(2)`; `Ok(0)`: end of file. `len` 0 is refused (`InvalidInput`).
+    pub async fn sendfile(&self, file: &File, offset: Option<u64>, len: u32) -> io::Result<usize> {
+        if len == 0 {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        let req = Req::Sendfile {
+            slot: self.io.slot,
+            src: file.slot(),
+            offset,
+            len,
+        };
+        let (r, ()) = Op::new(&self.io.rt, req, ()).await;
+        r.io()
+    }
+
+    /// Sends `len` bytes of `file` from `offset` with as many SENDFILEs as it takes;
+    /// returns how many were sent (fewer only when the file ends first).
+    pub async fn sendfile_all(&self, file: &File, offset: u64, len: u64) -> io::Result<u64> {
+        let mut done = 0u64;
+        while done < len {
+            let chunk = (len - done).min(fastio_uapi::MAX_RW_LEN as u64) as u32;
+            match self.sendfile(file, Some(offset + done), chunk).await {
+                Ok(0) => break,
+                Ok(n) => done += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
     }
 
     /// Shuts down the read, write or both halves (SHUTDOWN).

@@ -208,10 +208,12 @@ pub fn try_open_device() -> io::Result<File> {
         .open(DEVICE_PATH)
 }
 
-/// The ABI the loaded module speaks: this uapi's [`ABI_VERSION`](fastio::uapi::ABI_VERSION)
-/// (2 and later: lane threads of the process), or 1 for the old module (kernel threads).
-/// Asked once per process: `RUN_LANE` on a fresh descriptor before SETUP is `EINVAL` on
-/// ABI 2 and later and an unknown command (`ENOTTY`) on ABI 1.
+/// The ABI the loaded module speaks: this build's [`ABI_VERSION`] (2 and later: lane
+/// threads of the process), or 1 for the old module (kernel threads). Asked once per
+/// process: `RUN_LANE` on a fresh descriptor before SETUP is `EINVAL` since ABI 2 and
+/// an unknown command (`ENOTTY`) on ABI 1.
+///
+/// [`ABI_VERSION`]: fastio::uapi::ABI_VERSION
 pub fn abi_version() -> u32 {
     static VERSION: OnceLock<u32> = OnceLock::new();
     *VERSION.get_or_init(|| {

@@ -159,6 +159,24 @@ pub fn each_flavor<T>(
     );
 }
 
+/// Runs `f` on a proactor of every flavor that can run here (small rings, 64 slots).
+pub fn each_proactor(test: &str, f: impl Fn(&Flavor, &mut fastio::Proactor)) {
+    let base = Config {
+        sq_entries: 64,
+        cq_entries: 128,
+        max_files: 64,
+        idle_ms: 5,
+        ..Config::default()
+    };
+    each_flavor(
+        test,
+        flavors(base),
+        fastio::Proactor::new,
+        |p| p.backend().sqpoll,
+        f,
+    );
+}
+
 /// Whether a kernel-module test runs here: `FASTIO_TEST_BACKENDS` (when set) names kmod
 /// and `/dev/fastio` exists. Prints the SKIP line (with the reason) when not.
 pub fn have_module(test: &str) -> bool {

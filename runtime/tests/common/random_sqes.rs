@@ -12,7 +12,7 @@
 use fastio::uapi::{
     decode, IoVec, Op, Sqe, ACCEPT_NONBLOCK, MAX_RW_LEN, OFF_CURRENT, OP_ACCEPT, OP_ASYNC_CANCEL,
     OP_CLOSE, OP_CONNECT, OP_FALLOCATE, OP_FSYNC, OP_NOP, OP_OPENAT, OP_READ, OP_RECV, OP_SEND,
-    OP_SHUTDOWN, OP_WRITE, OP_WRITEV, RECV_FLAGS, SEND_FLAGS,
+    OP_SENDFILE, OP_SHUTDOWN, OP_WRITE, OP_WRITEV, RECV_FLAGS, SEND_FLAGS,
 };
 
 /// The seed in environment variable `var` (to replay a run), else one from the clock.
@@ -116,6 +116,7 @@ pub fn op_name(opcode: u8) -> String {
         OP_FALLOCATE => "FALLOCATE".into(),
         OP_SHUTDOWN => "SHUTDOWN".into(),
         OP_CONNECT => "CONNECT".into(),
+        OP_SENDFILE => "SENDFILE".into(),
         _ => "bad-opcode".into(),
     }
 }
@@ -137,7 +138,8 @@ pub fn check_result(sqe: &Sqe, res: i32, max_files: u32) {
             Op::Recv { len, .. }
             | Op::Send { len, .. }
             | Op::Read { len, .. }
-            | Op::Write { len, .. },
+            | Op::Write { len, .. }
+            | Op::Sendfile { len, .. },
         ) => assert!(res < 0 || res as u32 <= len, "{}", ctx()),
         Ok(Op::Writev { .. }) => assert!(res <= MAX_RW_LEN as i32, "{}", ctx()),
         Ok(Op::OpenAt { dest, .. }) => assert!(res < 0 || res == dest as i32, "{}", ctx()),
@@ -288,9 +290,28 @@ impl Gen {
             OP_ASYNC_CANCEL
         } else {
             self.rng.pick(&[
-                OP_NOP, OP_NOP, OP_ACCEPT, OP_ACCEPT, OP_RECV, OP_RECV, OP_RECV, OP_RECV, OP_SEND,
-                OP_SEND, OP_SEND, OP_READ, OP_READ, OP_READ, OP_WRITE, OP_WRITE, OP_WRITE,
-                OP_WRITEV, OP_WRITEV, OP_CLOSE,
+                OP_NOP,
+                OP_NOP,
+                OP_ACCEPT,
+                OP_ACCEPT,
+                OP_RECV,
+                OP_RECV,
+                OP_RECV,
+                OP_RECV,
+                OP_SEND,
+                OP_SEND,
+                OP_SEND,
+                OP_READ,
+                OP_READ,
+                OP_READ,
+                OP_WRITE,
+                OP_WRITE,
+                OP_WRITE,
+                OP_WRITEV,
+                OP_WRITEV,
+                OP_CLOSE,
+                OP_SENDFILE,
+                OP_SENDFILE,
             ])
         };
         let mut s = Sqe {
@@ -329,6 +350,12 @@ impl Gen {
             OP_READ | OP_WRITE => {
                 s.slot = self.slot();
                 s.addr = self.addr();
+                s.len = self.len();
+                s.off = self.off();
+            }
+            OP_SENDFILE => {
+                s.slot = self.slot();
+                s.aux = self.slot();
                 s.len = self.len();
                 s.off = self.off();
             }

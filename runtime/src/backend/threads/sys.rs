@@ -1,5 +1,5 @@
 //! The system calls the `threads` backend wraps: eventfds, epoll, ppoll, the signal
-//! mask and CPU pinning of its workers.
+//! mask and CPU pinning of its workers, a connect's result, a file's type.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -100,5 +100,60 @@ pub(super) fn block_sigpipe() {
 pub(super) fn pin_to_cpu(cpu: usize) {
     if let Err(e) = crate::backend::pin_current_thread(cpu) {
         eprintln!("fastio: cannot pin worker to CPU {cpu}: {e}");
+    }
+}
+
+pub(super) fn last_errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// The `S_IFMT` bits of the file `fd`, or `-errno`.
+pub(super) fn file_type(fd: RawFd) -> Result<libc::mode_t, i32> {
+    // SAFETY: stat is plain data; all-zero is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into `st`; `fd` is a descriptor the caller holds.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(-last_errno());
+    }
+    Ok(st.st_mode & libc::S_IFMT)
+}
+
+/// The end of a connect in progress on `fd`: `-EAGAIN` while it is not writable, then
+/// the socket's error (`SO_ERROR`), `-ECONNABORTED` if it hung up without one, else 0.
+pub(super) fn connect_result(fd: RawFd) -> i32 {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout.
+    if unsafe { libc::poll(&mut p, 1, 0) } < 0 {
+        return -last_errno();
+    }
+    if p.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) == 0 {
+        return -libc::EAGAIN;
+    }
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` are valid for getsockopt's output.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        -last_errno()
+    } else if err != 0 {
+        -err
+    } else if p.revents & libc::POLLHUP != 0 {
+        -libc::ECONNABORTED
+    } else {
+        0
     }
 }

@@ -17,7 +17,9 @@ use fastio_uapi::{
 };
 
 use self::multishot::{is_selected, Step};
-use super::sys::{block_sigpipe, drain_eventfd, epoll_ctl, pin_to_cpu};
+use super::sys::{
+    block_sigpipe, connect_result, drain_eventfd, epoll_ctl, file_type, last_errno, pin_to_cpu,
+};
 use super::Shared;
 use crate::backend::files::FileRef;
 use crate::ring::{CqProducer, SqConsumer};
@@ -107,44 +109,6 @@ fn connect_in_progress(op: Op) -> Op {
     }
 }
 
-/// The end of a connect in progress on `fd`: `-EAGAIN` while it is not writable, then
-/// the socket's error (`SO_ERROR`), `-ECONNABORTED` if it hung up without one, else 0.
-fn connect_result(fd: RawFd) -> i32 {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, no timeout.
-    if unsafe { libc::poll(&mut p, 1, 0) } < 0 {
-        return -last_errno();
-    }
-    if p.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) == 0 {
-        return -libc::EAGAIN;
-    }
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `err` and `len` are valid for getsockopt's output.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r < 0 {
-        -last_errno()
-    } else if err != 0 {
-        -err
-    } else if p.revents & libc::POLLHUP != 0 {
-        -libc::ECONNABORTED
-    } else {
-        0
-    }
-}
-
 pub(super) struct Worker {
     shared: Arc<Shared>,
     lane: usize,
@@ -160,12 +124,6 @@ pub(super) struct Worker {
     /// Multishot ACCEPTs: where the next scan for an empty slot of the range starts.
     accept_hints: HashMap<u64, u32>,
     posted: bool,
-}
-
-fn last_errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
 }
 
 /// Converts a syscall's return value to a CQE result.
@@ -428,10 +386,49 @@ impl Worker {
             Op::Connect { addr, len, .. } => res(unsafe {
                 libc::connect(fd, addr as *const libc::sockaddr, len as libc::socklen_t)
             } as isize),
+            Op::Sendfile { src, off, len, .. } => self.sendfile(fd, src, off, len),
             Op::Nop | Op::Close { .. } | Op::AsyncCancel { .. } => 0,
             // Issued through `step_selected` only.
             Op::RecvSelect { .. } | Op::AcceptMulti { .. } => -libc::EINVAL,
         }
+    }
+
+    /// SENDFILE: `sendfile(2)` from the file in slot `src` to the socket `fd`, which is
+    /// non-blocking (`-EAGAIN`: the request waits for writability like a SEND). Reading
+    /// an uncached source blocks the worker, as READ of a regular file does here. The
+    /// kinds are checked as the kernel module checks them: a socket destination
+    /// (`-ENOTSOCK`), a regular file or block device as the source (`-EINVAL`).
+    fn sendfile(&self, fd: RawFd, src: u32, off: u64, len: u32) -> i32 {
+        let Some(src) = self.shared.files.get(src) else {
+            return -libc::EBADF;
+        };
+        match (file_type(fd), file_type(src.raw())) {
+            (Err(e), _) | (_, Err(e)) => return e,
+            (Ok(d), _) if d != libc::S_IFSOCK => return -libc::ENOTSOCK,
+            (_, Ok(s)) if s != libc::S_IFREG && s != libc::S_IFBLK => return -libc::EINVAL,
+            _ => {}
+        }
+        // The socket's O_NONBLOCK (set at registration) belongs to its open file
+        // description, which the application may have changed since: sendfile(2) has no
+        // MSG_DONTWAIT, so make sure it cannot block the worker.
+        // SAFETY: fcntl on a descriptor the caller holds.
+        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        // SAFETY: as above.
+        if fl < 0
+            || (fl & libc::O_NONBLOCK == 0
+                && unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0)
+        {
+            return -last_errno();
+        }
+        let mut pos = off as libc::off_t;
+        let ppos = if off == OFF_CURRENT {
+            std::ptr::null_mut()
+        } else {
+            &mut pos as *mut libc::off_t
+        };
+        // SAFETY: both descriptors are held by file references alive across the call;
+        // `ppos` is null or points to `pos`.
+        res(unsafe { libc::sendfile(fd, src.raw(), ppos, len as usize) })
     }
 
     /// OPENAT (blocking: the threads backend's workers do blocking file calls): in the
@@ -619,33 +616,28 @@ impl Worker {
             self.finish_wait(w, -libc::ECANCELED);
         }
         drop(file);
+        // A SENDFILE waiting for its socket also goes when its source slot is closed.
+        self.cancel_parked_where(|p| matches!(p.op, Op::Sendfile { src, .. } if src == slot));
         0
     }
 
-    /// ASYNC_CANCEL: completes every request parked on this lane with `user_data ==
-    /// target` with `-ECANCELED` (before the cancel's own completion); 0 if there was
-    /// one, `-ENOENT` if not. A request that is not parked has already completed: this
-    /// worker executes its lane's requests one at a time, in order, and the proactor
-    /// queues a cancel on its target's lane.
-    fn cancel_target(&mut self, target: u64) -> i32 {
+    /// Completes every parked request `pred` selects with `-ECANCELED` (in submission
+    /// order per file and direction); returns whether there was one.
+    fn cancel_parked_where(&mut self, pred: impl Fn(&Parked) -> bool) -> bool {
         let keys: Vec<u64> = self
             .waits
             .iter()
-            .filter(|(_, w)| w.read.iter().chain(&w.write).any(|p| p.user_data == target))
+            .filter(|(_, w)| w.read.iter().chain(&w.write).any(&pred))
             .map(|(&k, _)| k)
             .collect();
-        if keys.is_empty() {
-            return -libc::ENOENT;
-        }
-        for key in keys {
+        for &key in &keys {
             let Some(mut wait) = self.waits.remove(&key) else {
                 continue;
             };
             for dir in [Direction::In, Direction::Out] {
                 let q = wait.queue(dir);
-                let (gone, kept): (VecDeque<Parked>, VecDeque<Parked>) = std::mem::take(q)
-                    .into_iter()
-                    .partition(|p| p.user_data == target);
+                let (gone, kept): (VecDeque<Parked>, VecDeque<Parked>) =
+                    std::mem::take(q).into_iter().partition(&pred);
                 *q = kept;
                 for p in gone {
                     self.complete(p.user_data, -libc::ECANCELED);
@@ -659,7 +651,20 @@ impl Worker {
                 self.arm(key);
             }
         }
-        0
+        !keys.is_empty()
+    }
+
+    /// ASYNC_CANCEL: completes every request parked on this lane with `user_data ==
+    /// target` with `-ECANCELED` (before the cancel's own completion); 0 if there was
+    /// one, `-ENOENT` if not. A request that is not parked has already completed: this
+    /// worker executes its lane's requests one at a time, in order, and the proactor
+    /// queues a cancel on its target's lane.
+    fn cancel_target(&mut self, target: u64) -> i32 {
+        if self.cancel_parked_where(|p| p.user_data == target) {
+            0
+        } else {
+            -libc::ENOENT
+        }
     }
 
     /// `cancel_all`: completes every parked request with `-ECANCELED`.
