@@ -20,8 +20,9 @@ enum Route {
     Plain,
     /// The shim's queue.
     Queue,
-    /// A signal handler interrupted this thread inside the shim: the thread's buffer of
-    /// deferred writes, for the socket `id` in the slot.
+    /// A signal handler interrupted this thread inside the shim (or while deferred writes
+    /// of earlier handlers wait to be queued): the thread's buffer of deferred writes,
+    /// for the socket `id` in the slot.
     Defer(u32, u64),
 }
 
@@ -34,7 +35,11 @@ fn route(fd: c_int) -> Route {
         return Route::Plain;
     }
     let (kind, slot, id) = fdtable::entry(fd);
-    if in_shim() {
+    // Deferred writes of this thread not yet queued (a handler that runs while the thread
+    // leaves the shim, after its flag is cleared, finds them): defer behind them, or its
+    // bytes would overtake theirs (seen by shim_signals when inline execution on the
+    // module kept the thread inside the shim longer).
+    if in_shim() || signals::with_deferred(signals::Deferred::pending) {
         if kind == Kind::Queued && phase == ACTIVE {
             if fdtable::identity(fd) == Some(id) {
                 return Route::Defer(slot, id);
