@@ -64,6 +64,27 @@ extern "C" fn on_usr1(_: libc::c_int) {
     unsafe { *libc::__errno_location() = saved };
 }
 
+/// Where handler messages `from..to` are in `got` (for a failure message): the byte
+/// offset of each, or "missing".
+fn whereabouts(got: &[u8], from: u64, to: u64) -> String {
+    (from..to.min(from + 16))
+        .map(|n| {
+            let mut tag = [0u8; 9];
+            tag[0] = b'H';
+            digits(&mut tag[1..], n);
+            let at = got.windows(tag.len()).position(|w| w == tag);
+            at.map_or(format!("{n}: missing"), |a| {
+                let h = &got[a..(a + HANDLER_LEN).min(got.len())];
+                format!(
+                    "{n}: at byte {a} (ran after {} main messages)",
+                    parse8(&h[9..])
+                )
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Checks the stream: the main messages, whole and in order, with the handlers'
 /// messages (whole, in order) among them, each after every main message written before
 /// it ran. Returns the number of handler messages.
@@ -74,7 +95,15 @@ fn check_stream(got: &[u8], mains: u64) -> u64 {
     while i < got.len() {
         if got[i] == b'H' {
             let h = &got[i..i + HANDLER_LEN];
-            assert_eq!(parse8(&h[1..]), handlers, "handler messages out of order");
+            let seq = parse8(&h[1..]);
+            assert_eq!(
+                seq,
+                handlers,
+                "handler messages out of order: {handlers} expected at byte {i} (after {} \
+                 main messages), {seq} found; {}",
+                main_bytes / MAIN_LEN,
+                whereabouts(got, handlers, seq)
+            );
             let k = parse8(&h[9..]);
             assert!(
                 (main_bytes / MAIN_LEN) as u64 >= k,

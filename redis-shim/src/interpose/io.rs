@@ -64,6 +64,12 @@ fn route(fd: c_int) -> Route {
     if phase == ACTIVE && !is_owner() {
         return Route::Plain;
     }
+    // A signal handler neither starts the shim (not async-signal-safe) nor registers a
+    // socket: nothing of an unregistered socket is queued, so its bytes may go straight
+    // to the kernel.
+    if signals::in_handler() {
+        return Route::Plain;
+    }
     if !fdtable::is_queueable_socket(fd) {
         fdtable::set(fd, Kind::Plain);
         return Route::Plain;

@@ -232,10 +232,11 @@ pub fn run_child(f: &Flavor, child: &str, role: &str, env: &[(&str, &str)], ok: 
     let out = run_command(cmd, Duration::from_secs(120));
     assert!(
         out.status.success() && out.text().contains(&format!("{ok} ok")),
-        "[{}] {child} failed:\n{}\n{}",
+        "[{}] {child} failed:\n{}\n{}\nshim stats: {}",
         f.name,
         out.text(),
-        out.stderr
+        out.stderr,
+        std::fs::read_to_string(&stats).unwrap_or_else(|e| format!("none ({e})"))
     );
     let st = ShimStats::read(&stats);
     println!("[{}] {:?}", f.name, st.0);
