@@ -43,10 +43,11 @@ def server_config(name, pins=None):
     kmod-wN), or None for epoll; with pinned workers, affinity_offset is their first CPU."""
     if name == "epoll":
         return None
-    # `-raw`: proactor_echo_server --raw (the completion loop instead of fastio::rt).
+    # `-raw`: proactor_echo_server --raw (the completion loop instead of fastio::rt);
+    # `-ms`: --multishot (multishot ACCEPT and RECV into a provided-buffer group).
     # `-inline` / `-poll`: kmod_inline = "always" / "never" (else the default, auto).
-    m = re.fullmatch(r"(uring-sqpoll|uring|threads|kmod)(?:-w(\d+))?(-inline|-poll)?(?:-raw)?",
-                     name)
+    m = re.fullmatch(
+        r"(uring-sqpoll|uring|threads|kmod)(?:-w(\d+))?(-inline|-poll)?(?:-raw|-ms)?", name)
     if not m:
         raise ValueError(f"unknown server {name}")
     backend, workers = m.group(1), int(m.group(2) or 1)
@@ -78,7 +79,8 @@ def server_argv(ctx, name):
     if keys is None:
         return [ctx.exe("epoll_echo_server"), "{port}"]
     argv = [ctx.exe("proactor_echo_server"), "{port}", "--config", write_config(ctx, name, keys)]
-    return argv + (["--raw"] if name.endswith("-raw") else [])
+    form = {"-raw": ["--raw"], "-ms": ["--multishot"]}
+    return argv + next((f for suffix, f in form.items() if name.endswith(suffix)), [])
 
 
 def pin_server(ctx, first=None):

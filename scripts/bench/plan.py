@@ -133,6 +133,21 @@ def inline_jobs(env, cfg, kmod_reason):
                                 cfg["rawcmp_secs"], 1.5, cfg["reps"], kmod_reason)]
 
 
+def multishot_servers(env):
+    """The completion loop with one RECV per request (`-raw`) against multishot RECV
+    from a provided-buffer group (`-ms`), per backend, with epoll as the reference."""
+    backends = (["kmod-w1"] if env == "vm" else []) + ["uring", "threads"]
+    return ["epoll"] + [f"{b}{form}" for b in backends for form in ("-raw", "-ms")]
+
+
+def multishot_jobs(env, cfg, kmod_reason):
+    """Multishot RECV cuts one SQE per request: measured at 25 and 256 connections x
+    512 B, interleaved run by run."""
+    return [j for conns in (HEAD_CONNS, 256)
+            for j in echo_group("multishot", multishot_servers(env), conns, HEAD_LEN,
+                                cfg["rawcmp_secs"], 1.5, cfg["reps"], kmod_reason)]
+
+
 def syscall_jobs(env, cfg, kmod_reason, strace):
     secs = cfg["echo_secs"][env]
     no_strace = None if strace else "strace not installed (apt-get install strace)"
@@ -189,6 +204,7 @@ def jobs(env, quick, repo, kmod_reason=None, shim_reason=None):
     shim = find_shim(repo)
     every = (nop_jobs(env, cfg, kmod_reason) + echo_jobs(env, cfg, kmod_reason)
              + rawcmp_jobs(env, cfg, kmod_reason) + inline_jobs(env, cfg, kmod_reason)
+             + multishot_jobs(env, cfg, kmod_reason)
              + syscall_jobs(env, cfg, kmod_reason, shutil.which("strace") is not None)
              + scaling_jobs(env, cfg, kmod_reason) + idle_jobs(env, cfg, kmod_reason)
              + redis_jobs(env, cfg, kmod_reason, shim, shim_reason))

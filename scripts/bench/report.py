@@ -254,6 +254,36 @@ def inline_section(r, env):
     return with_problems(lines, r, env, "inline/")
 
 
+def multishot_section(r, env):
+    if not any(e == env and i.startswith("multishot/") for e, i in r.cells):
+        return []
+    ln = plan.HEAD_LEN
+    lines = [f"### Multishot RECV vs one RECV per request — {ENV_TITLE[env]} (echo -l {ln})",
+             "",
+             "proactor_echo_server's completion loop with one RECV SQE per request (`--raw`) "
+             "against multishot ACCEPT and RECV into a provided-buffer group (`--multishot`: "
+             "one armed RECV per connection, buffers recycled once echoed), per backend, "
+             "interleaved run by run with epoll_echo_server; req/s median (min–max), CPU "
+             "seconds per 100k requests (server + kworkers) and context switches per request.",
+             ""]
+    rows = []
+    for conns in (plan.HEAD_CONNS, 256):
+        ref = f"multishot/epoll/c{conns}/l{ln}"
+        for s in plan.multishot_servers(env):
+            cid = f"multishot/{s}/c{conns}/l{ln}"
+            raw = f"multishot/{s[:-3]}-raw/c{conns}/l{ln}" if s.endswith("-ms") else None
+            base, form = s.rsplit("-", 1) if s != "epoll" else (s, "")
+            name = title(base) + {"raw": " --raw", "ms": " --multishot"}.get(form, "")
+            rows.append([conns, name, r.stat(env, cid, "rps"),
+                         ratio(r.med(env, cid, "rps"), r.med(env, ref, "rps")),
+                         ratio(r.med(env, cid, "rps"), r.med(env, raw, "rps")) if raw else "",
+                         r.stat(env, cid, "cpu_s_per_100k", ".2f"),
+                         r.stat(env, cid, "ctxsw_per_req", ".3f")])
+    lines += table(["conns", "server", "req/s", "vs epoll", "multishot / one RECV",
+                    "CPU s/100k", "ctx sw/req"], rows)
+    return with_problems(lines, r, env, "multishot/")
+
+
 # CPU per request by role (procfs.ROLES and the kworkers), as cells.cost_metrics names
 # them; results from before the split (module v1: kernel threads fastio-PID-LANE) have
 # the process as a whole and the module's kernel threads instead.
@@ -566,8 +596,9 @@ def write(results, repo):
     lines += cores_section(r)
     for env in r.envs:
         lines += [f"## {ENV_TITLE[env]}", ""]
-        for section in (nop_section, echo_section, rawcmp_section, inline_section, cost_section,
-                        scaling_section, idle_section, redis_section):
+        for section in (nop_section, echo_section, rawcmp_section, inline_section,
+                        multishot_section, cost_section, scaling_section, idle_section,
+                        redis_section):
             lines += section(r, env)
     lines += extra_sections(repo)
     with open(os.path.join(repo, "BENCHMARKS.md"), "w", encoding="utf-8") as f:

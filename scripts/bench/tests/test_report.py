@@ -114,6 +114,19 @@ class Report(unittest.TestCase):
         self.assertIn("kmod workers", header)
         self.assertNotIn("helper threads", header)
 
+    def test_multishot_table_compares_each_backend_with_its_one_recv_loop(self):
+        res = sample_results()
+        for conns in (25, 256):
+            res["cells"] += [echo_cell("vm", s, conns, prefix="multishot", rps=rps)
+                             for s, rps in (("epoll", 1000.0), ("uring-raw", 800.0),
+                                            ("uring-ms", 1200.0))]
+        lines = report.multishot_section(report.Results(res), "vm")
+        ms = next(ln for ln in lines if ln.startswith("| 25 | proactor uring --multishot"))
+        self.assertIn("| 1.20x | 1.50x |", ms)
+        # A cell without results keeps its row.
+        self.assertTrue(any(ln.startswith("| 256 | proactor threads --multishot | — |")
+                            for ln in lines), lines)
+
 
 if __name__ == "__main__":
     unittest.main()
