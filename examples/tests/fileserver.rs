@@ -11,17 +11,22 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream as StdStream;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use fastio::rt::{self, Runtime, TcpListener};
 use fastio::Config;
 use fastio_examples::fileserver::{self, route, Mode, Route};
 
+/// A fresh root with the test files: one per call, since the tests run in parallel in
+/// one process (a shared root was rewritten under a running server).
 fn root() -> (PathBuf, Vec<u8>, Vec<u8>) {
+    static N: AtomicU32 = AtomicU32::new(0);
     let base = std::env::var("FASTIO_SCRATCH")
         .map(PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir());
-    let root = base.join(format!("fastio-fileserver-{}", std::process::id()));
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let root = base.join(format!("fastio-fileserver-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("dir")).unwrap();
     let small = b"small file\n".to_vec();
@@ -105,7 +110,10 @@ fn client(addr: std::net::SocketAddr, small: Vec<u8>, big: Vec<u8>, name: String
     assert_eq!((st, body), (200, small.clone()), "[{name}] a.txt");
     let (st, h, body) = response(&mut r, false);
     assert_eq!(st, 200, "[{name}]");
-    assert!(h.contains(&format!("content-length: {}", big.len())));
+    assert!(
+        h.contains(&format!("content-length: {}", big.len())),
+        "[{name}] {h}"
+    );
     assert!(body == big, "[{name}] big.bin differs");
     let (st, h, _) = response(&mut r, true);
     assert_eq!(st, 200);
