@@ -100,6 +100,7 @@ fn fastio_original_file_parses() {
         wq_affinity_offset: Some(10),
         kmod_inline: InlineMode::Auto,
         sqpoll: true,
+        uring_coop_taskrun: true,
         esca_localize: false,
         max_table_entry: 64,
         max_table_len: 10,
@@ -144,7 +145,7 @@ fn defaults() {
     assert_eq!((d.sq_entries, d.cq_entries, d.max_files), (256, 8192, 4096));
     assert_eq!((d.idle_ms, d.wq_idle_ms, d.wq_max_active), (20, 1000, 2));
     assert_eq!((d.affinity_offset, d.wq_affinity_offset), (None, None));
-    assert!(d.sqpoll && !d.esca_localize);
+    assert!(d.sqpoll && d.uring_coop_taskrun && !d.esca_localize);
     assert_eq!((d.max_table_entry, d.max_table_len), (64, 1));
     d.validate().unwrap();
 
@@ -164,6 +165,7 @@ fn new_keys_and_derived_sizes() {
 backend = \"uring\"   # comment after a value
 sq_entries = 64
 sqpoll = false
+uring_coop_taskrun = 0
 esca_localize = true
 max_files = 0x10
 affinity_offset = 2
@@ -172,7 +174,7 @@ wq_max_active = 1_0
     let cfg = Config::parse(text, "x.conf").unwrap();
     assert_eq!(cfg.backend, BackendKind::Uring);
     assert_eq!((cfg.sq_entries, cfg.cq_entries), (64, 8192));
-    assert!(!cfg.sqpoll && cfg.esca_localize);
+    assert!(!cfg.sqpoll && !cfg.uring_coop_taskrun && cfg.esca_localize);
     assert_eq!((cfg.max_files, cfg.wq_max_active), (16, 10));
     assert_eq!(cfg.affinity_offset, Some(2));
     assert_eq!(

@@ -500,47 +500,4 @@ impl Shim {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::io::Read;
-    use std::net::{TcpListener, TcpStream};
-    use std::os::fd::AsRawFd;
-
-    use fastio::BackendKind;
-
-    use super::*;
-
-    /// A socket registered twice (a signal handler's write registered it between the
-    /// thread's check and its own registration) keeps one slot, so its bytes leave from
-    /// one queue in order.
-    #[test]
-    fn a_socket_registered_twice_keeps_its_slot() {
-        let config = Config {
-            backend: BackendKind::Threads,
-            ..Config::default()
-        };
-        let mut shim = Shim::new(&config, Settings::default()).expect("threads backend");
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (mut peer, _) = l.accept().unwrap();
-        s.set_nonblocking(true).unwrap();
-        let fd = s.as_raw_fd();
-        assert!(shim.register(fd));
-        assert_eq!(shim.write(fd, &[b"first "], 6), Ok(6));
-        assert!(shim.register(fd), "second registration");
-        assert_eq!(shim.write(fd, &[b"second"], 6), Ok(6));
-        let st = shim.stats();
-        assert_eq!((st.registered, st.open_slots), (1, 1), "{st:?}");
-        let mut got = Vec::new();
-        let mut buf = [0u8; 64];
-        peer.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        while got.len() < 12 {
-            shim.pump();
-            let n = peer.read(&mut buf).expect("bytes within 10 s");
-            assert!(n > 0, "end of stream after {got:?}");
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(got, b"first second");
-        shim.detach(fd);
-    }
-}
+mod tests;

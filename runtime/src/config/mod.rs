@@ -23,6 +23,7 @@
 //! | `wq_affinity_offset` | CPU number | unset: not pinned | `0..=1023` | Pin helper thread `j` (`kmod`) to CPU `(wq_affinity_offset + j) % n` of the `n` CPUs the process may run on. |
 //! | `kmod_inline` | — | `"auto"` | `"auto"`, `"always"`, `"never"` | `kmod` backend: a serving thread that must wake a sleeping lane thread or wait for completions does the lane's work itself (`ENTER_INLINE`, as io_uring without SQPOLL does) instead of waking it; awake lane threads keep polling. `auto`: when the process may run on fewer CPUs than lanes + 2 (a lane thread woken there would take a CPU from the serving thread or its peers). |
 //! | `sqpoll` | flag | `true` | `true`/`false` (or `1`/`0`) | `uring` backend: use a kernel SQ polling thread (`IORING_SETUP_SQPOLL`). |
+//! | `uring_coop_taskrun` | flag | `true` | `true`/`false` (or `1`/`0`) | `uring` backend: `IORING_SETUP_COOP_TASKRUN` with `TASKRUN_FLAG`. Without it the kernel interrupts a thread running in user space (an IPI, then the signal path and its lock) to finish each request that became ready; with it the thread finishes them at its next kernel entry (a sleeping thread is still woken), and the proactor enters when the ring says work waits. Measured +13% req/s at 25 echo connections on the host (BENCHMARKS.md). `false` restores the interrupt, for a program that computes in user space for long stretches without the proactor while its requests should progress. Kernels before 5.19 refuse it; the runtime then runs without. |
 //! | `esca_localize` | flag | `false` | `true`/`false` (or `1`/`0`) | FastIO/ESCA compatibility only: lanes are always per-worker memory in fastio-rs, so it has no further effect. |
 //! | `max_table_entry` | entries | `64` | `1..=32768` | FastIO's table geometry, see below. |
 //! | `max_table_len` | tables | `1` | `1..=1024` | FastIO's table geometry, see below; `max_table_entry * max_table_len` must not exceed `32768`. |
@@ -100,7 +101,7 @@ const TABLE_LEN: Bounds = (1, 1024);
 pub const ADAPTOR_KEY_PREFIX: &str = "shim_";
 
 /// Every key `fastio.conf` accepts, in the order of the module documentation.
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 17] = [
     "backend",
     "max_ker_worker",
     "max_usr_worker",
@@ -114,6 +115,7 @@ pub const KEYS: [&str; 16] = [
     "wq_affinity_offset",
     "kmod_inline",
     "sqpoll",
+    "uring_coop_taskrun",
     "esca_localize",
     "max_table_entry",
     "max_table_len",
@@ -263,6 +265,10 @@ pub struct Config {
     pub kmod_inline: InlineMode,
     /// Key `sqpoll`: the `uring` backend uses `IORING_SETUP_SQPOLL`.
     pub sqpoll: bool,
+    /// Key `uring_coop_taskrun`: the `uring` backend sets up its ring with
+    /// `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG` (see the module's table:
+    /// leave it off when the program sleeps outside the proactor).
+    pub uring_coop_taskrun: bool,
     /// Key `esca_localize`: accepted for compatibility with FastIO/ESCA files. Lanes are
     /// always per-worker memory in fastio-rs, so it has no further effect.
     pub esca_localize: bool,
@@ -290,6 +296,7 @@ impl Default for Config {
             wq_affinity_offset: None,
             kmod_inline: InlineMode::Auto,
             sqpoll: true,
+            uring_coop_taskrun: true,
             esca_localize: false,
             max_table_entry: 64,
             max_table_len: 1,
@@ -341,6 +348,7 @@ impl Config {
                 "wq_affinity_offset" => cfg.wq_affinity_offset = Some(e.int(CPU)?),
                 "kmod_inline" => cfg.kmod_inline = e.inline_mode()?,
                 "sqpoll" => cfg.sqpoll = e.flag()?,
+                "uring_coop_taskrun" => cfg.uring_coop_taskrun = e.flag()?,
                 "esca_localize" => cfg.esca_localize = e.flag()?,
                 "max_table_entry" => {
                     cfg.max_table_entry = e.int(TABLE_ENTRY)?;
