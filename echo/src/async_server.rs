@@ -4,7 +4,9 @@
 //!
 //! `max_usr_worker` serving threads each run a [`Runtime`] over the same listening
 //! socket, with `accept_depth` accepting tasks and one task per connection ([`echo`]).
-//! Busy refusals, user_data tokens and retries are the runtime's business.
+//! Busy refusals, user_data tokens and retries are the runtime's business. With
+//! [`EchoOptions::provided`] (`--provided`), connections receive into one group of
+//! provided buffers per thread ([`echo_provided`]): an idle connection holds no buffer.
 
 use std::cell::RefCell;
 use std::io;
@@ -14,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fastio::rt::{self, Runtime, TcpListener, TcpStream};
-use fastio::Config;
+use fastio::{BufGroup, Config};
 
 use crate::proactor_server::{serve_threads, EchoOptions, ServeStats};
 
@@ -44,15 +46,18 @@ fn serve_one(
     let fatal = rt.block_on(async {
         let listener = Rc::new(TcpListener::from_std(listener)?);
         let fatal_tx: Rc<RefCell<Option<io::Error>>> = Rc::default();
+        let recv = match opts.provided {
+            Some((count, size)) => Recv::Group(rt::register_buffers(count, size)?),
+            None => Recv::Own(opts.buf_size),
+        };
         for _ in 0..opts.accept_depth.max(1) {
-            let (l, stats, fatal, buf_size) = (
+            let (l, stats, fatal) = (
                 Rc::clone(&listener),
                 Rc::clone(&stats),
                 Rc::clone(&fatal_tx),
-                opts.buf_size,
             );
             rt::spawn(async move {
-                if let Err(e) = accept_loop(&l, &stats, buf_size).await {
+                if let Err(e) = accept_loop(&l, &stats, recv).await {
                     fatal.borrow_mut().get_or_insert(e);
                 }
             });
@@ -75,15 +80,27 @@ fn serve_one(
     }
 }
 
+/// Where a connection receives.
+#[derive(Clone, Copy)]
+enum Recv {
+    /// Into a buffer of its own, of this many bytes.
+    Own(usize),
+    /// Into a buffer of the thread's provided-buffer group.
+    Group(BufGroup),
+}
+
 /// Accepts and spawns a connection task, until the listener itself fails.
-async fn accept_loop(l: &TcpListener, stats: &Stats, buf_size: usize) -> io::Result<()> {
+async fn accept_loop(l: &TcpListener, stats: &Stats, recv: Recv) -> io::Result<()> {
     loop {
         match l.accept().await {
             Ok(conn) => {
                 stats.borrow_mut().accepted += 1;
                 let stats = Rc::clone(stats);
                 rt::spawn(async move {
-                    let bytes = echo(&conn, buf_size).await;
+                    let bytes = match recv {
+                        Recv::Own(size) => echo(&conn, size).await,
+                        Recv::Group(group) => echo_provided(&conn, group).await,
+                    };
                     let mut st = stats.borrow_mut();
                     st.bytes += bytes;
                     st.closed += 1;
@@ -126,5 +143,34 @@ pub async fn echo(conn: &TcpStream, buf_size: usize) -> u64 {
         }
         echoed += n as u64;
         buf = b;
+    }
+}
+
+/// How long a connection waits before it receives again when every buffer of the
+/// group is held by connections whose echoes are being sent.
+const NO_BUFFER_BACKOFF: Duration = Duration::from_millis(1);
+
+/// The connection handler on a provided-buffer group: each buffer received is sent
+/// back as it is (no copy) and returns to the group once sent. Echoes until end of
+/// stream or an error; returns the bytes echoed.
+pub async fn echo_provided(conn: &TcpStream, group: BufGroup) -> u64 {
+    let mut echoed = 0;
+    loop {
+        let buf = match conn.recv_provided(group).await {
+            Ok(Some(b)) => b,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                // Nothing was received: the bytes wait in the socket.
+                rt::sleep(NO_BUFFER_BACKOFF).await;
+                continue;
+            }
+            _ => return echoed,
+        };
+        let n = buf.len() as u64;
+        let (r, buf) = conn.write_all(buf).await;
+        drop(buf);
+        if r.is_err() {
+            return echoed;
+        }
+        echoed += n;
     }
 }

@@ -23,6 +23,10 @@ pub struct EchoOptions {
     pub buf_size: usize,
     /// ACCEPT requests kept outstanding per serving thread.
     pub accept_depth: usize,
+    /// The async server only: receive into a provided-buffer group of this many
+    /// buffers of this many bytes per serving thread (`recv_provided`) instead of a
+    /// buffer of `buf_size` per connection.
+    pub provided: Option<(u32, u32)>,
 }
 
 impl Default for EchoOptions {
@@ -30,6 +34,7 @@ impl Default for EchoOptions {
         EchoOptions {
             buf_size: 16 * 1024,
             accept_depth: 4,
+            provided: None,
         }
     }
 }

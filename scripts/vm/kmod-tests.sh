@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-TESTS=(proactor proactor_multishot proactor_sysops proactor_sendfile kmod_hostile_sendfile rt rt_sysops wakeup_boundary kmod_abi kmod_lifetime kmod_contexts kmod_hostile kmod_hostile_ops kmod_hostile_pbuf proactor_echo kmod_idle kmod_faults kmod_uncached kmod_creds kmod_inline kmod_helpers kmod_fuzz redis_cli redis_bench redis_faults redis_limits redis_stuck shim_probe shim_fds shim_signals shim_wait echo_preload http fileserver)
+TESTS=(proactor proactor_multishot proactor_sysops proactor_sendfile kmod_hostile_sendfile rt rt_sysops wakeup_boundary kmod_abi kmod_lifetime kmod_contexts kmod_hostile kmod_hostile_ops kmod_hostile_pbuf rt_pbuf proactor_echo kmod_idle kmod_faults kmod_uncached kmod_creds kmod_inline kmod_helpers kmod_fuzz redis_cli redis_bench redis_faults redis_limits redis_stuck shim_probe shim_fds shim_signals shim_wait echo_preload http fileserver)
 PACKAGES=(-p fastio -p fastio-echo -p fastio-redis-shim -p fastio-examples)
 [ -f kmod/fastio.ko ] || { echo "vm-test: kmod/fastio.ko missing: make kmod" >&2; exit 2; }
 

@@ -1,8 +1,9 @@
-//! `proactor_echo_server PORT [--config PATH] [--backend KIND] [--raw | --multishot]`:
-//! the FastIO echo server on the fastio async runtime (`--raw`: the hand-written
-//! completion loop on the proactor, for comparison; `--multishot`: a completion loop on
-//! multishot ACCEPT and RECV with a provided-buffer group, whose idle connections hold
-//! no buffer). Stops cleanly on SIGINT/SIGTERM.
+//! `proactor_echo_server PORT [--config PATH] [--backend KIND] [--raw | --multishot |
+//! --provided]`: the FastIO echo server on the fastio async runtime (`--raw`: the
+//! hand-written completion loop on the proactor, for comparison; `--multishot`: a
+//! completion loop on multishot ACCEPT and RECV with a provided-buffer group, whose idle
+//! connections hold no buffer; `--provided`: the async server receiving into a
+//! provided-buffer group, idem). Stops cleanly on SIGINT/SIGTERM.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -39,10 +40,14 @@ struct Args {
     /// connection (buffers recycled once their bytes are sent back).
     #[arg(long)]
     multishot: bool,
-    /// --multishot: buffers in the group (per serving thread).
+    /// Serve on the async runtime with receptions into a provided-buffer group per
+    /// serving thread (`recv_provided`): idle connections hold no buffer.
+    #[arg(long, conflicts_with_all = ["raw", "multishot"])]
+    provided: bool,
+    /// --multishot, --provided: buffers in the group (per serving thread).
     #[arg(long, default_value_t = 1024)]
     pbufs: u32,
-    /// --multishot: bytes per buffer of the group.
+    /// --multishot, --provided: bytes per buffer of the group.
     #[arg(long, default_value_t = 4096)]
     pbuf_size: u32,
 }
@@ -82,6 +87,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     let opts = EchoOptions {
         buf_size: args.buf_size,
+        provided: args.provided.then_some((args.pbufs, args.pbuf_size)),
         ..EchoOptions::default()
     };
     if args.multishot {
@@ -106,9 +112,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     eprintln!(
         "proactor_echo_server: {}",
         if args.raw {
-            "raw completion loop (--raw)"
+            "raw completion loop (--raw)".to_string()
+        } else if args.provided {
+            format!(
+                "async runtime (fastio::rt), receiving into {} provided buffers of {} bytes \
+                 per thread (--provided)",
+                args.pbufs, args.pbuf_size
+            )
         } else {
-            "async runtime (fastio::rt)"
+            "async runtime (fastio::rt)".to_string()
         }
     );
     let stats = serve(&listener, &config, &opts, shutdown)?;

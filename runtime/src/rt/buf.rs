@@ -6,7 +6,8 @@
 //! arrives (see [`crate::rt`]), so the executor never writes into freed or reused memory.
 //!
 //! Implemented for `Vec<u8>`, `Box<[u8]>` and [`Slice`]s of either (or of any other
-//! [`IoBuf`]).
+//! [`IoBuf`]); [`crate::ProvidedBuf`] (a received provided buffer) is an [`IoBuf`], so
+//! its bytes can be sent without a copy.
 
 use std::ops::{Bound, RangeBounds};
 
@@ -109,21 +110,34 @@ unsafe impl IoBufMut for Vec<u8> {
     }
 }
 
-// SAFETY: a boxed slice's heap block does not move with the box; all of it is
-// initialised.
-unsafe impl IoBuf for Box<[u8]> {
-    fn stable_ptr(&self) -> *const u8 {
-        self.as_ptr()
-    }
-    fn bytes_init(&self) -> usize {
-        self.len()
-    }
-    fn bytes_total(&self) -> usize {
-        self.len()
-    }
+/// `IoBuf` for a type that dereferences to a byte slice, all of it initialised.
+macro_rules! whole_slice_io_buf {
+    ($t:ty) => {
+        unsafe impl IoBuf for $t {
+            fn stable_ptr(&self) -> *const u8 {
+                self.as_ptr()
+            }
+            fn bytes_init(&self) -> usize {
+                self.len()
+            }
+            fn bytes_total(&self) -> usize {
+                self.len()
+            }
+        }
+    };
 }
 
-// SAFETY: as above.
+// SAFETY: a boxed slice's heap block does not move with the box; all of it is
+// initialised.
+whole_slice_io_buf!(Box<[u8]>);
+
+// SAFETY: the bytes of a provided buffer live in its group's heap block, which the
+// `ProvidedBuf` keeps alive (an `Arc`) and does not move; the executor does not write
+// into a buffer until it is given back, when the `ProvidedBuf` is dropped. Every byte
+// of `len` was received, so initialised. Read-only: no `IoBufMut`.
+whole_slice_io_buf!(crate::proactor::ProvidedBuf);
+
+// SAFETY: as for `Box<[u8]>` above.
 unsafe impl IoBufMut for Box<[u8]> {
     fn stable_mut_ptr(&mut self) -> *mut u8 {
         self.as_mut_ptr()

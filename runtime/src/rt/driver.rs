@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use fastio_uapi::MAX_RW_LEN;
 
-use crate::proactor::{Completion, Proactor, RejectReason, Rejected, Slot};
+use crate::proactor::{BufGroup, Completion, Proactor, ProvidedBuf, RejectReason, Rejected, Slot};
 
 /// user_data of the runtime's own requests: the top bit, never set on an op's.
 const INTERNAL: u64 = 1 << 63;
@@ -78,19 +78,23 @@ pub(crate) enum Req {
         offset: Option<u64>,
         len: u32,
     },
+    /// RECV into a buffer of a provided-buffer group (the completion carries it).
+    RecvProvided { slot: Slot, group: BufGroup },
 }
 
 /// What a completed operation reports.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub(crate) struct OpResult {
     /// The CQE's result (negative errno on error).
     pub(crate) res: i32,
     /// ACCEPT and OPENAT: the new slot.
     pub(crate) accepted: Option<Slot>,
+    /// A RECV into a provided-buffer group: the buffer it filled.
+    pub(crate) provided: Option<ProvidedBuf>,
 }
 
 impl OpResult {
-    pub(crate) fn io(self) -> io::Result<usize> {
+    pub(crate) fn io(&self) -> io::Result<usize> {
         if self.res >= 0 {
             Ok(self.res as usize)
         } else {
@@ -280,6 +284,7 @@ impl Driver {
                 offset,
                 len,
             } => self.p.sendfile(slot, src, offset, len.min(MAX_RW_LEN), ud),
+            Req::RecvProvided { slot, group } => self.p.recv_provided(slot, group, ud),
             Req::Io {
                 opcode,
                 slot,
@@ -307,6 +312,7 @@ impl Driver {
                 e.state = State::Done(OpResult {
                     res: -errno_of(&rej),
                     accepted: None,
+                    provided: None,
                 });
                 if let Some(w) = e.waker.take() {
                     w.wake();
@@ -319,9 +325,15 @@ impl Driver {
     /// Polls the op `ud`: its result once complete.
     pub(crate) fn poll_op(&mut self, ud: u64, cx: &mut Context<'_>) -> Poll<OpResult> {
         let e = self.entry(ud).expect("op polled after completion");
-        if let State::Done(r) = e.state {
-            self.free_entry(ud);
-            return Poll::Ready(r);
+        if matches!(e.state, State::Done(_)) {
+            if let Some(OpEntry {
+                state: State::Done(r),
+                ..
+            }) = self.free_entry(ud)
+            {
+                return Poll::Ready(r);
+            }
+            unreachable!("the entry was done");
         }
         match &e.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -344,11 +356,14 @@ impl Driver {
                 self.free_entry(ud);
                 self.graveyard.push(owner);
             }
-            State::Done(r) => {
+            State::Done(ref r) => {
+                let accepted = r.accepted;
+                // A provided buffer nobody took goes back to its group when the entry
+                // is dropped.
                 self.free_entry(ud);
                 self.graveyard.push(owner);
                 // A finished ACCEPT whose result nobody took: close the connection.
-                if let Some(slot) = r.accepted {
+                if let Some(slot) = accepted {
                     self.close_detached(slot);
                 }
             }
@@ -437,6 +452,7 @@ impl Driver {
         e.state = State::Done(OpResult {
             res: c.result,
             accepted: c.accepted,
+            provided: c.provided,
         });
         if let Some(w) = e.waker.take() {
             w.wake();

@@ -121,7 +121,7 @@ pub use self::time::{interval, sleep, sleep_until, timeout, Elapsed, Interval, S
 use self::driver::Driver;
 use self::task::{Job, Remote, Tasks, MAIN};
 use crate::config::Config;
-use crate::proactor::Proactor;
+use crate::proactor::{BufGroup, Proactor};
 
 /// The state of one runtime, shared by its I/O objects and futures (`Rc`: one thread).
 pub(crate) struct Inner {
@@ -354,6 +354,27 @@ pub fn in_flight() -> usize {
     let rt = current();
     let d = rt.driver.borrow();
     d.proactor().in_flight() + d.queued()
+}
+
+/// Registers a group of `count` provided buffers of `size` bytes each on the current
+/// runtime, for [`TcpStream::recv_provided`]. The group belongs to this runtime (its id
+/// means nothing to another one). `Unsupported` on a backend without provided buffers.
+pub fn register_buffers(count: u32, size: u32) -> io::Result<BufGroup> {
+    current()
+        .driver
+        .borrow_mut()
+        .proactor_mut()
+        .register_buffers(count, size)
+}
+
+/// Unregisters a group of the current runtime: `ResourceBusy` while a receive into it
+/// is in flight. Buffers still held stay readable.
+pub fn unregister_buffers(group: BufGroup) -> io::Result<()> {
+    current()
+        .driver
+        .borrow_mut()
+        .proactor_mut()
+        .unregister_buffers(group)
 }
 
 /// A NOP through the rings: completes when an executor has seen it (a round trip).

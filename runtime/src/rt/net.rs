@@ -11,7 +11,7 @@ use fastio_uapi::{OP_RECV, OP_SEND};
 use super::driver::Req;
 use super::op::Op;
 use super::{current, File, Inner, IoBuf, IoBufMut};
-use crate::proactor::Slot;
+use crate::proactor::{BufGroup, ProvidedBuf, Slot};
 
 /// A registered file slot owned by an I/O object: closed (CLOSE through the rings, which
 /// cancels what still waits on it) when the object is dropped.
@@ -200,6 +200,28 @@ impl TcpStream {
     /// (or an empty buffer).
     pub async fn read<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
         self.io.fill(OP_RECV, buf, None).await
+    }
+
+    /// Receives into a buffer of `group` (registered on this runtime with
+    /// [`super::register_buffers`]): the connection holds no buffer while it waits, so
+    /// many idle connections share a few buffers. `Ok(Some(buf))`: the bytes received
+    /// (drop the buffer to give it back to the group); `Ok(None)`: end of stream; an
+    /// error with raw OS error `ENOBUFS`: every buffer of the group is held (nothing was
+    /// received; drop some and call again).
+    pub async fn recv_provided(&self, group: BufGroup) -> io::Result<Option<ProvidedBuf>> {
+        let req = Req::RecvProvided {
+            slot: self.io.slot,
+            group,
+        };
+        let (r, ()) = Op::new(&self.io.rt, req, ()).await;
+        match r.io()? {
+            0 => Ok(None),
+            n => r.provided.map(Some).ok_or_else(|| {
+                io::Error::other(format!(
+                    "a RECV of {n} bytes into a group came without its buffer"
+                ))
+            }),
+        }
     }
 
     /// Sends the initialised bytes of `buf` ([`IoBuf::bytes_init`]); may be short.
