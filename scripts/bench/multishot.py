@@ -29,6 +29,8 @@ MODES = {
     "raw": ["--raw"],
     "async": [],
     "multishot": ["--multishot"],
+    # The async server receiving into one group per thread (`recv_provided`).
+    "async-provided": ["--provided"],
     # Idle memory only: the same with a group of 256 buffers, to show which part of the
     # multishot figure is the group's (fixed) and which part grows with connections.
     "multishot-256": ["--multishot", "--pbufs", "256"],
@@ -139,14 +141,14 @@ def main():
         print(rows[-1], flush=True)
     small = conf(a.backend, 256, 2048)
     limit = []
-    for mode in ("raw", "async", "multishot"):
+    for mode in ("raw", "async", "multishot", "async-provided"):
         _, _, ok, err = idle(mode, small, 1000, 3)
         limit.append(f"| {mode} | {'all 1000 served' if ok else 'stalled: ' + err} |")
         print(limit[-1], flush=True)
     tput = {}
     for conns in (25, 256):
         for run in range(a.runs):
-            for mode in ("raw", "multishot"):
+            for mode in ("raw", "multishot", "async", "async-provided"):
                 rps = bench(mode, big, conns, 512, a.duration)
                 tput.setdefault((conns, mode), []).append(rps)
                 print(f"-c {conns} run {run} {mode}: {rps}", flush=True)
@@ -162,7 +164,10 @@ def main():
         "16 KiB buffer and one RECV in the CQ budget per connection), `async` (today's "
         "default, the async runtime), `multishot` (`--multishot`: one multishot ACCEPT, "
         "one multishot RECV per connection into a group of 1024 x 4 KiB provided buffers "
-        "shared by all connections, each buffer recycled once its bytes are sent back).",
+        "shared by all connections, each buffer recycled once its bytes are sent back), "
+        "`async-provided` (`--provided`: the async server, each connection's task "
+        "receiving with `TcpStream::recv_provided` into the same kind of group and sending "
+        "the buffer back as it is).",
         "",
         f"### Resident memory per idle connection ({a.conns:,} connections)",
         "",
@@ -175,14 +180,19 @@ def main():
         *rows,
         "",
         f"multishot / raw = {per['multishot'] / per['raw']:.3f}, multishot / async = "
-        f"{per['multishot'] / per['async']:.3f} (target: <= 1/8 = 0.125). The multishot "
+        f"{per['multishot'] / per['async']:.3f}; async-provided / async = "
+        f"{per['async-provided'] / per['async']:.3f} (target: <= 1/8 = 0.125). The multishot "
         "figure includes the group's pages that the first messages touched: a 16-byte "
         "reception touches one 4 KiB page of its buffer, and io_uring hands the buffers "
         "out in ring order, so 10,000 round trips touch all 1024 buffers (4 MiB, "
         f"{4 * 1024 * 1024 / a.conns:,.0f} bytes per connection at {a.conns:,}): a fixed "
         "cost that does not grow with the connections, as `multishot-256` (a group of 256 "
         "buffers, 1 MiB) shows. The rest is the proactor's in-flight entry of the armed "
-        "RECV and the server's connection record.",
+        "RECV and the server's connection record. `async-provided` carries the same group "
+        f"pages; the rest of its {per['async-provided']:,.0f} bytes is the connection's "
+        "task (its future, the runtime's entry of the pending RECV, the slot), against "
+        f"`async`'s {per['async']:,.0f}, most of which is the page of its own 16 KiB "
+        "receive buffer that the first message touched.",
         "",
         "### Connection limit per lane (cq_entries = 256, 1000 connections)",
         "",
@@ -192,18 +202,23 @@ def main():
         "",
         "Today's modes keep one RECV per connection within the lane's CQ budget "
         "(cq_entries - 2 requests in flight), so connection 255 waits for a slot in the "
-        "CQ budget; armed multishot requests take none.",
+        "CQ budget; armed multishot requests take none. `async-provided` still keeps one "
+        "(single-shot) RECV per connection in flight: it saves the buffer, not the CQ "
+        "budget.",
         "",
         f"### Throughput (echo_bench -l 512, {a.duration} s, {a.runs} runs per cell "
         "interleaved, median (min–max) responses/s)",
         "",
-        "| clients | raw | multishot | multishot / raw |",
-        "|---:|---:|---:|---:|",
+        "| clients | raw | multishot | multishot / raw | async | async-provided | "
+        "async-provided / async |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for conns in (25, 256):
         r, m = tput[(conns, "raw")], tput[(conns, "multishot")]
+        y, p = tput[(conns, "async")], tput[(conns, "async-provided")]
         lines.append(f"| {conns} | {med(r)} | {med(m)} | "
-                     f"{statistics.median(m) / statistics.median(r):.2f} |")
+                     f"{statistics.median(m) / statistics.median(r):.2f} | {med(y)} | "
+                     f"{med(p)} | {statistics.median(p) / statistics.median(y):.2f} |")
     losing = [c for c in (25, 256)
               if statistics.median(tput[(c, "multishot")]) < statistics.median(tput[(c, "raw")])]
     lines += [""]
