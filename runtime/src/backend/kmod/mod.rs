@@ -1,5 +1,5 @@
 //! The `kmod` backend: `fastio.ko` through `/dev/fastio`, with this process's own lane
-//! and helper threads as its workers (ABI 2).
+//! and helper threads as its workers (ABI 2; ABI 3's provided-buffer rings: bufs.rs).
 //!
 //! One open of the device is one context:
 //! 1. `FASTIO_SETUP` creates `max_ker_worker` lanes, allows `wq_max_active` helper
