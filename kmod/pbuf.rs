@@ -4,8 +4,10 @@
 //! memory (`uapi/src/pbuf.rs` is the contract).
 //!
 //! A group is the validated copy of its registration ([`abi::BufRing`]) and the kernel's
-//! own head. The ring and the buffers are reached only with user copies
-//! (`UserSlice`), as any system call of the process would reach them: nothing is
+//! own head. The ring and the buffers are reached only with user accesses
+//! (`get_user`/`put_user` of the ring's words, which user space changes concurrently, so
+//! one load each: a byte-wise `copy_from_user` could read a tail torn; the socket's own
+//! copy into a buffer), as any system call of the process would reach them: nothing is
 //! pinned, mapped or dereferenced, and memory unmapped after registration is an
 //! `-EFAULT` of the request that meets it.
 //!
@@ -34,7 +36,7 @@
 //! socket's copy into the buffer: socket lock and page faults nest inside it); nothing
 //! of the module is taken under it.
 
-use core::mem::{offset_of, size_of};
+use core::mem::offset_of;
 use core::sync::atomic::{fence, AtomicU32, Ordering};
 
 use kernel::{
@@ -42,11 +44,10 @@ use kernel::{
     bindings, new_mutex,
     prelude::*,
     sync::{Arc, Mutex, MutexGuard},
-    uaccess::{UserPtr, UserSlice},
 };
 
 use crate::abi::{self, BufRingHeader};
-use crate::sys::neg;
+use crate::sys::{self, neg};
 
 /// A registered group.
 #[pin_data]
@@ -73,14 +74,6 @@ pub(crate) struct Taken<'a> {
     pub(crate) len: u32,
 }
 
-/// Reads a `T` of user memory at `addr` (once).
-fn read_user<T: kernel::transmute::FromBytes>(addr: u64) -> Result<T, i32> {
-    UserSlice::new(UserPtr::from_addr(addr as usize), size_of::<T>())
-        .reader()
-        .read::<T>()
-        .map_err(|_| neg(bindings::EFAULT))
-}
-
 impl Group {
     pub(crate) fn new(ring: abi::BufRing) -> Result<Arc<Self>> {
         Arc::pin_init(
@@ -100,7 +93,8 @@ impl Group {
         let mut head = self.head.lock();
         let r = &self.ring;
         // `tail` is the first word of the header (ring_addr is checked and aligned).
-        let tail: u32 = read_user(r.ring_addr)?;
+        // One load: userspace stores it concurrently (a byte-wise copy could see it torn).
+        let tail = sys::get_user_u32(r.ring_addr)?;
         // The id is read after the tail (pairs with userspace's release store of it).
         fence(Ordering::Acquire);
         let avail = tail.wrapping_sub(*head);
@@ -114,7 +108,7 @@ impl Group {
         // `entries` is a power of two; the index is below it, and `ids_addr + 2 *
         // entries` is inside the checked ring range: no overflow.
         let idx = *head & (r.entries - 1);
-        let id: u16 = read_user(r.ids_addr + idx as u64 * 2)?;
+        let id = sys::get_user_u16(r.ids_addr + idx as u64 * 2)?;
         match r.buf_addr(id) {
             Some(addr) => Ok(Taken {
                 group: self,
@@ -135,9 +129,7 @@ impl Group {
     /// fault is ignored, the next request that reads the ring will meet it).
     fn publish(&self, head: u32) {
         let at = self.ring.ring_addr + offset_of!(BufRingHeader, head) as u64;
-        let _ = UserSlice::new(UserPtr::from_addr(at as usize), 4)
-            .writer()
-            .write_slice(&head.to_ne_bytes());
+        let _ = sys::put_user_u32(at, head);
     }
 }
 
