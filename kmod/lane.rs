@@ -3,9 +3,11 @@
 //! A lane and the loop its thread runs inside `FASTIO_RUN_LANE`.
 //!
 //! The lane thread is a thread of the owning process that stays in the kernel. Each
-//! round it re-issues the requests its port handed back (ready or cancelled), then takes
-//! a batch of SQEs — no more than its CQ has room for, counting requests still in
-//! flight — reading each once into a private copy, validating and executing it, and
+//! round it posts the last completions of multishot requests that found the CQ full
+//! (multishot.rs), re-issues the requests its port handed back (ready or cancelled),
+//! then takes a batch of SQEs — no more than its CQ has room for, counting requests
+//! still in flight and that backlog — reading each once into a private copy, validating
+//! and executing it, and
 //! publishes the SQ head once per batch. With nothing to do it spins for `idle_ms`
 //! (not at all while an inline `ENTER` caller waits: inline.rs), giving the CPU away at
 //! once whenever another task wants it; then it sets
