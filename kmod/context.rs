@@ -10,7 +10,7 @@
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use kernel::{
-    alloc::flags::GFP_KERNEL,
+    alloc::flags::{GFP_KERNEL, GFP_KERNEL_ACCOUNT},
     fs::{file::FileDescriptorReservation, File, LocalFile},
     mm::{virt::VmaNew, Mm},
     new_mutex,
@@ -216,8 +216,13 @@ impl Context {
             }
         }
         if a.flags & abi::ENTER_GETEVENTS != 0 {
-            // A lane that stopped on a full CQ may have room again now.
-            for lane in setup.lanes.iter().filter(|l| l.sq_runnable()) {
+            // A lane that stopped on a full CQ may have room again now (for SQEs, or
+            // for the last completions of multishot requests it keeps back).
+            for lane in setup
+                .lanes
+                .iter()
+                .filter(|l| l.sq_runnable() || l.backlog_flushable())
+            {
                 lane.kick();
             }
             let lanes = &setup.lanes;
@@ -309,16 +314,17 @@ impl Context {
             return Err(EFAULT);
         }
         let setup = self.setup_ref()?;
+        let group = crate::pbuf::Group::new(ring)?;
         let mut rings = setup.shared.buf_rings.lock();
-        if rings.iter().any(|r| r.group == ring.group) {
+        if rings.iter().any(|r| r.ring.group == ring.group) {
             return Err(EEXIST);
         }
-        rings.push(ring, GFP_KERNEL)?;
+        rings.push(group, GFP_KERNEL_ACCOUNT)?;
         Ok(0)
     }
 
-    /// `FASTIO_UNREGISTER_BUF_RING`: `-ENOENT` for a group that is not registered (no
-    /// request can be using one: none takes provided buffers yet).
+    /// `FASTIO_UNREGISTER_BUF_RING`: `-ENOENT` for a group that is not registered,
+    /// `-EBUSY` while a request that uses it is in flight (pbuf.rs).
     pub(crate) fn unregister_buf_ring(&self, mut reader: UserSliceReader) -> Result<isize> {
         let a: abi::BufGroupArg = reader.read()?;
         if a.flags != 0 || a.group >= abi::MAX_BUF_GROUPS {
@@ -328,9 +334,14 @@ impl Context {
         let mut rings = setup.shared.buf_rings.lock();
         let i = rings
             .iter()
-            .position(|r| r.group as u32 == a.group)
+            .position(|r| r.ring.group as u32 == a.group)
             .ok_or(ENOENT)?;
-        rings.remove(i).map_err(|_| ENOENT)?;
+        if rings[i].users.load(core::sync::atomic::Ordering::Relaxed) != 0 {
+            return Err(EBUSY);
+        }
+        let old = rings.remove(i).map_err(|_| ENOENT)?;
+        drop(rings);
+        drop(old);
         Ok(0)
     }
 

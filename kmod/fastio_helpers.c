@@ -15,6 +15,7 @@
 #include <linux/sched/signal.h>
 #include <linux/sched/user.h>
 #include <linux/task_work.h>
+#include <linux/uaccess.h>
 #include <linux/uio.h>
 #include <net/sock.h>
 #include <linux/wait.h>
@@ -187,6 +188,26 @@ int fastio_sock_error(struct socket *sock)
 bool fastio_access_ok(unsigned long addr, unsigned long len)
 {
 	return access_ok((const void __user *)addr, len);
+}
+
+/*
+ * get_user()/put_user() of one aligned u32 or u16 (macros): a single load or store, so
+ * a word that user space updates concurrently (a provided-buffer ring's tail) is never
+ * read torn, as copy_from_user() (which may copy byte by byte) could. 0 or -EFAULT.
+ */
+int fastio_get_user_u32(unsigned long addr, u32 *out)
+{
+	return get_user(*out, (const u32 __user *)addr);
+}
+
+int fastio_get_user_u16(unsigned long addr, u16 *out)
+{
+	return get_user(*out, (const u16 __user *)addr);
+}
+
+int fastio_put_user_u32(unsigned long addr, u32 value)
+{
+	return put_user(value, (u32 __user *)addr);
 }
 
 /* TASK_SIZE_MAX: the end of the largest user address space (a macro). */

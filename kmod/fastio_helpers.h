@@ -47,5 +47,8 @@ __poll_t fastio_poll_now(struct file *file);
 int fastio_sock_error(struct socket *sock);
 bool fastio_access_ok(unsigned long addr, unsigned long len);
 unsigned long fastio_task_size_max(void);
+int fastio_get_user_u32(unsigned long addr, u32 *out);
+int fastio_get_user_u16(unsigned long addr, u16 *out);
+int fastio_put_user_u32(unsigned long addr, u32 value);
 
 #endif

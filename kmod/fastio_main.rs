@@ -31,9 +31,15 @@
 //! ABI 3 (provided buffers, multishot): the SQE flags are validated by `decode` like
 //! every field, and `FASTIO_REGISTER_BUF_RING` / `FASTIO_UNREGISTER_BUF_RING` validate
 //! and record a group's description (context.rs: copied once, `validate_buf_ring` with
-//! checked arithmetic, `access_ok` of both ranges; nothing pinned). Receiving into a
-//! group (RECV with BUFFER_SELECT) and multishot RECV/ACCEPT are not implemented here
-//! yet: they complete with `-EOPNOTSUPP` (the `uring` and `threads` backends have them).
+//! checked arithmetic, `access_ok` of both ranges; nothing pinned). RECV with
+//! BUFFER_SELECT takes a buffer from the group's ring in user memory (pbuf.rs: user
+//! copies only, the kernel's own head, the tail and each id read once and checked, a
+//! buffer consumed only once data went into it, so an empty ring is `-ENOBUFS` with the
+//! data left in the socket); multishot RECV and ACCEPT stay armed on their lane and post
+//! `CQE_F_MORE` completions, at most 32 per round (multishot.rs). An armed multishot
+//! request holds no CQ reservation: its last completion, if the CQ has no room for it,
+//! waits in a per-lane backlog allocated when the request started. UNREGISTER of a group
+//! that a request in flight uses is `-EBUSY`.
 //!
 //! Requests are first tried without blocking (ops/). One that must wait for readiness
 //! is armed on the file's poll queues; the wake function hands it back to its lane
@@ -85,8 +91,9 @@
 //!   cancels them.
 
 //! Lock order (outer first): `Context::state` → a lane's `round` → `Shared::pendings` → leaves
-//! (`Shared::files`, `Jobs::inner`, each lane's CQ lock, `Shared::cq_lock`,
-//! `limits::USERS`). Wait-queue and port wakeups take no lock of the module.
+//! (`Shared::files`, `Shared::buf_rings`, `Jobs::inner`, each lane's CQ lock,
+//! `Shared::cq_lock`, `limits::USERS`); a provided-buffer group's head lock is taken with
+//! none of them held (pbuf.rs). Wait-queue and port wakeups take no lock of the module.
 
 use kernel::{
     fs::File,
@@ -107,8 +114,10 @@ mod helper;
 mod inline;
 mod lane;
 mod limits;
+mod multishot;
 mod offload;
 mod ops;
+mod pbuf;
 mod pending;
 mod ring;
 mod shared;

@@ -78,6 +78,18 @@ impl FileTable {
         }
     }
 
+    /// Reserves the first empty slot of `first..first + count` from `first + start` on
+    /// (wrapping inside the range) for a multishot ACCEPT; None when the range is full.
+    /// `first + count` is within the table (checked by `decode`; `count >= 1`).
+    pub(crate) fn reserve_free(&mut self, first: u32, count: u32, start: u32) -> Option<u32> {
+        let start = if start < count { start } else { 0 };
+        let slot = Iterator::chain(start..count, 0..start)
+            .map(|i| first.saturating_add(i))
+            .find(|&s| self.is_empty(s))?;
+        self.reserve(slot).ok()?;
+        Some(slot)
+    }
+
     /// Ends a reservation: installs `file`, or empties the slot again.
     pub(crate) fn fill(&mut self, slot: u32, file: Option<ARef<File>>) {
         if let Some(s @ Slot::Reserved) = self.slots.get_mut(slot as usize) {

@@ -3,9 +3,11 @@
 //! A lane and the loop its thread runs inside `FASTIO_RUN_LANE`.
 //!
 //! The lane thread is a thread of the owning process that stays in the kernel. Each
-//! round it re-issues the requests its port handed back (ready or cancelled), then takes
-//! a batch of SQEs — no more than its CQ has room for, counting requests still in
-//! flight — reading each once into a private copy, validating and executing it, and
+//! round it posts the last completions of multishot requests that found the CQ full
+//! (multishot.rs), re-issues the requests its port handed back (ready or cancelled),
+//! then takes a batch of SQEs — no more than its CQ has room for, counting requests
+//! still in flight and that backlog — reading each once into a private copy, validating
+//! and executing it, and
 //! publishes the SQ head once per batch. With nothing to do it spins for `idle_ms`
 //! (not at all while an inline `ENTER` caller waits: inline.rs), giving the CPU away at
 //! once whenever another task wants it; then it sets
@@ -35,6 +37,7 @@ use kernel::{
 };
 
 use crate::abi::{self, Cqe, Op};
+use crate::multishot;
 use crate::offload::Job;
 use crate::ops::{self, add_progress, Outcome};
 use crate::pending::{Armed, Pending, Port};
@@ -43,11 +46,18 @@ use crate::shared::Shared;
 use crate::sys::{self, neg};
 
 /// The producer side of a CQ.
-struct CqState {
+pub(crate) struct CqState {
     /// Our copy of the CQ tail (the shared one is only ever written from it).
-    tail: u32,
-    /// Requests taken from the SQ whose completion is not posted yet.
-    reserved: u32,
+    pub(crate) tail: u32,
+    /// Requests taken from the SQ whose completion is not posted yet (armed multishot
+    /// requests excepted: they hold a place in `backlog` instead).
+    pub(crate) reserved: u32,
+    /// Last completions of multishot requests that found the CQ without room, oldest
+    /// first; posted before any SQE is taken again (multishot.rs).
+    pub(crate) backlog: KVec<Cqe>,
+    /// Armed multishot requests: `backlog`'s capacity is kept at least
+    /// `backlog.len() + armed`, so a last completion never needs an allocation.
+    pub(crate) armed: u32,
 }
 
 /// One lane: its rings, its port, its CQ producer state.
@@ -66,10 +76,20 @@ pub(crate) struct Lane {
     /// Lock-free copy of `round`'s head, for [`Self::sq_runnable`] (a hint).
     sq_head: AtomicU32,
     /// Lock-free copies of `cq` for the sleeping thread's checks (hints only).
-    cq_tail_hint: AtomicU32,
-    cq_reserved_hint: AtomicU32,
+    pub(crate) cq_tail_hint: AtomicU32,
+    pub(crate) cq_reserved_hint: AtomicU32,
+    pub(crate) cq_backlog_hint: AtomicU32,
     #[pin]
-    cq: Mutex<CqState>,
+    pub(crate) cq: Mutex<CqState>,
+}
+
+/// A result as userspace may see it: a "restart" code never reaches it.
+pub(crate) fn user_res(res: i32) -> i32 {
+    if sys::is_restart(res) {
+        neg(bindings::EINTR)
+    } else {
+        res
+    }
 }
 
 /// The error a thread returns to have the call restarted after a signal.
@@ -92,7 +112,13 @@ impl Lane {
                 sq_head: AtomicU32::new(0),
                 cq_tail_hint: AtomicU32::new(tail),
                 cq_reserved_hint: AtomicU32::new(0),
-                cq <- new_mutex!(CqState { tail, reserved: 0 }),
+                cq_backlog_hint: AtomicU32::new(0),
+                cq <- new_mutex!(CqState {
+                    tail,
+                    reserved: 0,
+                    backlog: KVec::new(),
+                    armed: 0,
+                }),
             }? Error),
             GFP_KERNEL,
         )
@@ -100,27 +126,23 @@ impl Lane {
 
     /// Posts the completion of a request whose CQ space was reserved.
     pub(crate) fn post(&self, user_data: u64, res: i32) {
-        // A "restart" code must never reach user space.
-        let res = if sys::is_restart(res) {
-            neg(bindings::EINTR)
-        } else {
-            res
-        };
+        self.post_flags(user_data, res, 0)
+    }
+
+    /// [`Self::post`] with CQE flags (a provided buffer's).
+    pub(crate) fn post_flags(&self, user_data: u64, res: i32, flags: u32) {
         {
             let mut cq = self.cq.lock();
-            self.ring.write_cqe(
-                cq.tail,
+            self.write_cqe(
+                &mut cq,
                 Cqe {
                     user_data,
-                    res,
-                    flags: 0,
+                    res: user_res(res),
+                    flags,
                 },
             );
-            cq.tail = cq.tail.wrapping_add(1);
-            self.ring.set_cq_tail(cq.tail);
             cq.reserved = cq.reserved.saturating_sub(1);
-            self.cq_tail_hint.store(cq.tail, Ordering::Relaxed);
-            self.cq_reserved_hint.store(cq.reserved, Ordering::Relaxed);
+            self.update_hints(&cq);
         }
         self.shared.notify_cq();
         // A lane asleep on a CQ full of reservations may run again now.
@@ -129,13 +151,30 @@ impl Lane {
         }
     }
 
+    /// Writes `cqe` at the CQ tail and publishes it (the caller holds the CQ lock and
+    /// made sure there is room).
+    pub(crate) fn write_cqe(&self, cq: &mut CqState, cqe: Cqe) {
+        self.ring.write_cqe(cq.tail, cqe);
+        cq.tail = cq.tail.wrapping_add(1);
+        self.ring.set_cq_tail(cq.tail);
+    }
+
+    /// Refreshes the lock-free copies of `cq`.
+    pub(crate) fn update_hints(&self, cq: &CqState) {
+        self.cq_tail_hint.store(cq.tail, Ordering::Relaxed);
+        self.cq_reserved_hint.store(cq.reserved, Ordering::Relaxed);
+        let backlog = u32::try_from(cq.backlog.len()).unwrap_or(u32::MAX);
+        self.cq_backlog_hint.store(backlog, Ordering::Relaxed);
+    }
+
     /// Whether the SQ holds entries that the CQ has room for (lock-free hint).
     pub(crate) fn sq_runnable(&self) -> bool {
         let head = self.sq_head.load(Ordering::Relaxed);
         let room = self
             .ring
             .cq_free(self.cq_tail_hint.load(Ordering::Relaxed))
-            .saturating_sub(self.cq_reserved_hint.load(Ordering::Relaxed));
+            .saturating_sub(self.cq_reserved_hint.load(Ordering::Relaxed))
+            .saturating_sub(self.cq_backlog_hint.load(Ordering::Relaxed));
         self.ring.sq_tail() != head && room > 0
     }
 
@@ -207,7 +246,7 @@ impl Lane {
             if sys::must_return() {
                 return Err(restart());
             }
-            let mut progress = self.process_ready();
+            let mut progress = self.flush_backlog() + self.process_ready();
             progress += self.drain(&mut *round);
             if progress > 0 {
                 last_work = Instant::now();
@@ -244,7 +283,7 @@ impl Lane {
             return;
         }
         if let Some(mut round) = self.round.try_lock() {
-            let n = self.process_ready() + self.drain(&mut *round);
+            let n = self.flush_backlog() + self.process_ready() + self.drain(&mut *round);
             if n > 0 {
                 let stats = &self.shared.stats;
                 stats.inline_ops.fetch_add(u64::from(n), Ordering::Relaxed);
@@ -257,7 +296,7 @@ impl Lane {
     pub(crate) fn inline_work(&self) -> bool {
         let idle =
             self.port.sleeping.load(Ordering::SeqCst) || !self.attached.load(Ordering::SeqCst);
-        idle && (self.port.has_ready() || self.sq_runnable())
+        idle && (self.port.has_ready() || self.sq_runnable() || self.backlog_flushable())
     }
 
     /// Sets NEED_WAKEUP, calls `release` (which lets go of the round lock) and sleeps
@@ -283,6 +322,7 @@ impl Lane {
             port.kicked.swap(false, Ordering::SeqCst)
                 || (port.has_ready() && !inline.has_waiters())
                 || self.sq_runnable()
+                || self.backlog_flushable()
                 || self.shared.stopping.load(Ordering::SeqCst)
         });
         port.sleeping.store(false, Ordering::SeqCst);
@@ -302,10 +342,15 @@ impl Lane {
         }
         let n = {
             let mut cq = self.cq.lock();
-            let room = ring.cq_free(cq.tail).saturating_sub(cq.reserved);
+            // The backlog goes out first: SQEs get only the room left after it.
+            let backlog = u32::try_from(cq.backlog.len()).unwrap_or(u32::MAX);
+            let room = ring
+                .cq_free(cq.tail)
+                .saturating_sub(cq.reserved)
+                .saturating_sub(backlog);
             let n = avail.min(room);
             cq.reserved += n;
-            self.cq_reserved_hint.store(cq.reserved, Ordering::Relaxed);
+            self.update_hints(&cq);
             n
         };
         // The hint covers the whole batch before it runs: a completion posted meanwhile
@@ -344,11 +389,8 @@ impl Lane {
                 };
                 self.post(user_data, res)
             }
-            // Provided buffers and multishot requests are not implemented by the module
-            // yet (the uring and threads backends have them).
-            Op::RecvSelect { .. } | Op::AcceptMulti { .. } => {
-                self.post(user_data, neg(bindings::EOPNOTSUPP))
-            }
+            // Provided buffers and multishot requests (multishot.rs).
+            Op::RecvSelect { .. } | Op::AcceptMulti { .. } => self.execute_selected(op, user_data),
             Op::Close { slot } => {
                 let old = shared.files.lock().take(slot);
                 let res = match old {
@@ -447,6 +489,9 @@ impl Lane {
                 return self.finish(&p, neg(bindings::ECANCELED));
             }
             self.shared.stats.wakeups.fetch_add(1, Ordering::Relaxed);
+            if multishot::is_selected(&p.op) {
+                return self.step(p);
+            }
             match ops::issue(&self.shared, &p.op, Some(&p.file), false) {
                 // Still not ready (a spurious or shared wakeup): wait again.
                 Outcome::Wait(_) => self.arm(p),
@@ -461,9 +506,22 @@ impl Lane {
 
     /// Completes a detached request with `res`.
     pub(crate) fn finish(&self, p: &Pending, res: i32) {
+        self.finish_flags(p, res, 0)
+    }
+
+    /// [`Self::finish`] with CQE flags; a multishot request's last completion takes no
+    /// reservation (multishot.rs).
+    pub(crate) fn finish_flags(&self, p: &Pending, res: i32, flags: u32) {
         p.set_done();
         self.shared.pendings.remove(p);
-        self.post(p.user_data, res);
+        if let Op::RecvSelect { group, .. } = p.op {
+            self.shared.release_group(group);
+        }
+        if multishot::is_multishot(&p.op) {
+            self.post_last(p.user_data, res, flags);
+        } else {
+            self.post_flags(p.user_data, res, flags);
+        }
     }
 
     /// `ENTER(SQ_WAKEUP)`, SHUTDOWN, or a CQ that was full has room again.

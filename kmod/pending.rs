@@ -172,6 +172,8 @@ pub(crate) struct Pending {
     cancelled: AtomicBool,
     /// Place in the context's pending list (see `PendingList`).
     pub(crate) index: AtomicUsize,
+    /// A multishot ACCEPT's next slot to try, relative to its range (lane thread only).
+    pub(crate) hint: AtomicU32,
     next: AtomicPtr<Pending>,
     /// Wait queues joined by the last arming (set by `qproc`).
     joined: AtomicU32,
@@ -218,6 +220,7 @@ impl Pending {
                 state: AtomicU32::new(DONE),
                 cancelled: AtomicBool::new(false),
                 index: AtomicUsize::new(usize::MAX),
+                hint: AtomicU32::new(0),
                 next: AtomicPtr::new(null_mut()),
                 joined: AtomicU32::new(0),
                 heads: [AtomicPtr::new(null_mut()), AtomicPtr::new(null_mut())],

@@ -23,6 +23,7 @@ use crate::files::FileTable;
 use crate::inline::Inline;
 use crate::limits::Charge;
 use crate::offload::Jobs;
+use crate::pbuf;
 use crate::pending::PendingList;
 use crate::ring::RingView;
 
@@ -48,11 +49,11 @@ pub(crate) struct Shared {
     /// Registered files by slot.
     #[pin]
     pub(crate) files: Mutex<FileTable>,
-    /// Registered provided-buffer groups: validated copies of their descriptions (the
-    /// ring and the buffers stay in user memory, reached only by user copies). No
-    /// request uses them yet: provided-buffer RECV is not implemented by the module.
+    /// Registered provided-buffer groups (pbuf.rs): validated copies of their
+    /// descriptions and the kernel's heads (the ring and the buffers stay in user
+    /// memory, reached only by user copies).
     #[pin]
-    pub(crate) buf_rings: Mutex<KVec<abi::BufRing>>,
+    pub(crate) buf_rings: Mutex<pbuf::Groups>,
     /// Requests waiting for readiness.
     #[pin]
     pub(crate) pendings: PendingList,
@@ -143,6 +144,34 @@ impl Shared {
                 self.params.sq_entries,
                 self.params.cq_entries,
             )
+        }
+    }
+
+    /// Provided-buffer group `id`, if registered.
+    pub(crate) fn group(&self, id: u16) -> Option<Arc<pbuf::Group>> {
+        pbuf::find(&self.buf_rings.lock(), id)
+    }
+
+    /// Counts a request as a user of group `id`; false if it is not registered.
+    pub(crate) fn use_group(&self, id: u16) -> bool {
+        let groups = self.buf_rings.lock();
+        match groups.iter().find(|g| g.ring.group == id) {
+            Some(g) => {
+                // At most one per request in flight: no overflow.
+                g.users.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A user of group `id` is done (see [`Self::use_group`]).
+    pub(crate) fn release_group(&self, id: u16) {
+        let groups = self.buf_rings.lock();
+        if let Some(g) = groups.iter().find(|g| g.ring.group == id) {
+            let _ = g
+                .users
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         }
     }
 

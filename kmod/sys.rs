@@ -40,6 +40,9 @@ extern "C" {
     fn fastio_poll_now(file: *mut bindings::file) -> c_uint;
     fn fastio_access_ok(addr: c_ulong, len: c_ulong) -> bool;
     fn fastio_task_size_max() -> c_ulong;
+    fn fastio_get_user_u32(addr: c_ulong, out: *mut u32) -> c_int;
+    fn fastio_get_user_u16(addr: c_ulong, out: *mut u16) -> c_int;
+    fn fastio_put_user_u32(addr: c_ulong, value: u32) -> c_int;
     pub(crate) fn fastio_sock_error(sock: *mut bindings::socket) -> c_int;
     /// Exported by the scheduler: whether the current task is alone on its CPU.
     fn single_task_running() -> bool;
@@ -230,4 +233,35 @@ pub(crate) fn user_range_ok(addr: u64, len: u64) -> bool {
 pub(crate) fn user_end() -> u64 {
     // SAFETY: returns a constant.
     unsafe { fastio_task_size_max() as u64 }
+}
+
+/// Reads the aligned `u32` of user memory at `addr` with one load (`get_user`: never
+/// torn by a concurrent store of user space); `-EFAULT` when it cannot be read.
+pub(crate) fn get_user_u32(addr: u64) -> Result<u32, i32> {
+    let mut v = 0u32;
+    // SAFETY: get_user checks the address (access_ok) and handles faults; `v` is ours.
+    match unsafe { fastio_get_user_u32(addr as c_ulong, &mut v) } {
+        0 => Ok(v),
+        e => Err(e),
+    }
+}
+
+/// [`get_user_u32`] of an aligned `u16`.
+pub(crate) fn get_user_u16(addr: u64) -> Result<u16, i32> {
+    let mut v = 0u16;
+    // SAFETY: as for get_user_u32.
+    match unsafe { fastio_get_user_u16(addr as c_ulong, &mut v) } {
+        0 => Ok(v),
+        e => Err(e),
+    }
+}
+
+/// Stores `value` into the aligned `u32` of user memory at `addr` with one store
+/// (`put_user`); `-EFAULT` when it cannot be written.
+pub(crate) fn put_user_u32(addr: u64, value: u32) -> Result<(), i32> {
+    // SAFETY: put_user checks the address (access_ok) and handles faults.
+    match unsafe { fastio_put_user_u32(addr as c_ulong, value) } {
+        0 => Ok(()),
+        e => Err(e),
+    }
 }

@@ -121,6 +121,13 @@ struct Loop {
     conns: HashMap<u32, Conn>,
     retry: VecDeque<Req>,
     fatal: Option<io::Error>,
+    /// Buffers in the group.
+    buffers: usize,
+    /// Connections whose RECV ended with `-ENOBUFS` while every buffer was ours (queued
+    /// or being sent): armed again when one of them is given back, not before (an
+    /// executor that answers `-ENOBUFS` at once, like io_uring and the module, would
+    /// otherwise have them go round in circles while the buffers are being sent).
+    starved: Vec<u32>,
 }
 
 fn serve_one(
@@ -147,6 +154,8 @@ fn serve_one(
         conns: HashMap::new(),
         retry: VecDeque::new(),
         fatal: None,
+        buffers: opts.buffers as usize,
+        starved: Vec::new(),
     };
     lp.queue(Req::Accept);
     run_loop(&mut lp, shutdown)?;
@@ -271,6 +280,8 @@ impl Loop {
     }
 
     fn on_recv(&mut self, idx: u32, c: Completion) {
+        // (A -ENOBUFS completion brings no buffer: counted before as after.)
+        let all_out = c.result == -libc::ENOBUFS && self.buffers_out() >= self.buffers;
         let Some(conn) = self.conns.get_mut(&idx) else {
             return;
         };
@@ -291,6 +302,11 @@ impl Loop {
         if !c.more {
             conn.armed = false;
             match c.result {
+                // Out of buffers while every one is ours: receive again once one
+                // has been sent.
+                r if r == -libc::ENOBUFS && all_out && !conn.closing && !conn.paused => {
+                    self.starved.push(idx)
+                }
                 // Ended with data (CQ full) or out of buffers: keep receiving.
                 r if r > 0 || r == -libc::ENOBUFS => {
                     if !conn.closing && !conn.paused {
@@ -321,6 +337,7 @@ impl Loop {
             drop(buf);
             conn.queue.clear();
             conn.closing = true;
+            self.feed_starved();
             return self.pump(idx);
         }
         self.stats.bytes += c.result as u64;
@@ -331,6 +348,13 @@ impl Loop {
             // Sent whole: the buffer goes back to the group (at the next submit).
             conn.sent = 0;
             drop(buf);
+            let starved = !self.starved.is_empty();
+            if starved {
+                self.feed_starved();
+            }
+            let Some(conn) = self.conns.get_mut(&idx) else {
+                return;
+            };
             if conn.paused && conn.queue.len() <= self.held / 2 && !conn.closing {
                 conn.paused = false;
                 if !conn.armed {
@@ -340,6 +364,27 @@ impl Loop {
             }
         }
         self.pump(idx);
+    }
+
+    /// Buffers this loop holds: queued to be sent, or being sent.
+    fn buffers_out(&self) -> usize {
+        self.conns
+            .values()
+            .map(|c| c.queue.len() + usize::from(c.sending))
+            .sum()
+    }
+
+    /// A buffer was given back: the starved connections receive again.
+    fn feed_starved(&mut self) {
+        for idx in std::mem::take(&mut self.starved) {
+            let Some(conn) = self.conns.get(&idx) else {
+                continue;
+            };
+            if !conn.armed && !conn.closing && !conn.paused && !conn.close_queued {
+                let slot = conn.slot;
+                self.queue(Req::Recv(slot));
+            }
+        }
     }
 
     /// Sends the next buffer of `idx` if none is being sent; closes a finished one (its

@@ -17,6 +17,8 @@ mod iov;
 mod net;
 mod sendfile;
 
+pub(crate) use net::accept_range;
+
 use kernel::{bindings, fs::File, sync::aref::ARef};
 
 use crate::abi::{self, Op};
@@ -97,9 +99,19 @@ pub(crate) fn issue(
             sendfile::sendfile(file, src.as_ref(), off, len, blocking)
         }
         Op::Nop | Op::Close { .. } | Op::AsyncCancel { .. } | Op::OpenAt { .. } => Outcome::Done(0),
-        // Refused by the lane before they get here.
-        Op::RecvSelect { .. } | Op::AcceptMulti { .. } => Outcome::Done(neg(bindings::EOPNOTSUPP)),
+        // Run by the lane (multishot.rs), never here (they are never offloaded).
+        Op::RecvSelect { .. } | Op::AcceptMulti { .. } => Outcome::Done(neg(bindings::EINVAL)),
     }
+}
+
+/// Whether `file` is a socket (RECV on anything else is `-ENOTSOCK`).
+pub(crate) fn is_socket(file: &File) -> bool {
+    net::socket_of(file).is_some()
+}
+
+/// One non-blocking reception of up to `len` bytes into the user buffer at `addr`.
+pub(crate) fn recv_into(file: &ARef<File>, addr: u64, len: u32) -> Outcome {
+    net::recv(file, addr, len, 0)
 }
 
 /// The form in which `op` waits for readiness after an attempt said [`Outcome::Wait`]:

@@ -90,8 +90,43 @@ pub(super) fn accept(
     if let Err(e) = files.lock().reserve(dest) {
         return Outcome::Done(e);
     }
+    accept_reserved(files, sock, dest, flags)
+}
+
+/// Multishot ACCEPT's one step: accepts into an empty slot of `first..first + count`
+/// (the first empty one from `first + start` on, wrapping), reserved before the
+/// connection is taken. A full range is `-ENFILE` once a connection waits (it stays in
+/// the backlog), and a wait for one before.
+pub(crate) fn accept_range(
+    files: &Mutex<FileTable>,
+    file: &ARef<File>,
+    first: u32,
+    count: u32,
+    start: u32,
+    flags: u32,
+) -> Outcome {
+    let Some(sock) = socket_of(file) else {
+        return Outcome::Done(neg(bindings::ENOTSOCK));
+    };
+    let Some(dest) = files.lock().reserve_free(first, count, start) else {
+        return if sys::poll_now(file) & EPOLLIN != 0 {
+            Outcome::Done(neg(bindings::ENFILE))
+        } else {
+            Outcome::Wait(EPOLLIN)
+        };
+    };
+    accept_reserved(files, sock, dest, flags)
+}
+
+/// Accepts into `dest`, which the caller reserved.
+fn accept_reserved(
+    files: &Mutex<FileTable>,
+    sock: *mut bindings::socket,
+    dest: u32,
+    flags: u32,
+) -> Outcome {
     let mut new: *mut bindings::socket = null_mut();
-    // SAFETY: `sock` belongs to `file`, which we hold; `new` receives a new socket.
+    // SAFETY: `sock` belongs to a file the caller holds; `new` receives a new socket.
     let r = unsafe { bindings::kernel_accept(sock, &mut new, bindings::O_NONBLOCK as c_int) };
     if r < 0 {
         files.lock().fill(dest, None);

@@ -231,9 +231,10 @@ def main():
             "buffer per connection); this script does not measure which.")
         lines.append("")
     lines += [
-        "The kernel module (`kmod`) validates and registers buffer groups but does not "
-        "receive into them or run multishot requests yet (they complete with "
-        "-EOPNOTSUPP), so there is no VM figure.",
+        "The kernel module (`kmod`) receives into buffer groups and runs multishot "
+        "requests since the kpbuf work (proactor_multishot and the echo server's "
+        "`--multishot` mode pass in the VM), but this script has not been run in the "
+        "guest yet, so there is no VM figure.",
         "",
     ]
     with open(a.out, "w", encoding="utf-8") as f:

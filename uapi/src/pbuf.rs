@@ -56,7 +56,11 @@ pub const MAX_PBUF_BYTES: u64 = 1 << 30;
 /// (nothing is received into it). The `uring` backend uses io_uring's own ring format
 /// behind the same proactor API. Userspace
 /// never puts more than `entries` ids in flight: it gives back only ids that a CQE
-/// handed it (and, at registration, every id once).
+/// handed it (and, at registration, every id once). The kernel module (kmod/pbuf.rs)
+/// advances its head only once data went into the buffer (a reception that would block
+/// leaves the id at the head, as io_uring's ring buffers do), and a tail more than
+/// `entries` ahead of its head (that rule broken, or the tail moved backwards) ends the
+/// request with `-EINVAL` without consuming anything.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct BufRingHeader {

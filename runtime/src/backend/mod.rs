@@ -232,6 +232,26 @@ pub(crate) fn pinned_cpu(offset: Option<u32>, index: u32, allowed: &[usize]) -> 
         .copied()
 }
 
+/// A fresh private anonymous read-write mapping of `len` bytes (zeroed, page aligned),
+/// for a provided-buffer ring; the caller unmaps it.
+pub(crate) fn anon_map(len: usize) -> io::Result<std::ptr::NonNull<u8>> {
+    // SAFETY: a new private anonymous mapping touches no existing memory; checked below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    std::ptr::NonNull::new(p.cast()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
+}
+
 /// The CPUs this process may run on, ascending: the affinity of its main thread (the
 /// thread-group leader), not of the calling thread, so a serving thread that pinned
 /// itself before starting the workers does not squeeze them onto its own CPU. Falls back

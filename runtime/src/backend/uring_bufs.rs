@@ -36,22 +36,8 @@ impl UringBufRing {
         }
         let entries = count.next_power_of_two();
         let map_len = entries as usize * std::mem::size_of::<BufRingEntry>();
-        // SAFETY: a fresh private anonymous mapping; checked below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
         let mut r = UringBufRing {
-            ring: NonNull::new(p.cast()).expect("mmap never returns null on success"),
+            ring: super::anon_map(map_len)?.cast(),
             map_len,
             mask: (entries - 1) as u16,
             tail: 0,

@@ -1,5 +1,5 @@
 //! The `kmod` backend: `fastio.ko` through `/dev/fastio`, with this process's own lane
-//! and helper threads as its workers (ABI 2).
+//! and helper threads as its workers (ABI 2; ABI 3's provided-buffer rings: bufs.rs).
 //!
 //! One open of the device is one context:
 //! 1. `FASTIO_SETUP` creates `max_ker_worker` lanes, allows `wq_max_active` helper
@@ -28,6 +28,7 @@
 //! free the ring memory. The proactor has already waited for the requests in flight by
 //! then, and after the join no thread of the context can touch the process's memory.
 
+mod bufs;
 mod threads;
 
 use std::fs::{File, OpenOptions};
@@ -37,13 +38,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fastio_uapi::{
-    Cqe, EnterArgs, FilesUpdate, SetupParams, SlotArg, Sqe, Stats, ABI_VERSION, ENTER_GETEVENTS,
-    ENTER_INLINE, ENTER_SQ_WAKEUP, FASTIO_ENTER, FASTIO_GET_STATS, FASTIO_INSTALL_FD,
-    FASTIO_REGISTER_FILES, FASTIO_SETUP, FASTIO_UNREGISTER_FILE, INSTALL_CLOEXEC, LANE_ALL,
-    SETUP_AFFINITY, TIMEOUT_NONE,
+    BufGroupArg, BufRingReg, Cqe, EnterArgs, FilesUpdate, SetupParams, SlotArg, Sqe, Stats,
+    ABI_VERSION, ENTER_GETEVENTS, ENTER_INLINE, ENTER_SQ_WAKEUP, FASTIO_ENTER, FASTIO_GET_STATS,
+    FASTIO_INSTALL_FD, FASTIO_REGISTER_BUF_RING, FASTIO_REGISTER_FILES, FASTIO_SETUP,
+    FASTIO_UNREGISTER_BUF_RING, FASTIO_UNREGISTER_FILE, INSTALL_CLOEXEC, LANE_ALL, SETUP_AFFINITY,
+    TIMEOUT_NONE,
 };
 use memmap2::MmapOptions;
 
+use self::bufs::{KmodBufRing, KmodBufs};
 use self::threads::{Device, Workers};
 use super::rings::{LaneSet, RingSide};
 use super::{Backend, DEVICE_PATH};
@@ -54,7 +57,7 @@ use crate::ring::{Geometry, RingMemory};
 ///
 /// Field order is drop order, and it matters:
 /// 1. `workers`: `FASTIO_SHUTDOWN`, then every lane and helper thread is joined, so no
-///    thread of the context runs any more;
+///    thread of the context runs any more (and none reads a buffer ring of `bufs`);
 /// 2. `rings` holds the only references to the [`RingMemory`] (inside its `LaneRing`s),
 ///    so dropping it unmaps the rings;
 /// 3. `dev` last: the threads' references to it are gone with the join, so this drops
@@ -64,6 +67,8 @@ pub(crate) struct KmodBackend {
     #[allow(dead_code)]
     workers: Workers,
     rings: RingSide,
+    /// Provided-buffer rings (unmapped after the threads are joined).
+    bufs: KmodBufs,
     dev: Arc<Device>,
     /// `ENTER_INLINE` on every ENTER (the `kmod_inline` policy, decided at open).
     inline: u32,
@@ -319,6 +324,7 @@ impl KmodBackend {
             KmodBackend {
                 workers,
                 rings,
+                bufs: KmodBufs::default(),
                 dev,
                 inline: if inline { ENTER_INLINE } else { 0 },
             },
@@ -424,6 +430,54 @@ impl Backend for KmodBackend {
 
     fn lane_asleep(&self, lane: u32) -> Option<bool> {
         self.rings.lane_asleep(lane)
+    }
+
+    unsafe fn register_buffers(
+        &mut self,
+        group: u16,
+        bufs: *mut u8,
+        buf_size: u32,
+        count: u32,
+    ) -> io::Result<()> {
+        if self.bufs.groups.contains_key(&group) {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        let ring = KmodBufRing::new(count)?;
+        let mut reg = BufRingReg {
+            ring_addr: ring.addr(),
+            bufs_addr: bufs as u64,
+            entries: ring.entries(),
+            count,
+            buf_size,
+            group: u32::from(group),
+            resv: [0; 2],
+        };
+        // SAFETY: FASTIO_REGISTER_BUF_RING is _IOW(BufRingReg); the ring is our live
+        // mapping (dropped only after the group is unregistered or the context is gone)
+        // and the buffers are valid as our caller promises; the module reaches both only
+        // with user copies.
+        unsafe { ioctl(self.dev.file(), FASTIO_REGISTER_BUF_RING, &mut reg) }?;
+        self.bufs.groups.insert(group, ring);
+        Ok(())
+    }
+
+    fn provide_buffer(&mut self, group: u16, id: u16) {
+        self.bufs.provide(group, id);
+    }
+
+    fn unregister_buffers(&mut self, group: u16) -> io::Result<()> {
+        if !self.bufs.groups.contains_key(&group) {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        let mut arg = BufGroupArg {
+            group: u32::from(group),
+            flags: 0,
+        };
+        // SAFETY: FASTIO_UNREGISTER_BUF_RING is _IOW(BufGroupArg), without addresses.
+        unsafe { ioctl(self.dev.file(), FASTIO_UNREGISTER_BUF_RING, &mut arg) }?;
+        // The module no longer reads the ring: unmap it.
+        self.bufs.groups.remove(&group);
+        Ok(())
     }
 
     fn kernel_stats(&self) -> Option<io::Result<Stats>> {
