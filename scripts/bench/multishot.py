@@ -232,9 +232,11 @@ def main():
         lines.append("")
     lines += [
         "The kernel module (`kmod`) receives into buffer groups and runs multishot "
-        "requests since the kpbuf work (proactor_multishot and the echo server's "
-        "`--multishot` mode pass in the VM), but this script has not been run in the "
-        "guest yet, so there is no VM figure.",
+        "requests (proactor_multishot, kmod_hostile_pbuf and the echo server's "
+        "`--multishot` and `--provided` modes pass in the VM). Its throughput is in the "
+        "`make bench` multishot group (\"Multishot RECV vs one RECV per request — VM\" "
+        "above); this script's idle-memory run has not been made in the guest (10,000 connections "
+        "under TCG), so the memory figures are the host's.",
         "",
     ]
     with open(a.out, "w", encoding="utf-8") as f:
