@@ -1,15 +1,9 @@
 //! `decode`: the one request validator the kernel module and the in-process workers share.
 
+mod common;
+
+use common::{sqe, MAX_FILES_};
 use fastio_uapi::*;
-
-const MAX_FILES_: u32 = 16;
-
-fn sqe(opcode: u8) -> Sqe {
-    Sqe {
-        opcode,
-        ..Sqe::ZERO
-    }
-}
 
 #[test]
 fn valid_requests_decode() {

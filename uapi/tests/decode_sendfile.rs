@@ -1,15 +1,9 @@
 //! `decode` of SENDFILE: its fields, its unused fields, its ranges.
 
+mod common;
+
+use common::{sqe, MAX_FILES_};
 use fastio_uapi::*;
-
-const MAX_FILES_: u32 = 16;
-
-fn sqe(opcode: u8) -> Sqe {
-    Sqe {
-        opcode,
-        ..Sqe::ZERO
-    }
-}
 
 /// SENDFILE: destination `slot`, source `aux`, offset and nonzero length; `addr` and
 /// `op_flags` are unused (must be 0); the range stays within `i64`; the length is
