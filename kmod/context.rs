@@ -357,7 +357,7 @@ impl Context {
             pending: sh.pendings.len() as u64 + sh.jobs.count(),
             inline_ops: st.inline_ops.load(Ordering::Relaxed),
             lane_wakes: st.lane_wakes.load(Ordering::Relaxed),
-            resv: 0,
+            polls: st.polls.load(Ordering::Relaxed),
         };
         writer.write(&out)?;
         Ok(0)

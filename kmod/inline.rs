@@ -11,8 +11,11 @@
 //! leaves the work to it; when the thread sleeps the caller runs the round itself and
 //! the thread sleeps on. While an `ENTER(GETEVENTS | INLINE)` caller waits, ready
 //! requests wake it rather than the lane thread (`Inline::waiters`), and it runs them
-//! before it looks at the CQ again. When it leaves with ready requests behind, it wakes
-//! the lane threads, so nothing waits for a caller that is gone.
+//! before it looks at the CQ again. When it leaves with ready requests behind, it runs
+//! one more round of a sleeping lane and wakes the lane threads for what is still
+//! there, so nothing waits for a caller that is gone. A lane thread that finds an inline
+//! caller waiting goes to sleep after its round (lane.rs): the caller is the one thread
+//! that has to run anyway.
 //!
 //! So polling continues whenever a lane thread is awake, and a process that waits pays
 //! no context switch to a lane thread for work it can do itself: the runtime chooses per
@@ -115,7 +118,14 @@ pub(crate) fn wait(shared: &Shared, lanes: &[Arc<Lane>], min: u32, timeout_ns: u
     fence(Ordering::SeqCst);
     for lane in lanes {
         if lane.port.has_ready() {
-            lane.kick();
+            // Requests that became ready while this caller ran or woke: run them here
+            // if the lane thread sleeps (it would wake only to do this), then wake it
+            // for what still waits. A push after this round's drain saw no waiter
+            // and woke the lane thread itself.
+            lane.try_round();
+            if lane.port.has_ready() {
+                lane.kick();
+            }
         }
     }
     result

@@ -9,7 +9,8 @@
 //! still in flight and that backlog — reading each once into a private copy, validating
 //! and executing it, and
 //! publishes the SQ head once per batch. With nothing to do it spins for `idle_ms`
-//! (not at all while an inline `ENTER` caller waits: inline.rs), giving the CPU away at
+//! (not at all while an inline `ENTER` caller waits: that caller takes the lane's work
+//! over after the current round, busy or not: inline.rs), giving the CPU away at
 //! once whenever another task wants it; then it sets
 //! `SQ_NEED_WAKEUP`, re-checks, and sleeps until `ENTER`, a ready request, SHUTDOWN or a
 //! signal. "Nothing to do" includes a full CQ: a lane whose process does not reap never
@@ -248,16 +249,20 @@ impl Lane {
             }
             let mut progress = self.flush_backlog() + self.process_ready();
             progress += self.drain(&mut *round);
-            if progress > 0 {
+            // A caller waits inline (inline.rs): it does the lane's work from now on, in
+            // its own ENTER and without a context switch per completion it waits for;
+            // polling on (or spinning) would only take its CPU. The lane hands over
+            // after the round it is in, with work left or not.
+            let hand_over = self.shared.inline.has_waiters();
+            if progress > 0 && !hand_over {
                 last_work = Instant::now();
                 if sys::others_want_cpu() {
                     sys::yield_cpu();
                 }
                 continue;
             }
-            // Nothing to do: spin for idle_ms, unless a caller waits inline (inline.rs) —
-            // it does the lane's work from now on, and spinning would only take its CPU.
-            if last_work.elapsed() < idle && !self.shared.inline.has_waiters() {
+            // Nothing to do: spin for idle_ms.
+            if progress == 0 && last_work.elapsed() < idle && !hand_over {
                 if sys::others_want_cpu() {
                     sys::yield_cpu();
                 } else {
@@ -455,6 +460,7 @@ impl Lane {
     }
 
     fn arm(&self, p: Arc<Pending>) {
+        self.shared.stats.polls.fetch_add(1, Ordering::Relaxed);
         if let Armed::NoQueue(p) = Pending::arm(p) {
             // Nothing will ever report readiness: a helper does the blocking call.
             self.shared.pendings.remove(&p);
@@ -484,8 +490,15 @@ impl Lane {
     fn process_ready(&self) -> u32 {
         let stopping = self.shared.stopping.load(Ordering::SeqCst);
         self.port.drain(|p| {
-            p.detach();
+            // A multishot request stays on its wait queues while it is stepped
+            // (pending.rs: RUNNING); it is detached when it ends.
+            if multishot::is_multishot(&p.op) && p.is_attached() {
+                p.set_running();
+            } else {
+                p.detach();
+            }
             if p.is_cancelled() || stopping {
+                p.detach();
                 return self.finish(&p, neg(bindings::ECANCELED));
             }
             self.shared.stats.wakeups.fetch_add(1, Ordering::Relaxed);

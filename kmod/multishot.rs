@@ -13,7 +13,10 @@
 //! POLLFREE) reaches it the same way and ends it with `-ECANCELED`. A multishot request
 //! takes at most [`MAX_STEPS`] steps per round (io_uring's `MULTISHOT_MAX_RETRY`), then
 //! is armed again: the poll finds it ready and it goes on in the next round, after the
-//! lane's other work, so no request starves the lane.
+//! lane's other work, so no request starves the lane. A reception after which the
+//! socket reports nothing left (TCP's `msg_inq`, as io_uring reads it) is the round's
+//! last step: the request is armed at once, without a reception that could only fail
+//! (the poll at arming finds data that came in between).
 //!
 //! CQ room: a request taken from the SQ has one CQE reserved (lane.rs). A multishot
 //! request gives its reservation back once it is running and holds a place in the
@@ -64,8 +67,10 @@ pub(crate) fn is_multishot(op: &Op) -> bool {
 enum Step {
     /// Would block: nothing taken.
     Wait,
-    /// A reception or an accepted connection: the result and CQE flags.
-    Data(i32, u32),
+    /// A reception or an accepted connection: the result, CQE flags, and whether
+    /// another step may find more at once (false: the socket said it is empty, so the
+    /// request waits for readiness without trying).
+    Data(i32, u32, bool),
     /// The request is over with this result (nothing taken).
     End(i32),
 }
@@ -122,24 +127,45 @@ impl Lane {
         let multishot = is_multishot(&p.op);
         for _ in 0..MAX_STEPS {
             if p.is_cancelled() || self.shared.stopping.load(Ordering::SeqCst) {
-                return self.finish(&p, neg(bindings::ECANCELED));
+                return self.end(&p, neg(bindings::ECANCELED), 0);
             }
             match self.one_step(&p) {
                 Step::Wait => return self.arm_again(p),
-                Step::End(res) => return self.finish(&p, res),
-                Step::Data(res, flags) => {
+                Step::End(res) => return self.end(&p, res, 0),
+                Step::Data(res, flags, more) => {
                     if !multishot || !self.post_more(p.user_data, res, flags) {
-                        return self.finish_flags(&p, res, flags);
+                        return self.end(&p, res, flags);
+                    }
+                    if !more {
+                        // Nothing left (TCP's inq): a wakeup since, or the poll of a
+                        // first arming, finds data that came in between, so a
+                        // reception that would only fail is saved.
+                        return self.arm_again(p);
                     }
                 }
             }
         }
-        // Its share of the round is used up: armed again, the poll finds it ready and
-        // it goes on in the next round.
+        // Its share of the round is used up: it goes on in the next round (the port, or
+        // the poll of a first arming, finds it ready).
+        if p.is_running() {
+            return Pending::requeue_running(p);
+        }
         self.arm_again(p)
     }
 
+    /// Ends a stepped request: off its wait queues, then its last completion.
+    fn end(&self, p: &Pending, res: i32, flags: u32) {
+        p.detach();
+        self.finish_flags(p, res, flags)
+    }
+
+    /// Waits for readiness again: a request whose entries stayed on the wait queues
+    /// (RUNNING) only changes state; one that never waited is armed.
     fn arm_again(&self, p: Arc<Pending>) {
+        if p.is_running() {
+            return Pending::rearm_running(p);
+        }
+        self.shared.stats.polls.fetch_add(1, Ordering::Relaxed);
         if let Armed::NoQueue(p) = Pending::arm(p) {
             // A socket always has a wait queue; without one nothing would report
             // readiness (and these requests never go to a helper).
@@ -164,7 +190,7 @@ impl Lane {
                         // (reserve_free takes any hint outside the range as 0).
                         let next = (slot as u32).wrapping_sub(first).wrapping_add(1);
                         p.hint.store(next, Ordering::Relaxed);
-                        Step::Data(slot, 0)
+                        Step::Data(slot, 0, true)
                     }
                     Outcome::Done(res) => Step::End(res),
                     Outcome::Wait(_) => Step::Wait,
@@ -188,10 +214,11 @@ impl Lane {
             Ok(t) => t,
             Err(e) => return Step::End(e),
         };
-        match ops::recv_into(file, taken.addr, taken.len) {
+        let (outcome, more) = ops::recv_into(file, taken.addr, taken.len);
+        match outcome {
             Outcome::Done(n) if n > 0 => {
                 let id = taken.commit();
-                Step::Data(n, CQE_F_BUFFER | (u32::from(id) << CQE_BUFFER_SHIFT))
+                Step::Data(n, CQE_F_BUFFER | (u32::from(id) << CQE_BUFFER_SHIFT), more)
             }
             // End of stream or an error: the buffer stays in the ring.
             Outcome::Done(res) => Step::End(res),

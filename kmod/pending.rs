@@ -12,7 +12,11 @@
 //!
 //! States (one atomic word): `ARMING` (the lane thread is putting it on wait queues; a
 //! wakeup meanwhile sets `WOKEN`) → `ARMED` → `READY` (on the port, owned by the lane)
-//! → re-armed or `DONE`. A canceller sets `cancelled` and moves an `ARMED` request to
+//! → re-armed or `DONE`. A multishot request keeps its entries on the wait queues from
+//! one reception to the next, as io_uring's multishot poll does: the lane takes it off
+//! the port as `RUNNING` (a wakeup meanwhile sets `WOKEN`), steps it, and puts it back
+//! to `ARMED` with one compare-exchange instead of a detach and a new poll — or, woken
+//! meanwhile, straight onto the port; it is detached only when it ends. A canceller sets `cancelled` and moves an `ARMED` request to
 //! `READY` itself, so cancellation is just another wakeup. `POLLFREE` (the wait queue
 //! itself is going away: signalfd's sighand, binder...) is handled as io_uring/poll.c
 //! does: the request is cancelled, and the entry is unlinked and its head forgotten
@@ -22,7 +26,9 @@
 //! Reference counting: arming converts one `Arc` reference into the raw `private`
 //! pointer of the wait entries ("the armed reference"). It moves, without a count
 //! change, to the port when the request becomes `READY`, and back into an `Arc` when the
-//! lane takes it off the port.
+//! lane takes it off the port. A `RUNNING` request's entries stay on the queues while
+//! the lane holds that `Arc`: it becomes the armed reference again (`rearm_running`),
+//! moves to the port, or is dropped only after the entries left the queues (detach).
 
 use core::ffi::{c_int, c_uint, c_void};
 use core::ptr::null_mut;
@@ -50,6 +56,9 @@ const WOKEN: u32 = 1 << 8;
 const ARMED: u32 = 2;
 const READY: u32 = 3;
 const DONE: u32 = 4;
+/// Taken off the port with its entries left on the wait queues (a multishot request
+/// being stepped); a wakeup meanwhile sets `WOKEN`.
+const RUNNING: u32 = 5;
 
 /// A file calls the poll queue procedure once per wait queue it has (a pipe: two).
 const MAX_HEADS: usize = 2;
@@ -265,19 +274,7 @@ impl Pending {
             // SAFETY: takes back the armed reference.
             return Armed::NoQueue(unsafe { Arc::from_raw(raw) });
         }
-        if me
-            .state
-            .compare_exchange(ARMING, ARMED, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            // WOKEN while arming: the armed reference goes to the port now.
-            me.state.store(READY, Ordering::SeqCst);
-            me.port.push(raw);
-            return Armed::Waiting;
-        }
-        if mask & want != 0 || me.is_cancelled() {
-            me.make_ready();
-        }
+        Self::settle(raw, ARMING, mask & want != 0);
         Armed::Waiting
     }
 
@@ -301,7 +298,8 @@ impl Pending {
     /// Returns false if it was cancelled already.
     pub(crate) fn cancel(&self) -> bool {
         let first = !self.cancelled.swap(true, Ordering::SeqCst);
-        // ARMING: the lane checks `cancelled` after arming. READY/DONE: the lane sees it.
+        // ARMING, RUNNING: the lane checks `cancelled` after arming / re-arming.
+        // READY/DONE: the lane sees it.
         self.make_ready();
         first
     }
@@ -320,6 +318,61 @@ impl Pending {
                 unsafe { bindings::remove_wait_queue(head, self.waits[i].get()) };
             }
         }
+    }
+
+    /// Whether the request has entries on wait queues (lane thread, READY or RUNNING).
+    pub(crate) fn is_attached(&self) -> bool {
+        self.heads
+            .iter()
+            .any(|h| !h.load(Ordering::Acquire).is_null())
+    }
+
+    /// READY → RUNNING for a request taken off the port whose entries stay on the wait
+    /// queues (lane thread). A wakeup from now on sets `WOKEN`.
+    pub(crate) fn set_running(&self) {
+        self.state.store(RUNNING, Ordering::SeqCst);
+    }
+
+    /// Whether the request is RUNNING (with or without `WOKEN`).
+    pub(crate) fn is_running(&self) -> bool {
+        self.state.load(Ordering::SeqCst) & 0xff == RUNNING
+    }
+
+    /// RUNNING → ARMED: the request would block and its entries are still on the wait
+    /// queues, so the reference the lane held becomes the armed reference again, without
+    /// a new poll. Woken meanwhile (data came, a POLLFREE) it goes to the port instead;
+    /// cancelled meanwhile, too. Lane thread.
+    pub(crate) fn rearm_running(this: Arc<Self>) {
+        Self::settle(Arc::into_raw(this), RUNNING, false);
+    }
+
+    /// `from` (ARMING or RUNNING) → ARMED. Woken meanwhile (`WOKEN`), the armed
+    /// reference `raw` goes to the port instead; found `ready` by the poll, or cancelled
+    /// (a cancel that saw `from` left the request to the lane), it goes there too.
+    fn settle(raw: *const Pending, from: u32, ready: bool) {
+        // SAFETY: `raw` carries the armed reference, alive until it is taken back.
+        let me = unsafe { &*raw };
+        if me
+            .state
+            .compare_exchange(from, ARMED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            me.state.store(READY, Ordering::SeqCst);
+            me.port.push(raw);
+            return;
+        }
+        if ready || me.is_cancelled() {
+            me.make_ready();
+        }
+    }
+
+    /// RUNNING → READY and onto the port (its round's share is used up; data may be
+    /// waiting, which no new wakeup would report). Lane thread.
+    pub(crate) fn requeue_running(this: Arc<Self>) {
+        this.state.store(READY, Ordering::SeqCst);
+        let raw = Arc::into_raw(this);
+        // SAFETY: the armed reference moves into the port.
+        unsafe { (*raw).port.push(raw) };
     }
 
     /// Marks the request completed (its armed reference is gone).
@@ -358,8 +411,9 @@ unsafe extern "C" fn wake_fn(
     _sync: c_int,
     key: *mut c_void,
 ) -> c_int {
-    // SAFETY: `private` is the request, alive: its armed reference is only given back
-    // after the entry left the queue (detach takes this queue's lock).
+    // SAFETY: `private` is the request, alive: its armed reference (or the lane's, while
+    // RUNNING) is only given back after the entry left the queue (detach takes this
+    // queue's lock).
     let me = unsafe { &*((*wq).private as *const Pending) };
     let events = key as usize as u32;
     if events & POLLFREE != 0 {
@@ -385,7 +439,7 @@ unsafe extern "C" fn wake_fn(
     0
 }
 
-/// ARMED → READY, or marks a wakeup that came while ARMING.
+/// ARMED → READY, or marks a wakeup that came while ARMING or RUNNING.
 fn wake(me: &Pending) {
     let mut s = me.state.load(Ordering::SeqCst);
     loop {
@@ -393,7 +447,7 @@ fn wake(me: &Pending) {
             if me.make_ready() {
                 return;
             }
-        } else if s & 0xff == ARMING && s & WOKEN == 0 {
+        } else if (s & 0xff == ARMING || s & 0xff == RUNNING) && s & WOKEN == 0 {
             if me
                 .state
                 .compare_exchange(s, s | WOKEN, Ordering::SeqCst, Ordering::SeqCst)

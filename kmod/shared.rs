@@ -36,6 +36,7 @@ pub(crate) struct Stats {
     pub(crate) offloaded: AtomicU64,
     pub(crate) inline_ops: AtomicU64,
     pub(crate) lane_wakes: AtomicU64,
+    pub(crate) polls: AtomicU64,
 }
 
 /// The shared state of a set-up context.

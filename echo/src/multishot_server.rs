@@ -15,7 +15,7 @@
 //! ACCEPT whose range filled up (`-ENFILE`). End of stream or an error closes the
 //! connection once what it received has been sent.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::net::TcpListener;
 use std::sync::atomic::AtomicBool;
@@ -108,6 +108,50 @@ impl Conn {
     }
 }
 
+/// The connections by slot index (slots are dense, below `max_files`): a vector rather
+/// than a hash map, since every completion looks its connection up.
+#[derive(Default)]
+struct Conns {
+    by_slot: Vec<Option<Conn>>,
+    len: usize,
+}
+
+impl Conns {
+    fn get(&self, idx: u32) -> Option<&Conn> {
+        self.by_slot.get(idx as usize)?.as_ref()
+    }
+
+    fn get_mut(&mut self, idx: u32) -> Option<&mut Conn> {
+        self.by_slot.get_mut(idx as usize)?.as_mut()
+    }
+
+    fn insert(&mut self, idx: u32, conn: Conn) {
+        let i = idx as usize;
+        if i >= self.by_slot.len() {
+            self.by_slot.resize_with(i + 1, || None);
+        }
+        if self.by_slot[i].replace(conn).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, idx: u32) -> Option<Conn> {
+        let conn = self.by_slot.get_mut(idx as usize)?.take();
+        if conn.is_some() {
+            self.len -= 1;
+        }
+        conn
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Conn> {
+        self.by_slot.iter().flatten()
+    }
+}
+
 struct Loop {
     p: Proactor,
     listener: Slot,
@@ -118,7 +162,7 @@ struct Loop {
     /// Whether "no free slot range" was reported already.
     warned_slots: bool,
     stats: ServeStats,
-    conns: HashMap<u32, Conn>,
+    conns: Conns,
     retry: VecDeque<Req>,
     fatal: Option<io::Error>,
     /// Buffers in the group.
@@ -151,7 +195,7 @@ fn serve_one(
         held: opts.held(),
         warned_slots: false,
         stats: ServeStats::default(),
-        conns: HashMap::new(),
+        conns: Conns::default(),
         retry: VecDeque::new(),
         fatal: None,
         buffers: opts.buffers as usize,
@@ -205,7 +249,7 @@ impl Loop {
                     .p
                     .recv_multishot(slot, self.group, token(Kind::Recv, slot.index()));
                 if r.is_ok() {
-                    if let Some(c) = self.conns.get_mut(&slot.index()) {
+                    if let Some(c) = self.conns.get_mut(slot.index()) {
                         c.armed = true;
                     }
                 }
@@ -231,7 +275,7 @@ impl Loop {
             _ => {
                 eprintln!("proactor_echo_server: request refused: {rej}");
                 if let Req::Recv(slot) | Req::Close(slot) = req {
-                    if self.conns.remove(&slot.index()).is_some() {
+                    if self.conns.remove(slot.index()).is_some() {
                         self.stats.closed += 1;
                     }
                 }
@@ -246,7 +290,7 @@ impl Loop {
             Kind::Recv => self.on_recv(idx, c),
             Kind::Send => self.on_send(idx, c),
             Kind::Close => {
-                self.conns.remove(&idx);
+                self.conns.remove(idx);
                 self.stats.closed += 1;
             }
             // 0, or -ENOENT when the RECV had ended already.
@@ -282,7 +326,7 @@ impl Loop {
     fn on_recv(&mut self, idx: u32, c: Completion) {
         // (A -ENOBUFS completion brings no buffer: counted before as after.)
         let all_out = c.result == -libc::ENOBUFS && self.buffers_out() >= self.buffers;
-        let Some(conn) = self.conns.get_mut(&idx) else {
+        let Some(conn) = self.conns.get_mut(idx) else {
             return;
         };
         let slot = conn.slot;
@@ -327,7 +371,7 @@ impl Loop {
     }
 
     fn on_send(&mut self, idx: u32, c: Completion) {
-        let Some(conn) = self.conns.get_mut(&idx) else {
+        let Some(conn) = self.conns.get_mut(idx) else {
             return;
         };
         conn.sending = false;
@@ -352,7 +396,7 @@ impl Loop {
             if starved {
                 self.feed_starved();
             }
-            let Some(conn) = self.conns.get_mut(&idx) else {
+            let Some(conn) = self.conns.get_mut(idx) else {
                 return;
             };
             if conn.paused && conn.queue.len() <= self.held / 2 && !conn.closing {
@@ -377,7 +421,7 @@ impl Loop {
     /// A buffer was given back: the starved connections receive again.
     fn feed_starved(&mut self) {
         for idx in std::mem::take(&mut self.starved) {
-            let Some(conn) = self.conns.get(&idx) else {
+            let Some(conn) = self.conns.get(idx) else {
                 continue;
             };
             if !conn.armed && !conn.closing && !conn.paused && !conn.close_queued {
@@ -390,7 +434,7 @@ impl Loop {
     /// Sends the next buffer of `idx` if none is being sent; closes a finished one (its
     /// CLOSE also ends the multishot RECV if that is still armed).
     fn pump(&mut self, idx: u32) {
-        let Some(conn) = self.conns.get_mut(&idx) else {
+        let Some(conn) = self.conns.get_mut(idx) else {
             return;
         };
         if conn.sending || conn.close_queued {

@@ -213,6 +213,11 @@ pub(crate) fn run_loop(lp: &mut impl CompletionLoop, shutdown: &AtomicBool) -> i
         // Requests refused for lack of room go again now that completions freed some.
         lp.retry();
     }
+    // The module's counters (ops, parked, wakeups, inline_ops, lane_wakes...) say where
+    // the requests ran: one line per serving thread at shutdown.
+    if let Some(Ok(s)) = lp.proactor().kernel_stats() {
+        eprintln!("proactor_echo_server: module counters of this thread's context: {s:?}");
+    }
     Ok(())
 }
 

@@ -109,9 +109,10 @@ pub(crate) fn is_socket(file: &File) -> bool {
     net::socket_of(file).is_some()
 }
 
-/// One non-blocking reception of up to `len` bytes into the user buffer at `addr`.
-pub(crate) fn recv_into(file: &ARef<File>, addr: u64, len: u32) -> Outcome {
-    net::recv(file, addr, len, 0)
+/// One non-blocking reception of up to `len` bytes into the user buffer at `addr`, and
+/// whether the socket may hold more after it (false: the protocol said it is empty).
+pub(crate) fn recv_into(file: &ARef<File>, addr: u64, len: u32) -> (Outcome, bool) {
+    net::recv_inq(file, addr, len)
 }
 
 /// The form in which `op` waits for readiness after an attempt said [`Outcome::Wait`]:

@@ -62,6 +62,24 @@ pub(super) fn recv(file: &ARef<File>, addr: u64, len: u32, flags: u32) -> Outcom
     would_block(r, flags, EPOLLIN | EPOLLRDHUP)
 }
 
+/// [`recv`] without flags, also saying whether the socket may hold more: false only
+/// when the protocol reported nothing left after this reception (TCP's `msg_inq`, as
+/// io_uring's multishot receive reads it); true when it did not say (other sockets).
+pub(super) fn recv_inq(file: &ARef<File>, addr: u64, len: u32) -> (Outcome, bool) {
+    let Some(sock) = socket_of(file) else {
+        return (Outcome::Done(neg(bindings::ENOTSOCK)), true);
+    };
+    let mut msg = match user_msg(bindings::ITER_DEST, addr, len) {
+        Ok(m) => m,
+        Err(e) => return (Outcome::Done(e), true),
+    };
+    msg.set_msg_get_inq(true);
+    msg.msg_inq = -1;
+    // SAFETY: as for RECV.
+    let r = unsafe { bindings::sock_recvmsg(sock, &mut msg, abi::MSG_DONTWAIT as c_int) };
+    (would_block(r, 0, EPOLLIN | EPOLLRDHUP), msg.msg_inq != 0)
+}
+
 pub(super) fn send(file: &ARef<File>, addr: u64, len: u32, flags: u32) -> Outcome {
     let Some(sock) = socket_of(file) else {
         return Outcome::Done(neg(bindings::ENOTSOCK));

@@ -442,3 +442,81 @@ fn armed_multishots_do_not_count_against_the_cq() {
         assert!(got.iter().all(|&b| b == 1), "[{}] {got:?}", fl.name);
     });
 }
+
+/// A ping-pong over one multishot RECV: each message is sent only after the previous one
+/// was received, so the request waits for readiness before every reception. Every byte
+/// arrives in order, and on the kernel module the request is polled onto the socket's
+/// wait queue once, not once per message: its wait entries stay on the queue from one
+/// reception to the next (`Stats::polls`; before that, each reception detached and
+/// polled again).
+#[test]
+fn a_ping_pong_over_one_multishot_recv_polls_once() {
+    const MESSAGES: usize = 200;
+    each_backend("ping_pong_multishot", 256, 16, 512, |fl, p, g| {
+        let (_l, mut clients, slots) = connections(p, 1);
+        let client = &mut clients[0];
+        let before = p.kernel_stats().map(|s| s.expect("GET_STATS"));
+        let mut backlog = Vec::new();
+        arm(p, slots[0], g, 0, &mut backlog);
+        p.submit().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut got = Vec::new();
+        for m in 0..MESSAGES {
+            let msg: Vec<u8> = (0..64).map(|i| pattern(m, i)).collect();
+            client.write_all(&msg).unwrap();
+            let want = (m + 1) * msg.len();
+            while got.len() < want {
+                assert!(
+                    Instant::now() < deadline,
+                    "[{}] message {m} did not arrive",
+                    fl.name
+                );
+                p.wait(1, T).unwrap();
+                backlog.extend(p.completions());
+                for c in backlog.drain(..) {
+                    let b = c.provided.as_ref().unwrap_or_else(|| {
+                        panic!(
+                            "[{}] message {m}: a completion without data: {c:?}",
+                            fl.name
+                        )
+                    });
+                    assert!(c.more, "[{}] message {m}: the RECV ended: {c:?}", fl.name);
+                    got.extend_from_slice(b);
+                }
+            }
+            assert_eq!(
+                got.len(),
+                want,
+                "[{}] message {m}: more than was sent",
+                fl.name
+            );
+            assert_eq!(
+                &got[want - msg.len()..],
+                &msg[..],
+                "[{}] message {m}",
+                fl.name
+            );
+        }
+        if let (Some(before), Some(after)) = (before, p.kernel_stats()) {
+            let after = after.expect("GET_STATS");
+            let polls = after.polls - before.polls;
+            println!(
+                "ping_pong_multishot [{}]: {MESSAGES} receptions, {polls} poll(s)",
+                fl.name
+            );
+            assert!(
+                (1..=3).contains(&polls),
+                "[{}] {MESSAGES} receptions took {polls} polls (want the first wait's only)",
+                fl.name
+            );
+        }
+        // The stream's end ends the request.
+        client.shutdown(Shutdown::Write).unwrap();
+        let (rest, _) = receive_armed(p, g, &slots, fl.name);
+        assert!(
+            rest[0].is_empty(),
+            "[{}] bytes after the last message",
+            fl.name
+        );
+    });
+}

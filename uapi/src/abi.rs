@@ -594,8 +594,10 @@ pub struct Stats {
     pub inline_ops: u64,
     /// Times a lane thread woke up from its sleep (after `SQ_NEED_WAKEUP`).
     pub lane_wakes: u64,
-    /// Reserved (0).
-    pub resv: u64,
+    /// Times a request was put on its file's wait queues by a poll. A multishot request
+    /// is polled once when it first waits and keeps its wait entries from one reception
+    /// to the next (0 from modules before this counter).
+    pub polls: u64,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -693,7 +695,7 @@ assert_layout!(BufGroupArg, size 8, align 4, { group @ 0, flags @ 4 });
 assert_layout!(IoVec, size 16, align 8, { base @ 0, len @ 8 });
 assert_layout!(Stats, size 64, align 8, {
     ops @ 0, parked @ 8, wakeups @ 16, offloaded @ 24, pending @ 32, inline_ops @ 40,
-    lane_wakes @ 48, resv @ 56,
+    lane_wakes @ 48, polls @ 56,
 });
 
 const _: () = {
