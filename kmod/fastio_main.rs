@@ -122,6 +122,7 @@ mod pending;
 mod ring;
 mod shared;
 mod sys;
+mod waiters;
 mod waitq;
 
 use context::Context;

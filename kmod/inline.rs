@@ -25,48 +25,13 @@
 //! Lock order: a lane's `round` lock is taken (try_lock only, by callers) before
 //! everything a round takes (`Shared::pendings`, the lane's CQ lock, the file table).
 
-use core::sync::atomic::{fence, AtomicU32, Ordering};
+use core::sync::atomic::{fence, Ordering};
 
 use kernel::{ffi::c_long, prelude::*, sync::Arc};
 
 use crate::abi;
 use crate::lane::Lane;
 use crate::shared::Shared;
-use crate::waitq::WaitQueue;
-
-/// The callers waiting inline in one context, and the queue they sleep on (woken from
-/// any context: a ready request is pushed from a poll wake function).
-#[pin_data]
-pub(crate) struct Inline {
-    /// `ENTER(GETEVENTS | INLINE)` callers between their first round and their exit.
-    pub(crate) waiters: AtomicU32,
-    #[pin]
-    pub(crate) wq: WaitQueue,
-}
-
-impl Inline {
-    pub(crate) fn new() -> Result<Arc<Self>> {
-        Arc::pin_init(
-            pin_init!(Inline {
-                waiters: AtomicU32::new(0),
-                wq <- WaitQueue::new(c"fastio::Inline::wq", kernel::static_lock_class!()),
-            }),
-            GFP_KERNEL,
-        )
-    }
-
-    /// Whether an inline waiter takes ready requests (read after the pusher's fence).
-    pub(crate) fn has_waiters(&self) -> bool {
-        self.waiters.load(Ordering::SeqCst) != 0
-    }
-
-    /// Wakes the inline waiters if there are any. Any context.
-    pub(crate) fn wake(&self) {
-        if self.has_waiters() {
-            self.wq.wake_all();
-        }
-    }
-}
 
 /// `ENTER(SQ_WAKEUP | INLINE)`: runs one round of each addressed lane whose thread is
 /// not running one.

@@ -38,7 +38,6 @@ use kernel::{
 };
 
 use crate::abi::{self, Cqe, Op};
-use crate::multishot;
 use crate::offload::Job;
 use crate::ops::{self, add_progress, Outcome};
 use crate::pending::{Armed, Pending, Port};
@@ -492,7 +491,7 @@ impl Lane {
         self.port.drain(|p| {
             // A multishot request stays on its wait queues while it is stepped
             // (pending.rs: RUNNING); it is detached when it ends.
-            if multishot::is_multishot(&p.op) && p.is_attached() {
+            if ops::is_multishot(&p.op) && p.is_attached() {
                 p.set_running();
             } else {
                 p.detach();
@@ -502,7 +501,7 @@ impl Lane {
                 return self.finish(&p, neg(bindings::ECANCELED));
             }
             self.shared.stats.wakeups.fetch_add(1, Ordering::Relaxed);
-            if multishot::is_selected(&p.op) {
+            if ops::is_selected(&p.op) {
                 return self.step(p);
             }
             match ops::issue(&self.shared, &p.op, Some(&p.file), false) {
@@ -530,7 +529,7 @@ impl Lane {
         if let Op::RecvSelect { group, .. } = p.op {
             self.shared.release_group(group);
         }
-        if multishot::is_multishot(&p.op) {
+        if ops::is_multishot(&p.op) {
             self.post_last(p.user_data, res, flags);
         } else {
             self.post_flags(p.user_data, res, flags);

@@ -47,22 +47,6 @@ use crate::sys::{neg, EPOLLIN, EPOLLRDHUP};
 /// Steps of one multishot request per round.
 pub(crate) const MAX_STEPS: u32 = 32;
 
-/// Whether `op` is run by this file.
-pub(crate) fn is_selected(op: &Op) -> bool {
-    matches!(op, Op::RecvSelect { .. } | Op::AcceptMulti { .. })
-}
-
-/// Whether `op` posts many completions (and holds no CQ reservation while it runs).
-pub(crate) fn is_multishot(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::RecvSelect {
-            multishot: true,
-            ..
-        } | Op::AcceptMulti { .. }
-    )
-}
-
 /// What one step did.
 enum Step {
     /// Would block: nothing taken.
@@ -94,7 +78,7 @@ impl Lane {
                 shared.release_group(group);
             }
         };
-        let multishot = is_multishot(&op);
+        let multishot = ops::is_multishot(&op);
         if multishot && !self.hold_backlog_place() {
             release();
             return self.post(user_data, neg(bindings::ENOMEM));
@@ -124,7 +108,7 @@ impl Lane {
     /// Runs a detached provided-buffer or multishot request: up to [`MAX_STEPS`]
     /// steps, then it waits again or is over.
     pub(crate) fn step(&self, p: Arc<Pending>) {
-        let multishot = is_multishot(&p.op);
+        let multishot = ops::is_multishot(&p.op);
         for _ in 0..MAX_STEPS {
             if p.is_cancelled() || self.shared.stopping.load(Ordering::SeqCst) {
                 return self.end(&p, neg(bindings::ECANCELED), 0);

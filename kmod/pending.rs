@@ -47,8 +47,8 @@ use kernel::{
 };
 
 use crate::abi::Op;
-use crate::inline::Inline;
 use crate::sys::{self, EPOLLERR, EPOLLHUP, POLLFREE};
+use crate::waiters::Inline;
 use crate::waitq::WaitQueue;
 
 const ARMING: u32 = 1;

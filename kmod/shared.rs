@@ -20,12 +20,12 @@ use kernel::{
 
 use crate::abi;
 use crate::files::FileTable;
-use crate::inline::Inline;
 use crate::limits::Charge;
 use crate::offload::Jobs;
 use crate::pbuf;
 use crate::pending::PendingList;
 use crate::ring::RingView;
+use crate::waiters::Inline;
 
 /// Counters behind `FASTIO_GET_STATS`.
 #[derive(Default)]

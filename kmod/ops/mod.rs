@@ -104,6 +104,23 @@ pub(crate) fn issue(
     }
 }
 
+/// Whether `op` is run by multishot.rs (a RECV into provided buffers, a multishot
+/// ACCEPT).
+pub(crate) fn is_selected(op: &Op) -> bool {
+    matches!(op, Op::RecvSelect { .. } | Op::AcceptMulti { .. })
+}
+
+/// Whether `op` posts many completions (and holds no CQ reservation while it runs).
+pub(crate) fn is_multishot(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::RecvSelect {
+            multishot: true,
+            ..
+        } | Op::AcceptMulti { .. }
+    )
+}
+
 /// Whether `file` is a socket (RECV on anything else is `-ENOTSOCK`).
 pub(crate) fn is_socket(file: &File) -> bool {
     net::socket_of(file).is_some()
