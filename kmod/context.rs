@@ -191,22 +191,44 @@ impl Context {
             return Err(EINVAL);
         }
         let setup = self.setup_ref()?;
+        let defer = a.flags & abi::ENTER_DEFER != 0;
+        if defer && a.flags & abi::ENTER_INLINE == 0 {
+            return Err(EINVAL);
+        }
         if a.flags & abi::ENTER_INLINE != 0 {
+            let inline = &setup.shared.inline;
+            inline.used.store(true, Ordering::Relaxed);
             let lanes: &[Arc<Lane>] = if a.lane == abi::LANE_ALL {
                 &setup.lanes
             } else {
                 let i = a.lane as usize;
                 setup.lanes.get(i..=i).ok_or(EINVAL)?
             };
+            // Requests deferred to this call run first, on every lane whose thread
+            // sleeps (ENTER_DEFER).
+            if inline.defer.swap(false, Ordering::SeqCst) {
+                inline::submit(&setup.lanes);
+            }
             if a.flags & abi::ENTER_SQ_WAKEUP != 0 {
                 inline::submit(lanes);
             }
-            if a.flags & abi::ENTER_GETEVENTS != 0 {
+            let r = if a.flags & abi::ENTER_GETEVENTS != 0 {
                 // Completions are counted over every lane, as without INLINE; the
                 // rounds run on every lane too.
-                inline::wait(&setup.shared, &setup.lanes, a.min_complete, a.timeout_ns)?;
+                inline::wait(
+                    &setup.shared,
+                    &setup.lanes,
+                    a.min_complete,
+                    a.timeout_ns,
+                    defer,
+                )
+            } else {
+                Ok(())
+            };
+            if defer {
+                inline.defer.store(true, Ordering::SeqCst);
             }
-            return Ok(0);
+            return r.map(|()| 0);
         }
         if a.flags & abi::ENTER_SQ_WAKEUP != 0 {
             if a.lane == abi::LANE_ALL {

@@ -44,7 +44,13 @@ pub(crate) fn submit(lanes: &[Arc<Lane>]) {
 /// `ENTER(GETEVENTS | INLINE)`: runs the lanes' rounds on this thread until `min`
 /// completions wait over all lanes, `timeout_ns` passes (`ETIME`) or a signal comes
 /// (`EINTR`); SHUTDOWN ends the wait too.
-pub(crate) fn wait(shared: &Shared, lanes: &[Arc<Lane>], min: u32, timeout_ns: u64) -> Result {
+pub(crate) fn wait(
+    shared: &Shared,
+    lanes: &[Arc<Lane>],
+    min: u32,
+    timeout_ns: u64,
+    defer: bool,
+) -> Result {
     let ready = || -> u64 { lanes.iter().map(|l| l.ring.cq_ready() as u64).sum() };
     let inline = &shared.inline;
     let mut left: Option<c_long> = if timeout_ns == abi::TIMEOUT_NONE {
@@ -77,6 +83,10 @@ pub(crate) fn wait(shared: &Shared, lanes: &[Arc<Lane>], min: u32, timeout_ns: u
         }
     };
     inline.waiters.fetch_sub(1, Ordering::SeqCst);
+    if defer {
+        // From now on ready requests of sleeping lanes wait for the next inline call.
+        inline.defer.store(true, Ordering::SeqCst);
+    }
     // Pairs with the pusher's fence between its push and reading `waiters`: either it
     // saw this waiter (and woke it: the request is on the port now) or this sees the
     // request, and the lane thread takes it.
@@ -85,10 +95,11 @@ pub(crate) fn wait(shared: &Shared, lanes: &[Arc<Lane>], min: u32, timeout_ns: u
         if lane.port.has_ready() {
             // Requests that became ready while this caller ran or woke: run them here
             // if the lane thread sleeps (it would wake only to do this), then wake it
-            // for what still waits. A push after this round's drain saw no waiter
-            // and woke the lane thread itself.
+            // for what still waits, unless they wait for the next call (ENTER_DEFER).
+            // A push after this round's drain saw no waiter and woke the lane thread
+            // itself (or, deferring, left the request for the next call).
             lane.try_round();
-            if lane.port.has_ready() {
+            if lane.port.has_ready() && !defer {
                 lane.kick();
             }
         }

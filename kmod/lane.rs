@@ -248,11 +248,12 @@ impl Lane {
             }
             let mut progress = self.flush_backlog() + self.process_ready();
             progress += self.drain(&mut *round);
-            // A caller waits inline (inline.rs): it does the lane's work from now on, in
-            // its own ENTER and without a context switch per completion it waits for;
+            // A caller waits inline (inline.rs), or the last one will come back for what
+            // becomes ready (ENTER_DEFER): it does the lane's work from now on, in its
+            // own ENTER and without a context switch per completion it waits for;
             // polling on (or spinning) would only take its CPU. The lane hands over
             // after the round it is in, with work left or not.
-            let hand_over = self.shared.inline.has_waiters();
+            let hand_over = self.shared.inline.has_waiters() || self.shared.inline.deferring();
             if progress > 0 && !hand_over {
                 last_work = Instant::now();
                 if sys::others_want_cpu() {
@@ -260,8 +261,10 @@ impl Lane {
                 }
                 continue;
             }
-            // Nothing to do: spin for idle_ms.
-            if progress == 0 && last_work.elapsed() < idle && !hand_over {
+            // Nothing to do: spin for idle_ms, unless the process runs lanes' work inline
+            // (waiters.rs: it has no CPU to spare for a spinning lane thread).
+            let spin = !hand_over && !self.shared.inline.used.load(Ordering::Relaxed);
+            if progress == 0 && spin && last_work.elapsed() < idle {
                 if sys::others_want_cpu() {
                     sys::yield_cpu();
                 } else {
@@ -324,7 +327,7 @@ impl Lane {
         }
         let r = port.wq.wait_interruptible(|| {
             port.kicked.swap(false, Ordering::SeqCst)
-                || (port.has_ready() && !inline.has_waiters())
+                || (port.has_ready() && !inline.has_waiters() && !inline.deferring())
                 || self.sq_runnable()
                 || self.backlog_flushable()
                 || self.shared.stopping.load(Ordering::SeqCst)

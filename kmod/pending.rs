@@ -125,7 +125,7 @@ impl Port {
         if self.sleeping.load(Ordering::SeqCst) {
             if self.inline.has_waiters() {
                 self.inline.wq.wake_all();
-            } else {
+            } else if !self.inline.deferring() {
                 self.wq.wake_all();
             }
         }

@@ -6,7 +6,7 @@
 //!
 //! Lock order: the wait queue's lock is a leaf.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use kernel::{prelude::*, sync::Arc};
 
@@ -18,6 +18,13 @@ use crate::waitq::WaitQueue;
 pub(crate) struct Inline {
     /// `ENTER(GETEVENTS | INLINE)` callers between their first round and their exit.
     pub(crate) waiters: AtomicU32,
+    /// Some `ENTER` came with `ENTER_INLINE`: the process runs lanes' work itself (it
+    /// chose to for lack of CPUs), so an idle lane thread sleeps at once instead of
+    /// spinning for `idle_ms` on a CPU the process needs.
+    pub(crate) used: AtomicBool,
+    /// The last inline `ENTER` asked for `ENTER_DEFER`: ready requests of sleeping lanes
+    /// wait for the next one (no lane thread is woken for them).
+    pub(crate) defer: AtomicBool,
     #[pin]
     pub(crate) wq: WaitQueue,
 }
@@ -27,6 +34,8 @@ impl Inline {
         Arc::pin_init(
             pin_init!(Inline {
                 waiters: AtomicU32::new(0),
+                used: AtomicBool::new(false),
+                defer: AtomicBool::new(false),
                 wq <- WaitQueue::new(c"fastio::Inline::wq", kernel::static_lock_class!()),
             }),
             GFP_KERNEL,
@@ -36,6 +45,11 @@ impl Inline {
     /// Whether an inline waiter takes ready requests (read after the pusher's fence).
     pub(crate) fn has_waiters(&self) -> bool {
         self.waiters.load(Ordering::SeqCst) != 0
+    }
+
+    /// Whether ready requests of sleeping lanes wait for the next inline `ENTER`.
+    pub(crate) fn deferring(&self) -> bool {
+        self.defer.load(Ordering::SeqCst)
     }
 
     /// Wakes the inline waiters if there are any. Any context.

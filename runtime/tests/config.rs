@@ -99,6 +99,7 @@ fn fastio_original_file_parses() {
         affinity_offset: Some(0),
         wq_affinity_offset: Some(10),
         kmod_inline: InlineMode::Auto,
+        kmod_defer: true,
         sqpoll: true,
         uring_coop_taskrun: true,
         esca_localize: false,

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use fastio::backend::DEVICE_PATH;
 use fastio::uapi::{
-    lane_layout, EnterArgs, RingHeader, RingInfo, SetupParams, ENTER_FLAGS, ENTER_GETEVENTS,
-    ENTER_INLINE, ENTER_SQ_WAKEUP, FASTIO_INSTALL_FD, FASTIO_RUN_HELPER, FASTIO_RUN_LANE,
-    FASTIO_UNREGISTER_FILE, INSTALL_CLOEXEC, LANE_ALL, MAX_HELPERS, MAX_WORKERS, PAGE_SIZE,
-    TIMEOUT_NONE,
+    lane_layout, EnterArgs, RingHeader, RingInfo, SetupParams, ENTER_DEFER, ENTER_FLAGS,
+    ENTER_GETEVENTS, ENTER_INLINE, ENTER_SQ_WAKEUP, FASTIO_INSTALL_FD, FASTIO_RUN_HELPER,
+    FASTIO_RUN_LANE, FASTIO_UNREGISTER_FILE, INSTALL_CLOEXEC, LANE_ALL, MAX_HELPERS, MAX_WORKERS,
+    PAGE_SIZE, TIMEOUT_NONE,
 };
 use fastio::{BackendKind, Config, Proactor};
 
@@ -326,6 +326,20 @@ fn enter_refuses_unknown_flags_and_bad_lanes() {
             },
         ),
         ("reserved field", EnterArgs { resv: 1, ..ok }),
+        (
+            "defer without inline",
+            EnterArgs {
+                flags: ENTER_SQ_WAKEUP | ENTER_DEFER,
+                ..ok
+            },
+        ),
+        (
+            "defer alone",
+            EnterArgs {
+                flags: ENTER_DEFER,
+                ..ok
+            },
+        ),
         ("lane out of range", EnterArgs { lane: 1, ..ok }),
         (
             "inline, lane out of range",
@@ -367,6 +381,22 @@ fn enter_refuses_unknown_flags_and_bad_lanes() {
         enter(&f, wait),
         Err(libc::ETIME),
         "inline wait, nothing to complete"
+    );
+    // ENTER_DEFER with ENTER_INLINE: accepted on a submit and on a wait; the next inline
+    // call clears it.
+    let defer_submit = EnterArgs {
+        flags: ENTER_SQ_WAKEUP | ENTER_INLINE | ENTER_DEFER,
+        ..ok
+    };
+    assert_eq!(enter(&f, defer_submit), Ok(0), "inline submit with defer");
+    let defer_wait = EnterArgs {
+        flags: ENTER_GETEVENTS | ENTER_INLINE | ENTER_DEFER,
+        ..wait
+    };
+    assert_eq!(
+        enter(&f, defer_wait),
+        Err(libc::ETIME),
+        "inline wait with defer"
     );
 }
 

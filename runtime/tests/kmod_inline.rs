@@ -9,6 +9,10 @@
 //! of messages); with `"never"` nothing runs inline. Every message comes back byte for
 //! byte either way.
 //!
+//! `kmod_defer` (`ENTER_DEFER`): a RECV that becomes ready while the serving thread is in
+//! user space waits for its next `ENTER` (the sleeping lane thread is not woken); without
+//! it the lane thread is woken and completes the RECV at once.
+//!
 //! Runs where /dev/fastio exists (inside the VM: `make vm-test`); elsewhere SKIP.
 
 use std::io::{Read, Write};
@@ -39,22 +43,30 @@ fn one(p: &mut Proactor, ud: u64) -> fastio::Completion {
     c
 }
 
-/// `ROUNDS` messages from the peer, each read through the ring and sent back; returns the
-/// counters accumulated during the exchange.
-fn ping_pong(mode: InlineMode) -> (u64, u64) {
+/// A one-lane kmod proactor (`idle_ms` = 1) with the `kmod_inline` and `kmod_defer`
+/// given, and a TCP pair: (proactor, peer, the server end, its slot).
+fn connected(mode: InlineMode, defer: bool) -> (Proactor, TcpStream, TcpStream, fastio::Slot) {
     let cfg = Config {
         backend: BackendKind::Kmod,
         max_ker_worker: 1,
         idle_ms: 1,
         kmod_inline: mode,
+        kmod_defer: defer,
         ..Config::default()
     };
     let mut p = Proactor::new(&cfg).unwrap();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
     let (s, _) = l.accept().unwrap();
     s.set_nonblocking(true).unwrap();
     let slot = p.register(&s).unwrap();
+    (p, peer, s, slot)
+}
+
+/// `ROUNDS` messages from the peer, each read through the ring and sent back; returns the
+/// counters accumulated during the exchange.
+fn ping_pong(mode: InlineMode) -> (u64, u64) {
+    let (mut p, mut peer, _s, slot) = connected(mode, true);
 
     let peer_thread = std::thread::spawn(move || {
         let mut back = [0u8; MSG];
@@ -126,4 +138,66 @@ fn inline_callers_do_the_sleeping_lane_s_work() {
     // depends on timing (a thread still polling needs no wakeup), so it is printed only.
     let (ops, _) = ping_pong(InlineMode::Never);
     assert_eq!(ops, 0, "kmod_inline = never ran requests inline");
+}
+
+/// A RECV parks while the serving thread is in user space (not in `ENTER`), then its data
+/// arrives. Returns whether its completion appeared before the thread entered again, and
+/// how often the lane thread was woken meanwhile.
+fn ready_while_away(defer: bool) -> (bool, u64) {
+    let (mut p, mut peer, _s, slot) = connected(InlineMode::Always, defer);
+    // The RECV runs inline in this submit, finds nothing and parks; the thread leaves
+    // the module (the lane thread, with inline callers, sleeps at once).
+    p.recv(slot, vec![0; MSG], 0..MSG, 1)
+        .map_err(|r| r.error)
+        .unwrap();
+    p.submit().unwrap();
+    assert_eq!(p.reap(), 0, "the RECV completed without data");
+    let before = stats(&p);
+    peer.write_all(&[7u8; MSG]).unwrap();
+    // Watch the CQ (memory only, no system call into the module) for up to 2 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut early = false;
+    while std::time::Instant::now() < deadline {
+        if p.reap() > 0 {
+            early = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let wakes = stats(&p).lane_wakes - before.lane_wakes;
+    // The next ENTER completes it either way, with every byte.
+    let mut c = if early {
+        p.completions().next().unwrap()
+    } else {
+        one(&mut p, 1)
+    };
+    assert_eq!(c.io_result().unwrap(), MSG);
+    assert_eq!(c.buf.take().unwrap(), vec![7u8; MSG]);
+    println!("kmod_defer = {defer}: completed before the next ENTER: {early}, lane thread woken {wakes} times");
+    (early, wakes)
+}
+
+#[test]
+fn deferred_readiness_waits_for_the_next_enter() {
+    if !common::have_module("deferred_readiness_waits_for_the_next_enter") {
+        return;
+    }
+    // ENTER_DEFER: nothing wakes the sleeping lane thread; the serving thread's next
+    // ENTER runs the request.
+    let (early, wakes) = ready_while_away(true);
+    assert!(
+        !early,
+        "with kmod_defer the RECV completed while the thread was away"
+    );
+    assert_eq!(wakes, 0, "with kmod_defer the lane thread was woken");
+    // Without it the data wakes the lane thread, which completes the RECV at once.
+    let (early, wakes) = ready_while_away(false);
+    assert!(
+        early,
+        "without kmod_defer the RECV waited for the next ENTER"
+    );
+    assert!(
+        wakes >= 1,
+        "without kmod_defer the lane thread was not woken"
+    );
 }

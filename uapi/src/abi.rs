@@ -184,8 +184,15 @@ pub const ENTER_GETEVENTS: u32 = 1 << 1;
 /// lane's work until it finds such a caller waiting, then hands over after its round.
 /// Without `ENTER_INLINE` the lane threads are woken.
 pub const ENTER_INLINE: u32 = 1 << 2;
+/// `ENTER` flag, with [`ENTER_INLINE`] only (else `-EINVAL`): until the context's next
+/// `ENTER` with `ENTER_INLINE`, requests that become ready on lanes whose threads sleep
+/// wait for that call instead of waking a lane thread, and that call runs them first
+/// (io_uring's `DEFER_TASKRUN`). The caller promises to come back: the requests of a
+/// process that does not are delayed (never lost; SHUTDOWN and the last close end them
+/// as always).
+pub const ENTER_DEFER: u32 = 1 << 3;
 /// Every valid `ENTER` flag.
-pub const ENTER_FLAGS: u32 = ENTER_SQ_WAKEUP | ENTER_GETEVENTS | ENTER_INLINE;
+pub const ENTER_FLAGS: u32 = ENTER_SQ_WAKEUP | ENTER_GETEVENTS | ENTER_INLINE | ENTER_DEFER;
 
 /// `EnterArgs::lane` value that addresses every lane.
 pub const LANE_ALL: u32 = u32::MAX;

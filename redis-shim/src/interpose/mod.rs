@@ -216,7 +216,10 @@ fn start() -> bool {
 }
 
 fn open() -> Result<Shim, String> {
-    let (config, source) = fastio::Config::resolve(None).map_err(|e| e.to_string())?;
+    let (mut config, source) = fastio::Config::resolve(None).map_err(|e| e.to_string())?;
+    // Redis sleeps in epoll_wait, not in the proactor: what becomes ready on the module
+    // must wake a lane thread, never wait for a call that may not come (`kmod_defer`).
+    config.kmod_defer = false;
     let settings = Settings::resolve(source.path())?;
     eprintln!("fastio-redis-shim: config {source}; {settings}");
     if config.backend == BackendKind::Auto {

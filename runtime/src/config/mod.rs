@@ -16,12 +16,13 @@
 //! | `sq_entries` | entries per lane | `256`, see below | power of two in `1..=32768` | Submission ring size. |
 //! | `cq_entries` | entries per lane | `8192` (or `sq_entries` if larger) | power of two in `sq_entries..=32768` | Completion ring size; bounds the requests in flight on a lane. A server keeps one RECV pending per idle connection, so this is also its connection limit per lane. |
 //! | `max_files` | file slots | `4096` | `1..=1048576` | Registered file slots of a context (connections plus listeners). |
-//! | `default_main_worker_idle_time` | milliseconds | `20` | `1..=600000` | How long a polling worker spins on an empty ring before it sleeps and needs a wakeup. `kmod` refuses values above the module parameter `max_idle_ms` (default 1000). |
+//! | `default_main_worker_idle_time` | milliseconds | `20` | `1..=600000` | How long a polling worker spins on an empty ring before it sleeps and needs a wakeup (a `kmod` lane thread whose process runs its work inline, `kmod_inline`, does not spin). `kmod` refuses values above the module parameter `max_idle_ms` (default 1000). |
 //! | `default_wq_worker_idle_time` | milliseconds | `1000` | `1..=600000` | FastIO's idle time of its workqueue workers. Accepted so that FastIO's files parse; **no effect** with the v2 module: helpers are parked threads that cost nothing while idle, and it is not sent to the kernel. |
 //! | `wq_max_active` | threads | `2` | `1..=64` | Helper threads per context (`kmod`: `fastio-help-N`) that do the blocking I/O (uncached file reads, FIFOs, ttys); blocking work progresses only through them. |
 //! | `affinity_offset` | CPU number | unset: not pinned | `0..=1023` | Pin polling worker `i` to CPU `(affinity_offset + i) % n` of the `n` CPUs the process may run on (its cpuset and affinity: entry, not number). |
 //! | `wq_affinity_offset` | CPU number | unset: not pinned | `0..=1023` | Pin helper thread `j` (`kmod`) to CPU `(wq_affinity_offset + j) % n` of the `n` CPUs the process may run on. |
 //! | `kmod_inline` | — | `"auto"` | `"auto"`, `"always"`, `"never"` | `kmod` backend: a serving thread that must wake a sleeping lane thread or wait for completions does the lane's work itself (`ENTER_INLINE`, as io_uring without SQPOLL does) instead of waking it; awake lane threads poll while it is busy and hand over once it waits. `auto`: when the process may run on fewer CPUs than lanes + 2 (a lane thread woken there would take a CPU from the serving thread or its peers). |
+//! | `kmod_defer` | flag | `true` | `true`/`false` (or `1`/`0`) | `kmod` backend, with inline callers (`kmod_inline`): a request that becomes ready while the serving thread is in user space waits for its next `ENTER` instead of waking a sleeping lane thread (`ENTER_DEFER`, io_uring's `DEFER_TASKRUN`). `false` for a program that sleeps outside the proactor while its requests should progress (the Redis shim turns it off). |
 //! | `sqpoll` | flag | `true` | `true`/`false` (or `1`/`0`) | `uring` backend: use a kernel SQ polling thread (`IORING_SETUP_SQPOLL`). |
 //! | `uring_coop_taskrun` | flag | `true` | `true`/`false` (or `1`/`0`) | `uring` backend: `IORING_SETUP_COOP_TASKRUN` with `TASKRUN_FLAG`. Without it the kernel interrupts a thread running in user space (an IPI, then the signal path and its lock) to finish each request that became ready; with it the thread finishes them at its next kernel entry (a sleeping thread is still woken), and the proactor enters when the ring says work waits. Measured +13% req/s at 25 echo connections on the host (BENCHMARKS.md). `false` restores the interrupt, for a program that computes in user space for long stretches without the proactor while its requests should progress. Kernels before 5.19 refuse it; the runtime then runs without. |
 //! | `esca_localize` | flag | `false` | `true`/`false` (or `1`/`0`) | FastIO/ESCA compatibility only: lanes are always per-worker memory in fastio-rs, so it has no further effect. |
@@ -101,7 +102,7 @@ const TABLE_LEN: Bounds = (1, 1024);
 pub const ADAPTOR_KEY_PREFIX: &str = "shim_";
 
 /// Every key `fastio.conf` accepts, in the order of the module documentation.
-pub const KEYS: [&str; 17] = [
+pub const KEYS: [&str; 18] = [
     "backend",
     "max_ker_worker",
     "max_usr_worker",
@@ -114,6 +115,7 @@ pub const KEYS: [&str; 17] = [
     "affinity_offset",
     "wq_affinity_offset",
     "kmod_inline",
+    "kmod_defer",
     "sqpoll",
     "uring_coop_taskrun",
     "esca_localize",
@@ -263,6 +265,10 @@ pub struct Config {
     pub wq_affinity_offset: Option<u32>,
     /// Key `kmod_inline`: see [`InlineMode`].
     pub kmod_inline: InlineMode,
+    /// Key `kmod_defer`: inline callers pass `ENTER_DEFER`: requests that become ready
+    /// while the serving thread is in user space wait for its next `ENTER` rather than
+    /// waking a lane thread (leave it off when the program sleeps outside the proactor).
+    pub kmod_defer: bool,
     /// Key `sqpoll`: the `uring` backend uses `IORING_SETUP_SQPOLL`.
     pub sqpoll: bool,
     /// Key `uring_coop_taskrun`: the `uring` backend sets up its ring with
@@ -295,6 +301,7 @@ impl Default for Config {
             affinity_offset: None,
             wq_affinity_offset: None,
             kmod_inline: InlineMode::Auto,
+            kmod_defer: true,
             sqpoll: true,
             uring_coop_taskrun: true,
             esca_localize: false,
@@ -347,6 +354,7 @@ impl Config {
                 "affinity_offset" => cfg.affinity_offset = Some(e.int(CPU)?),
                 "wq_affinity_offset" => cfg.wq_affinity_offset = Some(e.int(CPU)?),
                 "kmod_inline" => cfg.kmod_inline = e.inline_mode()?,
+                "kmod_defer" => cfg.kmod_defer = e.flag()?,
                 "sqpoll" => cfg.sqpoll = e.flag()?,
                 "uring_coop_taskrun" => cfg.uring_coop_taskrun = e.flag()?,
                 "esca_localize" => cfg.esca_localize = e.flag()?,

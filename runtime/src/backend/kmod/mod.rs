@@ -39,10 +39,10 @@ use std::time::Duration;
 
 use fastio_uapi::{
     BufGroupArg, BufRingReg, Cqe, EnterArgs, FilesUpdate, SetupParams, SlotArg, Sqe, Stats,
-    ABI_VERSION, ENTER_GETEVENTS, ENTER_INLINE, ENTER_SQ_WAKEUP, FASTIO_ENTER, FASTIO_GET_STATS,
-    FASTIO_INSTALL_FD, FASTIO_REGISTER_BUF_RING, FASTIO_REGISTER_FILES, FASTIO_SETUP,
-    FASTIO_UNREGISTER_BUF_RING, FASTIO_UNREGISTER_FILE, INSTALL_CLOEXEC, LANE_ALL, SETUP_AFFINITY,
-    TIMEOUT_NONE,
+    ABI_VERSION, ENTER_DEFER, ENTER_GETEVENTS, ENTER_INLINE, ENTER_SQ_WAKEUP, FASTIO_ENTER,
+    FASTIO_GET_STATS, FASTIO_INSTALL_FD, FASTIO_REGISTER_BUF_RING, FASTIO_REGISTER_FILES,
+    FASTIO_SETUP, FASTIO_UNREGISTER_BUF_RING, FASTIO_UNREGISTER_FILE, INSTALL_CLOEXEC, LANE_ALL,
+    SETUP_AFFINITY, TIMEOUT_NONE,
 };
 use memmap2::MmapOptions;
 
@@ -70,7 +70,8 @@ pub(crate) struct KmodBackend {
     /// Provided-buffer rings (unmapped after the threads are joined).
     bufs: KmodBufs,
     dev: Arc<Device>,
-    /// `ENTER_INLINE` on every ENTER (the `kmod_inline` policy, decided at open).
+    /// `ENTER_INLINE` (and `ENTER_DEFER` per `kmod_defer`) on every ENTER (the
+    /// `kmod_inline` policy, decided at open).
     inline: u32,
 }
 
@@ -313,7 +314,10 @@ impl KmodBackend {
             geometry.sq_entries,
             geometry.cq_entries,
             config.idle_ms,
-            if inline {
+            if inline && config.kmod_defer {
+                "callers run the lanes' work while their threads sleep, and what becomes \
+                 ready while they are away waits for their next call"
+            } else if inline {
                 "callers run the lanes' work while their threads sleep"
             } else {
                 "sleeping lane threads are woken"
@@ -326,7 +330,11 @@ impl KmodBackend {
                 rings,
                 bufs: KmodBufs::default(),
                 dev,
-                inline: if inline { ENTER_INLINE } else { 0 },
+                inline: match (inline, config.kmod_defer) {
+                    (true, true) => ENTER_INLINE | ENTER_DEFER,
+                    (true, false) => ENTER_INLINE,
+                    (false, _) => 0,
+                },
             },
             note,
         ))
