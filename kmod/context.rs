@@ -205,11 +205,10 @@ impl Context {
                 setup.lanes.get(i..=i).ok_or(EINVAL)?
             };
             // Requests deferred to this call run first, on every lane whose thread
-            // sleeps (ENTER_DEFER).
+            // sleeps (ENTER_DEFER); those rounds take the addressed lanes' SQEs too.
             if inline.defer.swap(false, Ordering::SeqCst) {
                 inline::submit(&setup.lanes);
-            }
-            if a.flags & abi::ENTER_SQ_WAKEUP != 0 {
+            } else if a.flags & abi::ENTER_SQ_WAKEUP != 0 {
                 inline::submit(lanes);
             }
             let r = if a.flags & abi::ENTER_GETEVENTS != 0 {
@@ -223,11 +222,12 @@ impl Context {
                     defer,
                 )
             } else {
+                // (A wait sets it itself, before its last look at the ports.)
+                if defer {
+                    inline.defer.store(true, Ordering::SeqCst);
+                }
                 Ok(())
             };
-            if defer {
-                inline.defer.store(true, Ordering::SeqCst);
-            }
             return r.map(|()| 0);
         }
         if a.flags & abi::ENTER_SQ_WAKEUP != 0 {

@@ -461,9 +461,14 @@ impl Lane {
         self.arm(p);
     }
 
-    fn arm(&self, p: Arc<Pending>) {
+    /// Puts a request on its file's wait queues with a poll (counted in `Stats::polls`).
+    pub(crate) fn poll_arm(&self, p: Arc<Pending>) -> Armed {
         self.shared.stats.polls.fetch_add(1, Ordering::Relaxed);
-        if let Armed::NoQueue(p) = Pending::arm(p) {
+        Pending::arm(p)
+    }
+
+    fn arm(&self, p: Arc<Pending>) {
+        if let Armed::NoQueue(p) = self.poll_arm(p) {
             // Nothing will ever report readiness: a helper does the blocking call.
             self.shared.pendings.remove(&p);
             self.offload(p.op, p.user_data, Some(p.file.clone()), 0);
@@ -492,16 +497,17 @@ impl Lane {
     fn process_ready(&self) -> u32 {
         let stopping = self.shared.stopping.load(Ordering::SeqCst);
         self.port.drain(|p| {
+            if p.is_cancelled() || stopping {
+                p.detach();
+                return self.finish(&p, neg(bindings::ECANCELED));
+            }
             // A multishot request stays on its wait queues while it is stepped
-            // (pending.rs: RUNNING); it is detached when it ends.
+            // (pending.rs: RUNNING; its loop checks `cancelled` again); it is detached
+            // when it ends.
             if ops::is_multishot(&p.op) && p.is_attached() {
                 p.set_running();
             } else {
                 p.detach();
-            }
-            if p.is_cancelled() || stopping {
-                p.detach();
-                return self.finish(&p, neg(bindings::ECANCELED));
             }
             self.shared.stats.wakeups.fetch_add(1, Ordering::Relaxed);
             if ops::is_selected(&p.op) {

@@ -149,8 +149,7 @@ impl Lane {
         if p.is_running() {
             return Pending::rearm_running(p);
         }
-        self.shared.stats.polls.fetch_add(1, Ordering::Relaxed);
-        if let Armed::NoQueue(p) = Pending::arm(p) {
+        if let Armed::NoQueue(p) = self.poll_arm(p) {
             // A socket always has a wait queue; without one nothing would report
             // readiness (and these requests never go to a helper).
             self.finish(&p, neg(bindings::EINVAL));

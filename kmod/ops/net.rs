@@ -50,22 +50,19 @@ pub(super) fn would_block(r: c_int, flags: u32, events: u32) -> Outcome {
 }
 
 pub(super) fn recv(file: &ARef<File>, addr: u64, len: u32, flags: u32) -> Outcome {
-    let Some(sock) = socket_of(file) else {
-        return Outcome::Done(neg(bindings::ENOTSOCK));
-    };
-    let mut msg = match user_msg(bindings::ITER_DEST, addr, len) {
-        Ok(m) => m,
-        Err(e) => return Outcome::Done(e),
-    };
-    // SAFETY: `sock` belongs to `file`, which we hold; `msg` is initialised.
-    let r = unsafe { bindings::sock_recvmsg(sock, &mut msg, (flags | abi::MSG_DONTWAIT) as c_int) };
-    would_block(r, flags, EPOLLIN | EPOLLRDHUP)
+    recv_msg(file, addr, len, flags, false).0
 }
 
 /// [`recv`] without flags, also saying whether the socket may hold more: false only
 /// when the protocol reported nothing left after this reception (TCP's `msg_inq`, as
 /// io_uring's multishot receive reads it); true when it did not say (other sockets).
 pub(super) fn recv_inq(file: &ARef<File>, addr: u64, len: u32) -> (Outcome, bool) {
+    recv_msg(file, addr, len, 0, true)
+}
+
+/// One non-blocking reception; with `inq`, asks the protocol what is left after it
+/// (the second value: false only when it said nothing is).
+fn recv_msg(file: &ARef<File>, addr: u64, len: u32, flags: u32, inq: bool) -> (Outcome, bool) {
     let Some(sock) = socket_of(file) else {
         return (Outcome::Done(neg(bindings::ENOTSOCK)), true);
     };
@@ -73,11 +70,14 @@ pub(super) fn recv_inq(file: &ARef<File>, addr: u64, len: u32) -> (Outcome, bool
         Ok(m) => m,
         Err(e) => return (Outcome::Done(e), true),
     };
-    msg.set_msg_get_inq(true);
-    msg.msg_inq = -1;
-    // SAFETY: as for RECV.
-    let r = unsafe { bindings::sock_recvmsg(sock, &mut msg, abi::MSG_DONTWAIT as c_int) };
-    (would_block(r, 0, EPOLLIN | EPOLLRDHUP), msg.msg_inq != 0)
+    if inq {
+        msg.set_msg_get_inq(true);
+        msg.msg_inq = -1;
+    }
+    // SAFETY: `sock` belongs to `file`, which we hold; `msg` is initialised.
+    let r = unsafe { bindings::sock_recvmsg(sock, &mut msg, (flags | abi::MSG_DONTWAIT) as c_int) };
+    let more = !inq || msg.msg_inq != 0;
+    (would_block(r, flags, EPOLLIN | EPOLLRDHUP), more)
 }
 
 pub(super) fn send(file: &ARef<File>, addr: u64, len: u32, flags: u32) -> Outcome {
