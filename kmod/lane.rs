@@ -272,6 +272,13 @@ impl Lane {
                 }
                 continue;
             }
+            // Work queued on this thread runs only on its way out (the release of a
+            // file whose last reference a round dropped: a CLOSE's socket stays open
+            // until then): go out first, then sleep. The loop's top only sees it when
+            // the lane goes round again, which a lane that hands over does not.
+            if sys::must_return() {
+                return Err(restart());
+            }
             // Asleep, the lane may be served by inline ENTER callers.
             let slept = self.sleep(|| drop(round));
             round = self.round.lock();
